@@ -1,0 +1,408 @@
+"""The local engine: a waiting queue, a running batch and iteration-level (continuous) batching
+over a transformers ``Ernie4_5ForCausalLM``.
+
+One background thread owns the model. Each iteration it drops cancelled sequences, admits
+waiting ones up to ``max_num_seqs`` (prefilled together, left-padded), merges their KV cache into
+the running batch and runs one decode step for every running sequence. Finished sequences leave
+the batch at once, so a freed slot is reused on the next iteration. Results go back to asyncio
+through ``loop.call_soon_threadsafe``: one call per sequence per step.
+
+No OpenTelemetry here (habit 3): timings land in ``RequestStats`` / ``EngineStats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .names import FinishReason
+from .stats import EngineStats, RequestStats
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """The waiting queue is at its limit; the request was not accepted."""
+
+
+class EngineStoppedError(Exception):
+    """The engine is shutting down or failed to start."""
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(slots=True)
+class Event:
+    """What the engine tells a request: new text (``delta``) and, at the end, a finish reason."""
+
+    delta: str
+    new_tokens: int
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    stats: RequestStats
+    deliver: Callable[[Event], None]
+    output_ids: list[int] = field(default_factory=list)
+    emitted_chars: int = 0
+    cancelled: bool = False
+    finished: bool = False
+    generator: torch.Generator | None = None
+    # Row bookkeeping in the running batch's KV cache.
+    pad: int = 0  # left-padding columns in this row
+    computed: int = 0  # real tokens whose K/V are cached
+    next_token: int = 0
+
+
+def async_deliverer(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event]) -> Callable[[Event], None]:
+    """A thread-safe callback that hands engine events to an asyncio queue."""
+
+    def deliver(event: Event) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:  # loop closed: the client is gone, nothing to tell
+            pass
+
+    return deliver
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_num_seqs: int = 8,
+        max_queue_len: int = 64,
+        max_model_len: int = 2048,
+        on_finish: Callable[[Sequence], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_model_len = max_model_len
+        self.eos_ids = self._eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.stats = EngineStats(max_num_seqs=max_num_seqs, max_queue_len=max_queue_len)
+        self.on_finish = on_finish
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []
+        self._cache: Any = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="ernie-engine", daemon=True)
+        self._default_generator = torch.Generator(device="cpu")
+        self._default_generator.manual_seed(int(time.time_ns() % (2**31)))
+
+    @staticmethod
+    def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (getattr(model, "generation_config", None), model.config):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(e) for e in eos)
+        if tokenizer.eos_token_id is not None:
+            ids.add(int(tokenizer.eos_token_id))
+        return frozenset(ids)
+
+    # ------------------------------------------------------------------ public, any thread
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def submit(self, seq: Sequence) -> None:
+        """Queue a sequence, or raise ``QueueFullError`` at once (back-pressure)."""
+        with self._cond:
+            if self._stop:
+                raise EngineStoppedError("engine is shutting down")
+            free_slots = self.stats.max_num_seqs - len(self._running) - len(self._waiting)
+            if len(self._waiting) >= self.stats.max_queue_len and free_slots <= 0:
+                raise QueueFullError
+            seq.stats.queue_length_at_arrival = len(self._waiting)
+            if seq.params.seed is not None:
+                seq.generator = torch.Generator(device="cpu")
+                seq.generator.manual_seed(seq.params.seed)
+            self._waiting.append(seq)
+            self.stats.waiting = len(self._waiting)
+            self._cond.notify_all()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Ask the engine to drop ``seq``; its slot is free by the next iteration."""
+        with self._cond:
+            seq.cancelled = True
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ engine thread only
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not self._stop and not self._waiting and not self._running:
+                    self._cond.wait()
+                if self._stop:
+                    break
+                admitted = self._admit_locked()
+            try:
+                self._drop_cancelled()
+                if admitted:
+                    self._prefill(admitted)
+                    admitted = []
+                if self._running:
+                    self._decode_step()
+            except Exception as exc:  # the engine survives a failed step; its requests do not
+                log.exception("engine step failed")
+                message = f"engine error: {type(exc).__name__}: {exc}"
+                for seq in admitted:
+                    self._finish(seq, FinishReason.ERROR.value, error=message)
+                self._fail_running(message)
+        self._fail_running("server shutting down")
+        with self._cond:
+            for seq in list(self._waiting):
+                self._finish(seq, FinishReason.CANCELLED.value, error="server shutting down")
+            self._waiting.clear()
+
+    def _admit_locked(self) -> list[Sequence]:
+        admitted: list[Sequence] = []
+        while self._waiting and len(self._running) + len(admitted) < self.stats.max_num_seqs:
+            seq = self._waiting.popleft()
+            if seq.cancelled:
+                self._finish(seq, FinishReason.CANCELLED.value)
+                continue
+            seq.stats.scheduled = time.perf_counter()
+            admitted.append(seq)
+        self.stats.waiting = len(self._waiting)
+        return admitted
+
+    def _drop_cancelled(self) -> None:
+        keep = [i for i, s in enumerate(self._running) if not s.cancelled]
+        if len(keep) == len(self._running):
+            return
+        for s in self._running:
+            if s.cancelled:
+                self._finish(s, FinishReason.CANCELLED.value)
+        self._select_rows(keep)
+
+    def _fail_running(self, message: str) -> None:
+        for s in self._running:
+            self._finish(s, FinishReason.ERROR.value, error=message)
+        self._running = []
+        self._cache = None
+        self.stats.running = 0
+
+    def _prefill(self, batch: list[Sequence]) -> None:
+        from transformers import DynamicCache
+
+        width = max(len(s.prompt_ids) for s in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, s in enumerate(batch):
+            n = len(s.prompt_ids)
+            ids[row, width - n:] = torch.tensor(s.prompt_ids, dtype=torch.long)
+            mask[row, width - n:] = 1
+            s.pad = width - n
+            s.computed = n
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
+        )
+        tokens = self._sample(out.logits[:, -1, :], batch)
+        now = time.perf_counter()
+        for s in batch:
+            s.stats.first_token = now
+        self._emit(batch, tokens, now)  # marks sequences that finished on their first token
+        self._merge(batch, cache)  # the model filled the cache in place
+
+    def _decode_step(self) -> None:
+        batch = self._running
+        width = self._cache_width()
+        ids = torch.tensor([[s.next_token] for s in batch], dtype=torch.long)
+        mask = torch.ones((len(batch), width + 1), dtype=torch.long)
+        for row, s in enumerate(batch):
+            if s.pad:
+                mask[row, : s.pad] = 0
+        positions = torch.tensor([[s.computed] for s in batch], dtype=torch.long)
+        out = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device), cache=self._cache, use_cache=True, logits_to_keep=1,
+        )
+        size = len(batch)
+        self.stats.steps += 1
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, size)
+        for s in batch:
+            s.computed += 1
+            s.stats.decode_steps += 1
+            if size > s.stats.max_batch_size:
+                s.stats.max_batch_size = size
+        tokens = self._sample(out.logits[:, -1, :], batch)
+        self._emit(batch, tokens, time.perf_counter())
+
+    def _sample(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
+        logits = logits.float().cpu()
+        greedy = logits.argmax(dim=-1).tolist()
+        result: list[int] = []
+        for row, s in enumerate(batch):
+            p = s.params
+            if p.temperature <= 0.0:
+                result.append(int(greedy[row]))
+                continue
+            scaled = logits[row] / p.temperature
+            probs = torch.softmax(scaled, dim=-1)
+            if p.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                cumulative = sorted_probs.cumsum(-1)
+                # keep the smallest prefix whose mass reaches top_p (always at least one token)
+                cut = cumulative - sorted_probs > p.top_p
+                sorted_probs[cut] = 0.0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            gen = s.generator or self._default_generator
+            result.append(int(torch.multinomial(probs, 1, generator=gen).item()))
+        return result
+
+    def _emit(self, batch: list[Sequence], tokens: list[int], now: float) -> None:
+        finished_rows: set[int] = set()
+        produced = 0
+        for row, (s, tok) in enumerate(zip(batch, tokens, strict=True)):
+            if s.cancelled:
+                continue  # dropped at the start of the next iteration
+            reason = None
+            if tok in self.eos_ids and not s.params.ignore_eos:
+                reason = FinishReason.STOP.value
+            else:
+                s.output_ids.append(tok)
+                s.stats.output_tokens = len(s.output_ids)
+                produced += 1
+                s.next_token = tok
+                if len(s.output_ids) >= s.params.max_tokens or s.computed + 1 >= self.max_model_len:
+                    reason = FinishReason.LENGTH.value
+            delta, stopped = self._detokenize(s, final=reason is not None)
+            if stopped:
+                reason = FinishReason.STOP.value
+            if reason is None:
+                if delta:
+                    s.deliver(Event(delta, 1))
+            else:
+                s.stats.finished = now
+                s.finished = True
+                s.stats.finish_reason = reason
+                s.deliver(Event(delta, 0 if tok in self.eos_ids and not s.params.ignore_eos else 1, reason))
+                finished_rows.add(row)
+                if self.on_finish is not None:
+                    self.on_finish(s)
+        self.stats.tokens.add(produced, now)
+        # Admitted (prefill) rows are not in the running batch yet: _merge drops their finished ones.
+        if batch is self._running and finished_rows:
+            self._select_rows([i for i in range(len(batch)) if i not in finished_rows])
+
+    def _detokenize(self, s: Sequence, final: bool) -> tuple[str, bool]:
+        """New text for the client, holding back what could still become a stop string."""
+        text = self.tokenizer.decode(s.output_ids, skip_special_tokens=True)
+        stops = s.params.stop
+        if stops:
+            search_from = max(0, s.emitted_chars - max(len(x) for x in stops))
+            hits = [i for i in (text.find(x, search_from) for x in stops) if i >= 0]
+            if hits:
+                cut = min(hits)
+                delta = text[s.emitted_chars:cut]
+                s.emitted_chars = max(s.emitted_chars, cut)
+                return delta, True
+        if final:
+            end = len(text)
+        else:
+            end = len(text) - (max(len(x) for x in stops) - 1 if stops else 0)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+                end = min(end, len(text) - 1)
+        if end <= s.emitted_chars:
+            return "", False
+        delta = text[s.emitted_chars:end]
+        s.emitted_chars = end
+        return delta, False
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        if seq.finished:
+            return
+        seq.finished = True
+        seq.stats.finished = time.perf_counter()
+        seq.stats.finish_reason = reason
+        seq.deliver(Event("", 0, reason, error))
+        if self.on_finish is not None:
+            self.on_finish(seq)
+
+    # ------------------------------------------------------------------ KV cache rows
+    def _layers(self, cache: Any) -> list[Any]:
+        return list(cache.layers)
+
+    def _cache_width(self) -> int:
+        return 0 if self._cache is None else int(self._cache.layers[0].keys.shape[-2])
+
+    def _merge(self, batch: list[Sequence], new_cache: Any) -> None:
+        """Append prefilled rows to the running batch, left-padding the narrower cache."""
+        if self._cache is None or not self._running:
+            self._cache = new_cache
+            self._running = list(batch)
+        else:
+            old_w, new_w = self._cache_width(), int(new_cache.layers[0].keys.shape[-2])
+            width = max(old_w, new_w)
+            for old_layer, new_layer in zip(self._layers(self._cache), self._layers(new_cache), strict=True):
+                for attr in ("keys", "values"):
+                    a, b = getattr(old_layer, attr), getattr(new_layer, attr)
+                    a = torch.nn.functional.pad(a, (0, 0, width - old_w, 0))
+                    b = torch.nn.functional.pad(b, (0, 0, width - new_w, 0))
+                    setattr(old_layer, attr, torch.cat([a, b], dim=0))
+            for s in self._running:
+                s.pad += width - old_w
+            for s in batch:
+                s.pad += width - new_w
+            self._running.extend(batch)
+        self.stats.running = len(self._running)
+        # Sequences that finished on their first token leave again at once.
+        if any(s.finished for s in self._running):
+            self._select_rows([i for i, s in enumerate(self._running) if not s.finished])
+
+    def _select_rows(self, keep: list[int]) -> None:
+        if not keep:
+            self._running = []
+            self._cache = None
+            self.stats.running = 0
+            return
+        self._running = [self._running[i] for i in keep]
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        trim = min(s.pad for s in self._running)
+        for layer in self._layers(self._cache):
+            for attr in ("keys", "values"):
+                t = getattr(layer, attr).index_select(0, index)
+                if trim:
+                    t = t[:, :, trim:, :]
+                setattr(layer, attr, t.contiguous() if trim else t)
+        for s in self._running:
+            s.pad -= trim
+        self.stats.running = len(self._running)

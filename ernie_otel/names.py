@@ -1,0 +1,369 @@
+"""Every telemetry name of ernie-otel: metrics, units, buckets, attribute keys, span names.
+
+This is the one place a metric name is written. Dashboards, alerts, docs/metrics.md and the
+tests all derive from (or are checked against) the catalogue below. The Prometheus names are
+the contract: the OTel names and units are chosen so that both the Python Prometheus exporter
+(direct scrape of ``--metrics-port``) and the Collector's prometheus exporter produce exactly
+these names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from enum import Enum
+
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _gen_ai
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _gen_ai_metrics
+from opentelemetry.semconv.attributes import error_attributes as _error
+from opentelemetry.semconv.attributes import server_attributes as _server
+
+METER_NAME = "ernie_otel"
+TRACER_NAME = "ernie_otel"
+SERVICE_NAME = "ernie-serve"
+
+# ---------------------------------------------------------------- attribute keys (metric labels)
+# ernie_* metrics use short keys (the monitoring design's labels); error.type is the semconv key,
+# which Prometheus spells error_type -- the label the design asks for.
+ATTR_MODEL = "model"
+ATTR_OPERATION = "operation"
+ATTR_STATUS = "status"
+ATTR_ERROR_TYPE = _error.ERROR_TYPE  # "error.type"
+ATTR_FINISH_REASON = "finish_reason"
+
+# GenAI semantic-convention keys.
+GEN_AI_OPERATION_NAME = _gen_ai.GEN_AI_OPERATION_NAME
+GEN_AI_PROVIDER_NAME = _gen_ai.GEN_AI_PROVIDER_NAME
+GEN_AI_REQUEST_MODEL = _gen_ai.GEN_AI_REQUEST_MODEL
+GEN_AI_RESPONSE_MODEL = _gen_ai.GEN_AI_RESPONSE_MODEL
+GEN_AI_TOKEN_TYPE = _gen_ai.GEN_AI_TOKEN_TYPE
+GEN_AI_REQUEST_MAX_TOKENS = _gen_ai.GEN_AI_REQUEST_MAX_TOKENS
+GEN_AI_REQUEST_TEMPERATURE = _gen_ai.GEN_AI_REQUEST_TEMPERATURE
+GEN_AI_REQUEST_TOP_P = _gen_ai.GEN_AI_REQUEST_TOP_P
+GEN_AI_REQUEST_SEED = _gen_ai.GEN_AI_REQUEST_SEED
+GEN_AI_REQUEST_STREAM = _gen_ai.GEN_AI_REQUEST_STREAM
+GEN_AI_RESPONSE_ID = _gen_ai.GEN_AI_RESPONSE_ID
+GEN_AI_RESPONSE_FINISH_REASONS = _gen_ai.GEN_AI_RESPONSE_FINISH_REASONS
+GEN_AI_USAGE_INPUT_TOKENS = _gen_ai.GEN_AI_USAGE_INPUT_TOKENS
+GEN_AI_USAGE_OUTPUT_TOKENS = _gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
+GEN_AI_INPUT_MESSAGES = _gen_ai.GEN_AI_INPUT_MESSAGES
+GEN_AI_OUTPUT_MESSAGES = _gen_ai.GEN_AI_OUTPUT_MESSAGES
+SERVER_ADDRESS = _server.SERVER_ADDRESS
+SERVER_PORT = _server.SERVER_PORT
+
+# No registered gen_ai.provider.name value exists for Baidu/ERNIE: a fixed custom value.
+PROVIDER_NAME = "ernie_otel"
+
+GPU_INDEX = "gpu.index"
+GPU_UUID = "gpu.uuid"
+GPU_NAME = "gpu.name"
+
+# Span attributes that are ours (not semconv).
+SPAN_ATTR_QUEUE_POSITION = "ernie.queue.length_at_arrival"
+SPAN_ATTR_BATCH_SIZE = "ernie.batch.max_size"
+SPAN_ATTR_DECODE_STEPS = "ernie.decode.steps"
+
+# Opt-in for prompt/completion content on spans (habit 7).
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+# ------------------------------------------------------------------------------ label values
+class Operation(str, Enum):
+    CHAT = "chat"
+    TEXT_COMPLETION = "text_completion"
+
+
+class Status(str, Enum):
+    OK = "ok"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class ErrorType(str, Enum):
+    """The fixed set of ``error_type`` values; docs/metrics.md documents each."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    MODEL_NOT_FOUND = "model_not_found"
+    AUTHENTICATION = "authentication_error"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    QUEUE_FULL = "queue_full"
+    NOT_READY = "not_ready"
+    ENGINE_ERROR = "engine_error"
+    UPSTREAM_CONNECT = "upstream_connect_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_HTTP = "upstream_http_error"
+    UPSTREAM_STREAM = "upstream_stream_error"
+
+
+ERROR_TYPE_MEANING: dict[ErrorType, str] = {
+    ErrorType.INVALID_JSON: "body is not valid JSON (400)",
+    ErrorType.INVALID_REQUEST: "a field is missing, of the wrong type or out of range (400)",
+    ErrorType.CONTEXT_LENGTH_EXCEEDED: "prompt (+ max_tokens) longer than --max-model-len (400)",
+    ErrorType.MODEL_NOT_FOUND: "the request names a model this server does not serve (404)",
+    ErrorType.AUTHENTICATION: "missing or wrong API key (401)",
+    ErrorType.PAYLOAD_TOO_LARGE: "request body over the size limit (413)",
+    ErrorType.QUEUE_FULL: "waiting queue at --max-queue-len; rejected at once (429, Retry-After)",
+    ErrorType.NOT_READY: "model still loading or server shutting down (503)",
+    ErrorType.ENGINE_ERROR: "the engine failed while generating (500)",
+    ErrorType.UPSTREAM_CONNECT: "gateway: upstream refused or unreachable (502)",
+    ErrorType.UPSTREAM_TIMEOUT: "gateway: upstream did not answer in time (504)",
+    ErrorType.UPSTREAM_HTTP: "gateway: upstream answered 4xx/5xx (passed through / 502)",
+    ErrorType.UPSTREAM_STREAM: "gateway: upstream stream cut or malformed mid-way (502)",
+}
+
+
+class TokenType(str, Enum):
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+# ----------------------------------------------------------------------------------- spans
+SPAN_QUEUE = "ernie.queue"
+SPAN_PREFILL = "ernie.prefill"
+SPAN_DECODE = "ernie.decode"
+
+
+def genai_span_name(operation: str, model: str) -> str:
+    return f"{operation} {model}"
+
+
+# HTTP headers
+TRACE_ID_HEADER = "X-Trace-Id"
+TRACE_RESPONSE_HEADER = "traceresponse"
+
+# --------------------------------------------------------------------------------- metrics
+class Kind(str, Enum):
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric family: how it is created in OTel and how Prometheus spells it."""
+
+    otel_name: str
+    kind: Kind
+    unit: str
+    prom_name: str
+    labels: tuple[str, ...]
+    description: str
+    buckets: tuple[float, ...] | None = None
+
+    @property
+    def prom_labels(self) -> tuple[str, ...]:
+        return tuple(label.replace(".", "_") for label in self.labels)
+
+
+# The design asks for 0.1, 0.3, 0.5, 0.8, 1, 2, 3; the tail reaches long generations.
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+QUEUE_TIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Semantic-convention advisory buckets for the GenAI server metrics.
+GENAI_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+GENAI_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+GENAI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+
+_REQ = (ATTR_MODEL, ATTR_OPERATION)
+_GENAI = (GEN_AI_OPERATION_NAME, GEN_AI_PROVIDER_NAME, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL)
+_GPU = (GPU_INDEX, GPU_UUID, GPU_NAME)
+
+REQUESTS = MetricSpec(
+    "ernie_inference_requests", Kind.COUNTER, "{request}", "ernie_inference_requests_total",
+    (*_REQ, ATTR_STATUS), "Inference requests finished, by final status (ok, error, cancelled, rejected).")
+LATENCY = MetricSpec(
+    "ernie_inference_latency", Kind.HISTOGRAM, "s", "ernie_inference_latency_seconds",
+    (*_REQ, ATTR_STATUS), "End-to-end request latency, arrival to last byte.", LATENCY_BUCKETS)
+ERRORS = MetricSpec(
+    "ernie_inference_errors", Kind.COUNTER, "{error}", "ernie_inference_errors_total",
+    (*_REQ, ATTR_ERROR_TYPE), "Failed or rejected inference requests, by error_type (fixed set).")
+# The annotation-only unit keeps the Prometheus name free of a "_per_second" suffix in both
+# exporters; the value is output tokens per second.
+TOKEN_THROUGHPUT = MetricSpec(
+    "ernie_token_throughput", Kind.GAUGE, "{token_per_second}", "ernie_token_throughput",
+    (ATTR_MODEL,), "Output tokens per second over a sliding window, across all requests.")
+QUEUE_LENGTH = MetricSpec(
+    "ernie_queue_length", Kind.GAUGE, "{request}", "ernie_queue_length",
+    (ATTR_MODEL,), "Requests waiting to be scheduled.")
+QUEUE_CAPACITY = MetricSpec(
+    "ernie_queue_capacity", Kind.GAUGE, "{request}", "ernie_queue_capacity",
+    (ATTR_MODEL,), "Waiting-queue limit (--max-queue-len); beyond it requests are rejected.")
+RUNNING = MetricSpec(
+    "ernie_requests_running", Kind.GAUGE, "{request}", "ernie_requests_running",
+    (ATTR_MODEL,), "Requests in the running batch.")
+RUNNING_CAPACITY = MetricSpec(
+    "ernie_requests_running_capacity", Kind.GAUGE, "{request}", "ernie_requests_running_capacity",
+    (ATTR_MODEL,), "Running-batch limit (--max-num-seqs).")
+QUEUE_TIME = MetricSpec(
+    "ernie_queue_time", Kind.HISTOGRAM, "s", "ernie_queue_time_seconds",
+    _REQ, "Time from arrival to being scheduled into the running batch.", QUEUE_TIME_BUCKETS)
+PROMPT_TOKENS = MetricSpec(
+    "ernie_prompt_tokens", Kind.COUNTER, "{token}", "ernie_prompt_tokens_total",
+    _REQ, "Prompt tokens processed (prefill).")
+GENERATION_TOKENS = MetricSpec(
+    "ernie_generation_tokens", Kind.COUNTER, "{token}", "ernie_generation_tokens_total",
+    _REQ, "Output tokens generated.")
+GENAI_DURATION = MetricSpec(
+    _gen_ai_metrics.GEN_AI_SERVER_REQUEST_DURATION, Kind.HISTOGRAM, "s",
+    "gen_ai_server_request_duration_seconds", (*_GENAI, ATTR_ERROR_TYPE),
+    "GenAI server request duration (semconv); error.type set on failures.", GENAI_DURATION_BUCKETS)
+GENAI_TTFT = MetricSpec(
+    _gen_ai_metrics.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, Kind.HISTOGRAM, "s",
+    "gen_ai_server_time_to_first_token_seconds", _GENAI,
+    "Time to generate the first token, arrival to first token (semconv).", GENAI_TTFT_BUCKETS)
+GENAI_TPOT = MetricSpec(
+    _gen_ai_metrics.GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN, Kind.HISTOGRAM, "s",
+    "gen_ai_server_time_per_output_token_seconds", _GENAI,
+    "Time per output token after the first (decode phase), per request (semconv).", GENAI_TPOT_BUCKETS)
+GENAI_TOKEN_USAGE = MetricSpec(
+    _gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE, Kind.HISTOGRAM, "{token}",
+    "gen_ai_client_token_usage", (*_GENAI, GEN_AI_TOKEN_TYPE),
+    "Tokens per request, by gen_ai.token.type input/output (semconv).", GENAI_TOKEN_BUCKETS)
+GPU_UTILIZATION = MetricSpec(
+    "gpu_utilization", Kind.GAUGE, "%", "gpu_utilization_percent", _GPU,
+    "GPU utilization (NVML), percent of the last sample period a kernel ran.")
+GPU_MEMORY_USED = MetricSpec(
+    "gpu_memory_used", Kind.GAUGE, "By", "gpu_memory_used_bytes", _GPU, "GPU memory in use (NVML).")
+GPU_MEMORY_TOTAL = MetricSpec(
+    "gpu_memory_total", Kind.GAUGE, "By", "gpu_memory_total_bytes", _GPU, "GPU memory installed (NVML).")
+GPU_MEMORY_USAGE = MetricSpec(
+    "gpu_memory_usage", Kind.GAUGE, "%", "gpu_memory_usage_percent", _GPU,
+    "GPU memory used / total, percent (NVML).")
+GPU_TEMPERATURE = MetricSpec(
+    "gpu_temperature", Kind.GAUGE, "Cel", "gpu_temperature_celsius", _GPU, "GPU core temperature (NVML).")
+GPU_POWER = MetricSpec(
+    "gpu_power_usage", Kind.GAUGE, "W", "gpu_power_usage_watts", _GPU, "GPU power draw (NVML).")
+PROCESS_CPU = MetricSpec(
+    "process.cpu.time", Kind.COUNTER, "s", "process_cpu_time_seconds_total", (),
+    "CPU time used by the ernie-serve process (user + system).")
+PROCESS_MEMORY = MetricSpec(
+    "process.memory.usage", Kind.GAUGE, "By", "process_memory_usage_bytes", (),
+    "Resident memory of the ernie-serve process.")
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    REQUESTS, LATENCY, ERRORS, TOKEN_THROUGHPUT, QUEUE_LENGTH, QUEUE_CAPACITY, RUNNING,
+    RUNNING_CAPACITY, QUEUE_TIME, PROMPT_TOKENS, GENERATION_TOKENS, GENAI_DURATION, GENAI_TTFT,
+    GENAI_TPOT, GENAI_TOKEN_USAGE, GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL,
+    GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER, PROCESS_CPU, PROCESS_MEMORY,
+)
+GPU_METRICS = (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER)
+
+# Prometheus keeps only these families from our targets (deploy/prometheus.yml's relabel filter).
+PROMETHEUS_KEEP_REGEX = (
+    "(ernie_.*|gen_ai_.*|gpu_.*|process_.*|traces_span_metrics_.*|http_server_request_duration_seconds.*|target_info)"
+)
+# The HTTP server metric of the FastAPI instrumentation (stable HTTP semconv), seconds.
+HTTP_SERVER_DURATION_PROM = "http_server_request_duration_seconds"
+# spanmetrics connector output in the Collector (RED from spans).
+SPANMETRICS_CALLS_PROM = "traces_span_metrics_calls_total"
+SPANMETRICS_DURATION_PROM = "traces_span_metrics_duration_seconds"
+
+BUCKETS_ENV = "ERNIE_OTEL_HISTOGRAM_BUCKETS"
+
+
+def histogram_buckets(spec: MetricSpec, overrides: dict[str, list[float]] | None = None) -> tuple[float, ...]:
+    """Buckets for a histogram: configuration (``--histogram-buckets`` or the
+    ``ERNIE_OTEL_HISTOGRAM_BUCKETS`` JSON object keyed by OTel or Prometheus name) wins."""
+    assert spec.buckets is not None, spec.otel_name
+    merged = dict(load_bucket_overrides())
+    merged.update(overrides or {})
+    for key in (spec.otel_name, spec.prom_name):
+        if key in merged:
+            return tuple(float(b) for b in merged[key])
+    return spec.buckets
+
+
+def load_bucket_overrides(raw: str | None = None) -> dict[str, list[float]]:
+    """Parse and validate bucket overrides; a bad value fails loudly at start-up (habit 5)."""
+    raw = os.environ.get(BUCKETS_ENV, "") if raw is None else raw
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{BUCKETS_ENV} is not valid JSON: {exc}") from exc
+    known = {s.otel_name for s in CATALOGUE if s.buckets} | {s.prom_name for s in CATALOGUE if s.buckets}
+    if not isinstance(data, dict):
+        raise ValueError(f"{BUCKETS_ENV} must be a JSON object of name -> list of bounds")
+    for key, bounds in data.items():
+        if key not in known:
+            raise ValueError(f"{BUCKETS_ENV}: {key!r} is not a histogram of the catalogue")
+        if not isinstance(bounds, list) or not bounds or any(not isinstance(b, (int, float)) for b in bounds):
+            raise ValueError(f"{BUCKETS_ENV}: {key!r} needs a non-empty list of numbers")
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"{BUCKETS_ENV}: {key!r} bounds must be strictly increasing")
+    return data
+
+
+def catalogue_markdown() -> str:
+    """docs/metrics.md, generated from the catalogue (a test keeps the file in step)."""
+    lines = [
+        "# Metric catalogue",
+        "",
+        "Generated from `ernie_otel/names.py` by `python -m ernie_otel.names > docs/metrics.md`;",
+        "`tests/test_names.py` fails when this file and the module disagree.",
+        "",
+        "The Prometheus name is the same whether Prometheus scrapes `ernie-serve --metrics-port`",
+        "directly or the Collector's prometheus exporter (`:8889`). Both add `otel_scope_*` labels;",
+        "`job`/`instance` come from the scrape target (direct) or from `service.name` /",
+        "`service.instance.id` (Collector). GPU series are absent, not zero, without NVML.",
+        "",
+        "| Prometheus name | OTel instrument | type | unit | labels | buckets | meaning |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in CATALOGUE:
+        buckets = ", ".join(f"{b:g}" for b in s.buckets) if s.buckets else ""
+        labels = ", ".join(f"`{label}`" for label in s.prom_labels) or "(none)"
+        lines.append(
+            f"| `{s.prom_name}` | `{s.otel_name}` | {s.kind.value} | `{s.unit}` | {labels} | {buckets} "
+            f"| {s.description} |"
+        )
+    lines += ["", "## Label values", ""]
+    lines.append(f"- `{ATTR_OPERATION}` / `gen_ai_operation_name`: " + ", ".join(f"`{o.value}`" for o in Operation))
+    lines.append(f"- `{ATTR_STATUS}`: " + ", ".join(f"`{s.value}`" for s in Status))
+    lines.append(f"- `{ATTR_MODEL}`, `gen_ai_request_model`, `gen_ai_response_model`: the served model name "
+                 "(`--served-model-name`), never the client's string.")
+    lines.append(f"- `gen_ai_provider_name`: `{PROVIDER_NAME}` (no registered value exists for Baidu/ERNIE).")
+    lines.append("- `gen_ai_token_type`: " + ", ".join(f"`{t.value}`" for t in TokenType))
+    lines.append("- `gpu_index`, `gpu_uuid`, `gpu_name`: from NVML, one series set per GPU.")
+    lines += ["", "### error_type", "", "| value | meaning |", "|---|---|"]
+    for err, meaning in ERROR_TYPE_MEANING.items():
+        lines.append(f"| `{err.value}` | {meaning} |")
+    lines += [
+        "",
+        "## Bucket overrides",
+        "",
+        f"Set `{BUCKETS_ENV}` to a JSON object keyed by OTel or Prometheus histogram name, e.g.",
+        f"`{BUCKETS_ENV}='{{\"ernie_inference_latency_seconds\": [0.5, 1, 5, 30]}}'`.",
+        "A malformed value stops ernie-serve at start-up.",
+        "",
+        "## Spans",
+        "",
+        "- `POST /v1/chat/completions` (SERVER, FastAPI instrumentation; `/health` and `/metrics` excluded)",
+        "  - `{operation} {model}` (INTERNAL, GenAI attributes: request max tokens, temperature, top_p,",
+        "    stream, response id and model, finish reasons, input/output token usage; `error.type` and",
+        "    status ERROR on failure)",
+        f"    - `{SPAN_QUEUE}`: arrival to scheduled",
+        f"    - `{SPAN_PREFILL}`: scheduled to first token",
+        f"    - `{SPAN_DECODE}`: first token to last token",
+        "",
+        f"The response header `{TRACE_ID_HEADER}` carries the trace id; `{TRACE_RESPONSE_HEADER}` the",
+        "W3C trace-context-2 form. Message content is recorded only with",
+        f"`{CAPTURE_CONTENT_ENV}=true`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(catalogue_markdown(), end="")

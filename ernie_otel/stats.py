@@ -1,0 +1,106 @@
+"""Plain per-request and scheduler statistics (habit 3: no OpenTelemetry here).
+
+The engine and scheduler fill these; ``ernie_otel.telemetry.recorder`` turns them into metrics and
+spans once, when a request ends. Times are ``time.perf_counter()`` seconds except
+``arrival_unix_ns``, which anchors the monotonic times to wall-clock for span timestamps.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestStats:
+    request_id: str
+    operation: str  # names.Operation value
+    arrival: float = field(default_factory=time.perf_counter)
+    arrival_unix_ns: int = field(default_factory=time.time_ns)
+    scheduled: float | None = None  # entered the running batch (prefill starts)
+    first_token: float | None = None
+    finished: float | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: str | None = None  # names.FinishReason value
+    status: str | None = None  # names.Status value
+    error_type: str | None = None  # names.ErrorType value
+    queue_length_at_arrival: int = 0
+    max_batch_size: int = 0  # largest running batch this request decoded in
+    decode_steps: int = 0
+    # Request parameters, for span attributes.
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stream: bool = False
+
+    def to_unix_ns(self, t: float) -> int:
+        return self.arrival_unix_ns + int((t - self.arrival) * 1e9)
+
+    @property
+    def e2e_latency(self) -> float:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return end - self.arrival
+
+    @property
+    def queue_time(self) -> float | None:
+        return None if self.scheduled is None else self.scheduled - self.arrival
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.arrival
+
+    @property
+    def time_per_output_token(self) -> float | None:
+        if self.first_token is None or self.finished is None or self.output_tokens < 2:
+            return None
+        return (self.finished - self.first_token) / (self.output_tokens - 1)
+
+
+class ThroughputWindow:
+    """Output tokens per second over a sliding window, across all requests.
+
+    The engine adds one entry per decode step (not per token per request), so the cost is one
+    deque append per step; readers sum the window.
+    """
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+
+    def add(self, tokens: int, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        with self._lock:
+            self._events.append((now, tokens))
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        cutoff = now - self.window_s
+        while self._events and self._events[0][0] < cutoff:
+            self._events.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.perf_counter() if now is None else now
+        with self._lock:
+            self._trim(now)
+            total = sum(n for _, n in self._events)
+        span = min(self.window_s, max(now - self._started, 1e-9))
+        return total / span
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Live scheduler/engine figures, read by observable gauges."""
+
+    max_num_seqs: int
+    max_queue_len: int
+    waiting: int = 0
+    running: int = 0
+    steps: int = 0
+    max_batch_seen: int = 0  # largest number of sequences decoded in one step
+    tokens: ThroughputWindow = field(default_factory=ThroughputWindow)
