@@ -27,6 +27,7 @@ from .engine import Engine, EngineStoppedError, Event, QueueFullError, SamplingP
 from .names import ErrorType, FinishReason, Operation, Status
 from .protocol import APIError, GenerationRequest, parse_chat, parse_completion, parse_json
 from .telemetry.recorder import Recorder, RequestTelemetry
+from .telemetry.setup import describe_telemetry
 
 log = logging.getLogger("ernie_otel.server")
 
@@ -394,6 +395,19 @@ class ErnieServer:
             return JSONResponse({"object": "list", "data": [{
                 "id": self.model_name, "object": "model", "created": self.created, "owned_by": "ernie-otel",
                 "root": str(self.model_path or self.config.model), "max_model_len": self.config.max_model_len}]})
+
+        @app.get("/stats")
+        async def stats() -> Response:
+            """Engine and telemetry state for operators and tests (not an OpenAI route)."""
+            engine = self.engine.stats if self.engine is not None else None
+            return JSONResponse({
+                "model": self.model_name,
+                "engine": None if engine is None else {
+                    "waiting": engine.waiting, "running": engine.running, "steps": engine.steps,
+                    "max_batch_seen": engine.max_batch_seen, "max_num_seqs": engine.max_num_seqs,
+                    "max_queue_len": engine.max_queue_len, "tokens_per_second": engine.tokens.rate()},
+                "telemetry": describe_telemetry(telemetry),
+            })
 
         @app.get("/health")
         async def health() -> Response:

@@ -26,6 +26,9 @@ DISTRO_DEFAULTS = {
     # The Collector config has no logs pipeline; logs stay on stderr unless asked for.
     "OTEL_LOGS_EXPORTER": "none",
     "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    # ernie-serve instruments its FastAPI app itself, without the per-chunk send/receive spans
+    # the auto-instrumentation would add to every streamed token.
+    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "fastapi",
 }
 
 

@@ -30,10 +30,14 @@ class ErniePrometheusReader(PrometheusMetricReader):
         return encoder(self.registry), content_type
 
 
+def metric_readers(meter_provider: Any) -> list[Any]:
+    """The readers of an SDK MeterProvider (a private attribute: pinned SDK range, checked by tests)."""
+    return list(getattr(meter_provider, "_metric_readers", ()) or ())
+
+
 def find_reader(meter_provider: Any) -> ErniePrometheusReader | None:
     """The ErniePrometheusReader inside an SDK MeterProvider, if it has one."""
-    readers = getattr(getattr(meter_provider, "_sdk_config", None), "metric_readers", ()) or ()
-    for reader in readers:
+    for reader in metric_readers(meter_provider):
         if isinstance(reader, ErniePrometheusReader):
             return reader
     return None

@@ -104,3 +104,33 @@ def configure(otlp_endpoint: str | None = None) -> Telemetry:
     metrics.set_meter_provider(meter)
     trace.set_tracer_provider(tracer)
     return Telemetry(meter, tracer, reader, "standalone")
+
+
+def _exporter_endpoint(exporter: Any) -> str | None:
+    return getattr(exporter, "_endpoint", None)
+
+
+def describe_telemetry(telemetry: Telemetry | None) -> dict[str, Any]:
+    """What the running SDK exports where -- shown on /stats so a user can check a deployment."""
+    from .prometheus import ErniePrometheusReader, metric_readers
+
+    if telemetry is None:
+        return {"mode": "none"}
+    info: dict[str, Any] = {"mode": telemetry.mode, "prometheus_readers": len(ErniePrometheusReader.instances),
+                            "metric_readers": [], "span_exporters": []}
+    for reader in metric_readers(telemetry.meter_provider):
+        exporter = getattr(reader, "_exporter", None)
+        info["metric_readers"].append({"reader": type(reader).__name__,
+                                       "exporter": type(exporter).__name__ if exporter is not None else None,
+                                       "endpoint": _exporter_endpoint(exporter)})
+    active = getattr(telemetry.tracer_provider, "_active_span_processor", None)
+    for processor in getattr(active, "_span_processors", ()) or ():
+        exporter = getattr(processor, "span_exporter", None) or getattr(
+            getattr(processor, "_batch_processor", None), "_exporter", None)
+        info["span_exporters"].append({"processor": type(processor).__name__,
+                                       "exporter": type(exporter).__name__ if exporter is not None else None,
+                                       "endpoint": _exporter_endpoint(exporter)})
+    resource = getattr(telemetry.meter_provider, "_sdk_config", None)
+    if resource is not None:
+        info["service_name"] = resource.resource.attributes.get("service.name")
+    return info

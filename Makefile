@@ -1,0 +1,20 @@
+# The two entry points of the README. Both do their own set-up (scripts/setup.sh).
+.PHONY: setup demo test lint down
+
+setup:
+	bash scripts/setup.sh
+
+# The whole stack locally (ernie-serve with the tiny model under opentelemetry-instrument, the
+# Collector, Jaeger, Prometheus, Alertmanager) plus steady load; Ctrl-C stops it all.
+demo: setup
+	.venv/bin/ernie-otel stack up --load --foreground
+
+down:
+	.venv/bin/ernie-otel stack down
+
+lint: setup
+	.venv/bin/ruff check .
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q -ra
