@@ -62,7 +62,7 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], log_path: Path, timeo
 
 
 @contextmanager
-def run_server(tmp: Path, *args: str, env: Mapping[str, str] | None = None, instrument: bool = False,
+def run_server(tmp: Path, *args: str, env: Mapping[str, str | None] | None = None, instrument: bool = False,
                name: str = "serve") -> Iterator[Served]:
     port, metrics_port = free_port(), free_port()
     cmd = [str(BIN_DIR / "ernie-serve"), "--model", "tiny", "--port", str(port), "--metrics-port",
@@ -70,7 +70,8 @@ def run_server(tmp: Path, *args: str, env: Mapping[str, str] | None = None, inst
     if instrument:
         cmd = [str(BIN_DIR / "opentelemetry-instrument"), *cmd]
     log_path = tmp / f"{name}-{port}.log"
-    full_env = {**os.environ, **(env or {})}
+    # A None value removes the variable, so a test sees defaults whatever the caller's environment.
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     try:
