@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -24,8 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import names
 from .engine import Engine, EngineStoppedError, Event, QueueFullError, SamplingParams, Sequence, async_deliverer
+from .gateway import Gateway
+from .gateway import error_response as gateway_error_response
 from .names import ErrorType, FinishReason, Operation, Status
 from .protocol import APIError, GenerationRequest, parse_chat, parse_completion, parse_json
+from .stats import EngineStats
 from .telemetry.recorder import Recorder, RequestTelemetry
 from .telemetry.setup import describe_telemetry
 
@@ -53,6 +57,8 @@ class ServeConfig:
     access_log: bool = False
     log_level: str = "info"
     upstream: str | None = None
+    upstream_timeout: float = 120.0
+    upstream_api_key: str | None = None
 
 
 class ModelUnavailableError(Exception):
@@ -110,11 +116,42 @@ class ErnieServer:
         self.model_name = config.served_model_name or (
             "ernie-4.5-tiny" if config.model == "tiny" else config.model.rstrip("/").split("/")[-1])
         self.engine: Engine | None = None
+        self.gateway: Gateway | None = None
+        if config.upstream:
+            self.gateway = Gateway(config.upstream, timeout=config.upstream_timeout,
+                                   max_in_flight=config.max_num_seqs + config.max_queue_len,
+                                   api_key=config.upstream_api_key)
+
         self.tokenizer: Any = None
         self.model_path: Path | None = None
         self.load_error: str | None = None
-        self.recorder: Recorder = recorder_factory(self.model_name, lambda: self.engine.stats if self.engine else None)
+        self.recorder: Recorder = recorder_factory(self.model_name, self._engine_stats)
         self.created = int(time.time())
+
+    def _engine_stats(self) -> EngineStats | None:
+        if self.gateway is not None:
+            return self.gateway.stats
+        return self.engine.stats if self.engine is not None else None
+
+    @property
+    def ready(self) -> bool:
+        return self.gateway is not None or self.engine is not None
+
+    async def connect_upstream(self) -> None:
+        """Learn the upstream's model id, to name it in forwarded requests; until then requests go
+        out under the served name (an upstream that is down answers them with 502)."""
+        assert self.gateway is not None
+        delay = 0.5
+        while True:
+            try:
+                upstream_model = await self.gateway.discover_model()
+                log.info("gateway: upstream %s serves %r; exposed as %r", self.gateway.base, upstream_model,
+                         self.model_name)
+                return
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+                log.warning("gateway: upstream %s not answering /v1/models yet (%r)", self.gateway.base, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     # -------------------------------------------------------------------- loading
     def load(self) -> None:
@@ -203,7 +240,7 @@ class ErnieServer:
         rt = self.recorder.start(op, response_id)
         try:
             self._check_auth(request)
-            if self.engine is None:
+            if not self.ready:
                 raise APIError(503, "The model is still loading; retry shortly." if self.load_error is None
                                else "The model failed to load.", ErrorType.NOT_READY,
                                openai_type="service_unavailable_error", status=Status.REJECTED,
@@ -211,6 +248,12 @@ class ErnieServer:
             data = parse_json(await self._read_body(request))
             req = parse_chat(data) if operation is Operation.CHAT else parse_completion(data)
             self._check_model(req.model)
+            if self.gateway is not None:
+                st = rt.stats
+                st.max_tokens, st.stream = req.max_tokens, req.stream
+                st.temperature, st.top_p, st.seed = req.temperature, req.top_p, req.seed
+                self.recorder.set_request_params(rt, req.messages if req.messages is not None else req.prompt)
+                return await self.gateway.forward(operation, req, data, rt, self.recorder)
             prompt_ids = self._tokenize(req)
             max_tokens = self._max_tokens(req, len(prompt_ids))
             st = rt.stats
@@ -233,7 +276,7 @@ class ErnieServer:
                                openai_type="service_unavailable_error", status=Status.REJECTED) from None
         except APIError as err:
             self.recorder.finish(rt, err.status.value, error_type=err.error_type.value, exception=err)
-            return self._error_response(err, rt)
+            return gateway_error_response(err, self.recorder.trace_headers(rt))
 
         headers = self.recorder.trace_headers(rt)
         if req.stream:
@@ -353,8 +396,16 @@ class ErnieServer:
     def create_app(self, telemetry: Any = None) -> FastAPI:
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            threading.Thread(target=self.load, name="ernie-load", daemon=True).start()
+            connect = None
+            if self.gateway is not None:
+                connect = asyncio.create_task(self.connect_upstream())
+            else:
+                threading.Thread(target=self.load, name="ernie-load", daemon=True).start()
             yield
+            if connect is not None:
+                connect.cancel()
+            if self.gateway is not None:
+                await self.gateway.close()
             if self.engine is not None:
                 await asyncio.to_thread(self.engine.shutdown)
 
@@ -399,7 +450,7 @@ class ErnieServer:
         @app.get("/stats")
         async def stats() -> Response:
             """Engine and telemetry state for operators and tests (not an OpenAI route)."""
-            engine = self.engine.stats if self.engine is not None else None
+            engine = self._engine_stats()
             return JSONResponse({
                 "model": self.model_name,
                 "engine": None if engine is None else {
@@ -411,7 +462,7 @@ class ErnieServer:
 
         @app.get("/health")
         async def health() -> Response:
-            if self.engine is not None:
+            if self.ready:
                 return JSONResponse({"status": "ok", "model": self.model_name})
             state = "failed" if self.load_error else "loading"
             return JSONResponse({"status": state, "error": self.load_error}, status_code=503)
@@ -426,6 +477,21 @@ class ErnieServer:
                 excluded_urls=os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "health,metrics"),
                 exclude_spans=["receive", "send"])
         return app
+
+
+def discover_upstream_model(upstream: str, api_key: str | None, timeout: float = 30.0) -> str:
+    base = upstream.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = httpx.get(base + "/v1/models", headers=headers, timeout=5)
+            r.raise_for_status()
+            return str(r.json()["data"][0]["id"])
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes, help="request body limit (413)")
     p.add_argument("--otlp-endpoint", default=None, help="export metrics and spans over OTLP/gRPC to this endpoint "
                    "(standalone mode; the OTEL_* variables work too)")
+    p.add_argument("--upstream", default=None, help="gateway mode: forward the OpenAI API to this "
+                   "OpenAI-compatible server (FastDeploy, vLLM, ...) instead of loading a model")
+    p.add_argument("--upstream-timeout", type=float, default=d.upstream_timeout,
+                   help="seconds to wait for the upstream (504 beyond)")
+    p.add_argument("--upstream-api-key", default=os.environ.get("ERNIE_UPSTREAM_API_KEY"))
     p.add_argument("--access-log", action="store_true")
     p.add_argument("--log-level", default=d.log_level)
     return p
@@ -458,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = ServeConfig(**{k: v for k, v in vars(args).items() if k in ServeConfig.__dataclass_fields__})
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
     for flag, value in (("--max-num-seqs", config.max_num_seqs), ("--max-model-len", config.max_model_len)):
         if value < 1:
             print(f"ernie-serve: {flag} must be at least 1", file=sys.stderr)
@@ -465,11 +537,19 @@ def main(argv: list[str] | None = None) -> int:
     if config.max_queue_len < 0:
         print("ernie-serve: --max-queue-len must be 0 or more", file=sys.stderr)
         return 2
-    if config.model != "tiny":
+    if config.upstream is None and config.model != "tiny":
         try:
             resolve_model_path(config.model)  # fail before binding ports, with one clear message
         except ModelUnavailableError as exc:
             print(f"ernie-serve: {exc}", file=sys.stderr)
+            return 2
+
+    if config.upstream is not None and config.served_model_name is None:
+        try:
+            config.served_model_name = discover_upstream_model(config.upstream, config.upstream_api_key)
+        except Exception as exc:
+            print(f"ernie-serve: cannot ask the upstream {config.upstream} for its model ({exc!r}); start it first "
+                  "or pass --served-model-name", file=sys.stderr)
             return 2
 
     from .telemetry.setup import configure
