@@ -258,9 +258,21 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 )
 GPU_METRICS = (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER)
 
+# Native families of the engines behind gateway mode, scraped by the Collector's optional
+# prometheus/engine receiver (collector/engine-metrics.yaml) with their names unchanged. The
+# dashboard's engine row reads these; each tuple lists the spellings of one figure across engines
+# and versions (vLLM v1 renamed gpu_cache_usage_perc to kv_cache_usage_perc).
+ENGINE_JOB = "inference-engine"
+ENGINE_RUNNING = ("fastdeploy:num_requests_running", "vllm:num_requests_running")
+ENGINE_WAITING = ("fastdeploy:num_requests_waiting", "vllm:num_requests_waiting")
+ENGINE_KV_CACHE_USAGE = ("fastdeploy:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+ENGINE_TTFT = ("fastdeploy:time_to_first_token_seconds", "vllm:time_to_first_token_seconds")
+ENGINE_FAMILY_PREFIXES = ("fastdeploy:", "vllm:")
+
 # Prometheus keeps only these families from our targets (deploy/prometheus.yml's relabel filter).
 PROMETHEUS_KEEP_REGEX = (
-    "(ernie_.*|gen_ai_.*|gpu_.*|process_.*|traces_span_metrics_.*|http_server_request_duration_seconds.*|target_info)"
+    "(ernie_.*|gen_ai_.*|gpu_.*|process_.*|traces_span_metrics_.*|http_server_request_duration_seconds.*"
+    "|target_info|fastdeploy:.*|vllm:.*)"
 )
 # The HTTP server metric of the FastAPI instrumentation (stable HTTP semconv), seconds.
 HTTP_SERVER_DURATION_PROM = "http_server_request_duration_seconds"
