@@ -5,13 +5,17 @@ real Prometheus (or to promtool) without Grafana.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "dashboards"
 DASHBOARD_PATH = DASHBOARDS_DIR / "ernie-inference.json"
+# The generator the JSON is written by (`python dashboards/generate.py`).
+GENERATOR_PATH = DASHBOARDS_DIR / "generate.py"
 
 # Panels fed only by NVML gauges: on a machine without an NVIDIA GPU their queries must return
 # no series (the gauges are absent, not zero) -- and never an error.
@@ -21,6 +25,12 @@ GPU_PANELS: tuple[str, ...] = ("GPU memory used", "GPU utilization", "GPU temper
 # ernie-serve directly.
 COLLECTOR_ONLY_PANELS: tuple[str, ...] = ("Span rate", "Span errors", "Span duration p95")
 
+# Panels fed only by the inference engine's native families (fastdeploy:*, vllm:*), which exist
+# only in gateway mode with the Collector's collector/engine-metrics.yaml add-on: without it (local
+# mode, direct scrape, plain Collector) their queries must return no series -- and never an error.
+# They are filtered by $engine_job/$engine_instance, not by $job/$instance/$model.
+ENGINE_PANELS: tuple[str, ...] = ("Engine running vs waiting", "Engine KV-cache usage", "Engine time to first token")
+
 # What Grafana would put in for its built-in variables and for "All" of the dashboard variables
 # (allValue ".*"); callers override any of them.
 DEFAULT_VARIABLES: dict[str, str] = {
@@ -28,6 +38,8 @@ DEFAULT_VARIABLES: dict[str, str] = {
     "job": ".*",
     "instance": ".*",
     "model": ".*",
+    "engine_job": ".*",
+    "engine_instance": ".*",
     "__rate_interval": "1m",
     "__interval": "15s",
     "__range": "6h",
@@ -40,6 +52,16 @@ _VAR_RE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)\]\]")
 def load_dashboard(path: Path = DASHBOARD_PATH) -> dict:
     with path.open(encoding="utf-8") as f:
         return json.load(f)
+
+
+def load_generator() -> ModuleType:
+    """``dashboards/generate.py`` as a module (``dashboards`` is not a package): its
+    ``build_dashboard()`` is what the JSON must be, ``render()`` the file's exact text."""
+    spec = importlib.util.spec_from_file_location("ernie_dashboard_generate", GENERATOR_PATH)
+    assert spec and spec.loader, GENERATOR_PATH
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def iter_panels(dashboard: dict) -> Iterator[dict]:
@@ -64,11 +86,12 @@ def substitute(text: str, variables: dict[str, str]) -> str:
 
 def iter_queries(dashboard: dict, variables: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
     """``(panel title, refId, expr)`` for every target of every panel, with ``$job``, ``$instance``,
-    ``$model``, ``${datasource}``, ``$__rate_interval``, ``$__range`` and ``$__interval``
-    replaced by ``variables`` (over :data:`DEFAULT_VARIABLES`).
+    ``$model``, ``$engine_job``, ``$engine_instance``, ``${datasource}``, ``$__rate_interval``,
+    ``$__range`` and ``$__interval`` replaced by ``variables`` (over :data:`DEFAULT_VARIABLES`).
 
-    Values are put in verbatim: ``job``/``instance``/``model`` stand in ``=~`` matchers, so they
-    are regular expressions (``.*`` is Grafana's "All").
+    Values are put in verbatim: ``job``/``instance``/``model`` and ``engine_job``/``engine_instance``
+    stand in ``=~`` matchers, so they are regular expressions (``.*`` is Grafana's "All").
+    The :data:`ENGINE_PANELS` read only the ``engine_*`` pair.
     """
     values = {**DEFAULT_VARIABLES, **(variables or {})}
     queries = []

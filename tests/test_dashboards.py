@@ -2,12 +2,14 @@
 
 The Grafana dashboard linter (a Go module) is not available here, so its rules, and ours, are
 checked in Python: layout, data source, variables, units and descriptions, every PromQL selector's
-matchers and rate windows, every metric name against ``ernie_otel.names``, and the PromQL syntax
-itself through ``promtool check rules``.
+matchers and rate windows, every metric name against ``ernie_otel.names`` (the engine row's
+``{__name__=~"a|b"}`` selectors against its ``ENGINE_*`` tuples), the PromQL syntax itself through
+``promtool check rules``, and that the JSON is exactly what ``dashboards/generate.py`` builds.
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 import shutil
@@ -27,11 +29,13 @@ from dashboard_queries import (
     DASHBOARD_PATH,
     DASHBOARDS_DIR,
     DEFAULT_VARIABLES,
+    ENGINE_PANELS,
     GPU_PANELS,
     is_instant,
     iter_panels,
     iter_queries,
     load_dashboard,
+    load_generator,
     substitute,
 )
 
@@ -58,8 +62,23 @@ NO_MODEL_LABEL_PREFIXES = ("gpu_", "process_", "traces_span_metrics_")
 SPANMETRICS_LABELS = {"service_name", "span_name", "span_kind", "status_code"}
 SPAN_STATUS_CODES = {"STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"}
 
+# The inference engine's native families (gateway mode, collector/engine-metrics.yaml). Each
+# figure is spelled differently by each engine (names.py's ENGINE_* tuples); a selector reads one
+# figure as {__name__=~"<every spelling>"} plus the suffix of the series it reads.
+ENGINE_ROW = "Engine (native metrics)"
+ENGINE_FIGURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "running": (names.ENGINE_RUNNING, ("",)),
+    "waiting": (names.ENGINE_WAITING, ("",)),
+    "KV-cache usage": (names.ENGINE_KV_CACHE_USAGE, ("",)),
+    "time to first token": (names.ENGINE_TTFT, ("_bucket", "_sum", "_count")),
+}
+# The only matchers an engine selector may have (besides its __name__=~): engine series carry no
+# model label and their job/instance are the engine's, never ernie-serve's.
+ENGINE_MATCHERS = {("job", "=~", "$engine_job"), ("instance", "=~", "$engine_instance")}
+ENGINE_VARIABLES = ("engine_job", "engine_instance")
+
 # Sections of the dashboard and, per panel, the metric families it must show.
-REQUIRED_ROWS = ["Service overview", "Performance", "Capacity", "Resources", "Traces (spanmetrics)"]
+REQUIRED_ROWS = ["Service overview", "Performance", "Capacity", "Resources", "Traces (spanmetrics)", ENGINE_ROW]
 _SM_CALLS, _SM_DUR = names.SPANMETRICS_CALLS_PROM, names.SPANMETRICS_DURATION_PROM
 REQUIRED_PANELS: dict[str, set[str]] = {
     "Request rate": {names.REQUESTS.prom_name},
@@ -86,6 +105,9 @@ REQUIRED_PANELS: dict[str, set[str]] = {
     "Span rate": {_SM_CALLS},
     "Span errors": {_SM_CALLS},
     "Span duration p95": {_SM_DUR + "_bucket"},
+    "Engine running vs waiting": {*names.ENGINE_RUNNING, *names.ENGINE_WAITING},
+    "Engine KV-cache usage": set(names.ENGINE_KV_CACHE_USAGE),
+    "Engine time to first token": {name + "_bucket" for name in names.ENGINE_TTFT},
 }
 EXEMPLAR_PANELS = {"End-to-end latency", "Time to first token"}
 QUANTILE_PANELS = {"End-to-end latency", "Time to first token", "Time per output token", "Queue time"}
@@ -94,11 +116,23 @@ QUANTILE_PANELS = {"End-to-end latency", "Time to first token", "Time per output
 # ----------------------------------------------------------------------- a small PromQL reader
 @dataclass
 class Selector:
+    """``metric{...}``, or ``{__name__=~"a|b", ...}`` (metric ``""``, the names in ``alternatives``)."""
+
     metric: str
     matchers: list[tuple[str, str, str]] = field(default_factory=list)  # (label, op, value)
+    alternatives: tuple[str, ...] = ()
 
     def get(self, label: str) -> list[tuple[str, str]]:
         return [(op, value) for name, op, value in self.matchers if name == label]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every metric name the selector can match."""
+        return (self.metric,) if self.metric else self.alternatives
+
+    @property
+    def label_matchers(self) -> set[tuple[str, str, str]]:
+        return {m for m in self.matchers if m[0] != "__name__"}
 
 
 _TOKEN_RE = re.compile(
@@ -148,6 +182,40 @@ def _unquote(s: str) -> str:
     return re.sub(r"\\(.)", r"\1", s[1:-1])
 
 
+_PLAIN_METRIC_NAME_RE = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+def _parse_matchers(tokens: list[tuple[str, str]], i: int, expr: str) -> tuple[list[tuple[str, str, str]], int]:
+    """The matchers of the ``{...}`` that starts at ``tokens[i]``, and the index after its ``}``."""
+    matchers = []
+    i += 1
+    while tokens[i][1] != "}":
+        if tokens[i][1] == ",":
+            i += 1
+            continue
+        (lk, label), (ok, op), (sk, value) = tokens[i : i + 3]
+        assert lk == "ident" and ok == "op" and sk == "string", f"bad matcher in {expr!r}"
+        matchers.append((label, op, _unquote(value)))
+        i += 3
+    return matchers, i + 1
+
+
+def _name_alternatives(matchers: list[tuple[str, str, str]], expr: str) -> tuple[str, ...]:
+    """The metric names of a ``{__name__=~"a|b", ...}`` selector: only a plain alternation of
+    literal names is accepted, so that every name it can match is known here."""
+    name_matchers = [(op, value) for label, op, value in matchers if label == "__name__"]
+    assert len(name_matchers) == 1, f"selector without a metric name in {expr!r}"
+    op, value = name_matchers[0]
+    assert op in ("=", "=~"), f"__name__{op} could match any family in {expr!r}"
+    alternatives = tuple(value.split("|")) if op == "=~" else (value,)
+    for name in alternatives:
+        assert _PLAIN_METRIC_NAME_RE.fullmatch(name), (
+            f"__name__ must be a|b|... of literal metric names, not {name!r}, in {expr!r}"
+        )
+    assert len(set(alternatives)) == len(alternatives), f"a name repeated in {value!r}"
+    return alternatives
+
+
 def parse(expr: str) -> tuple[list[Selector], list[str]]:
     """The metric selectors of ``expr`` and its range windows (the text inside ``[...]``)."""
     tokens = tokenize(expr)
@@ -157,8 +225,10 @@ def parse(expr: str) -> tuple[list[Selector], list[str]]:
     while i < len(tokens):
         kind, text = tokens[i]
         nxt = tokens[i + 1] if i + 1 < len(tokens) else (None, None)
-        if kind == "op" and text == "{":
-            raise AssertionError(f"selector without a metric name in {expr!r}")
+        if kind == "op" and text == "{":  # a selector by __name__ only: {__name__=~"a|b", ...}
+            matchers, i = _parse_matchers(tokens, i, expr)
+            selectors.append(Selector("", matchers, _name_alternatives(matchers, expr)))
+            continue
         if kind != "ident":
             i += 1
             continue
@@ -172,16 +242,8 @@ def parse(expr: str) -> tuple[list[Selector], list[str]]:
         sel = Selector(text)
         i += 1
         if nxt[1] == "{":
-            i += 1
-            while tokens[i][1] != "}":
-                if tokens[i][1] == ",":
-                    i += 1
-                    continue
-                (lk, label), (ok, op), (sk, value) = tokens[i : i + 3]
-                assert lk == "ident" and ok == "op" and sk == "string", f"bad matcher in {expr!r}"
-                sel.matchers.append((label, op, _unquote(value)))
-                i += 3
-            i += 1
+            sel.matchers, i = _parse_matchers(tokens, i, expr)
+            assert not sel.get("__name__"), f"{text} has a metric name and a __name__ matcher in {expr!r}"
         selectors.append(sel)
     return selectors, ranges
 
@@ -194,6 +256,24 @@ def test_promql_reader_itself() -> None:
     assert [s.metric for s in sels] == ["a_bucket", "b"]
     assert sels[0].matchers == [("job", "=~", "$job"), ("x", "=", "y")]
     assert ranges == ["$__rate_interval"]
+
+    sels, ranges = parse(
+        'histogram_quantile(0.5, sum by (le) (rate({__name__=~"e:a_bucket|f:a_bucket", job=~"$engine_job"}[5m])))'
+        ' / max by (instance) ({instance=~"$engine_instance", __name__="e:b"}) + c{x!="y"}'
+    )
+    assert [(s.metric, s.names) for s in sels] == [
+        ("", ("e:a_bucket", "f:a_bucket")),
+        ("", ("e:b",)),
+        ("c", ("c",)),
+    ]
+    assert sels[0].label_matchers == {("job", "=~", "$engine_job")}
+    assert sels[1].get("instance") == [("=~", "$engine_instance")]
+    assert ranges == ["5m"]
+    # A name matcher must list literal names, positively, once each, and only where no name is written.
+    for bad in ('{job="x"}', '{__name__=~"e:.*"}', '{__name__!~"a|b"}', '{__name__=~"a|a"}', 'a{__name__="b"}',
+                '{__name__="a", __name__="b"}'):
+        with pytest.raises(AssertionError):
+            parse(bad)
 
 
 # -------------------------------------------------------------------------------- fixtures
@@ -234,6 +314,36 @@ def _catalogue_series() -> dict[str, tuple[str, ...]]:
     series[_SM_DUR + "_sum"] = tuple(SPANMETRICS_LABELS)
     series[_SM_DUR + "_count"] = tuple(SPANMETRICS_LABELS)
     return series
+
+
+# ------------------------------------------------------------------------------ the generator
+def test_json_is_what_the_generator_builds(dashboard: dict) -> None:
+    """The JSON never drifts from dashboards/generate.py (hence from ernie_otel/names.py)."""
+    generator = load_generator()
+    built = generator.build_dashboard()
+    text = DASHBOARD_PATH.read_text(encoding="utf-8")
+    expected = generator.render(built)
+    if text != expected:
+        diff = difflib.unified_diff(text.splitlines(), expected.splitlines(), "ernie-inference.json",
+                                    "build_dashboard()", lineterm="", n=2)
+        pytest.fail("dashboards/ernie-inference.json is stale: run `python dashboards/generate.py`\n"
+                    + "\n".join(itertools.islice(diff, 60)))
+    assert dashboard == built
+    # Deterministic, and built afresh each call (panel ids restart at 1).
+    assert generator.build_dashboard() == built
+    assert generator.render() == expected
+    assert [p["id"] for p in built["panels"]] == list(range(1, len(built["panels"]) + 1))
+
+
+def test_generator_check_mode(tmp_path: Path) -> None:
+    generator = load_generator()
+    target = tmp_path / "dashboard.json"
+    assert generator.main(["--output", str(target), "--check"]) == 1  # missing
+    assert generator.main(["--output", str(target)]) == 0
+    assert target.read_text(encoding="utf-8") == DASHBOARD_PATH.read_text(encoding="utf-8")
+    assert generator.main(["--output", str(target), "--check"]) == 0
+    target.write_text(target.read_text(encoding="utf-8").replace('"10s"', '"5s"'), encoding="utf-8")
+    assert generator.main(["--output", str(target), "--check"]) == 1
 
 
 # ------------------------------------------------------------------------------ the model
@@ -298,6 +408,8 @@ def test_each_panel_sits_under_its_row(dashboard: dict) -> None:
         "GPU power": "Resources",
         "Process memory": "Resources",
         "Span duration p95": "Traces (spanmetrics)",
+        "Engine running vs waiting": ENGINE_ROW,
+        "Engine time to first token": ENGINE_ROW,
     }
     by_title = {p["title"]: p for p in dashboard["panels"]}
     for title, row_title in section.items():
@@ -319,7 +431,7 @@ def test_required_panels_show_their_metrics(query_panels: list[dict]) -> None:
     by_title = {p["title"]: p for p in query_panels}
     for title, metrics in REQUIRED_PANELS.items():
         assert title in by_title, f"missing panel {title!r}"
-        used = {s.metric for t in by_title[title]["targets"] for s in parse(t["expr"])[0]}
+        used = {name for t in by_title[title]["targets"] for s in parse(t["expr"])[0] for name in s.names}
         assert metrics <= used, f"{title}: {metrics - used} not queried"
 
 
@@ -342,12 +454,16 @@ def test_one_datasource_variable_used_everywhere(dashboard: dict, query_panels: 
 
 def test_template_variables(dashboard: dict) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert list(variables) == ["datasource", "job", "instance", "model"]
+    assert list(variables) == ["datasource", "job", "instance", "model", *ENGINE_VARIABLES]
     req = names.REQUESTS.prom_name
+    # The engine's jobs/instances: those exposing any spelling of its running gauge.
+    running = "|".join(names.ENGINE_RUNNING)
     expected = {
         "job": f"label_values({req}, job)",
         "instance": f'label_values({req}{{job=~"$job"}}, instance)',
         "model": f'label_values({req}{{job=~"$job", instance=~"$instance"}}, {names.ATTR_MODEL})',
+        "engine_job": f'label_values({{__name__=~"{running}"}}, job)',
+        "engine_instance": f'label_values({{__name__=~"{running}", job=~"$engine_job"}}, instance)',
     }
     for name, query in expected.items():
         v = variables[name]
@@ -357,6 +473,8 @@ def test_template_variables(dashboard: dict) -> None:
         assert v.get("definition", query) == query, name
         assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ".*", name
         assert v["refresh"] in (1, 2), name
+        # Default "All": the engine row shows whatever engine is scraped, and nothing (no error) when none is.
+        assert v["current"]["value"] == ["$__all"], name
     # The data source variable defaults to the provisioned Prometheus.
     assert variables["datasource"]["current"]["value"] == _prometheus_ds()["uid"]
 
@@ -378,12 +496,28 @@ def test_windows_use_rate_interval(query_panels: list[dict]) -> None:
     assert used_allowlist == set(WINDOW_ALLOWLIST), "stale entries in WINDOW_ALLOWLIST"
 
 
+def _is_engine(s: Selector) -> bool:
+    return any(name.startswith(names.ENGINE_FAMILY_PREFIXES) for name in s.names)
+
+
 def test_selectors_have_job_instance_and_model_matchers(query_panels: list[dict]) -> None:
     for p, t in _targets(query_panels):
         where = f"{p['title']} ({t['refId']})"
         selectors, _ = parse(t["expr"])
         assert selectors, where
+        engine_panel = p["title"] in ENGINE_PANELS
         for s in selectors:
+            if _is_engine(s):
+                assert engine_panel, f"{where}: engine family {s.names} outside ENGINE_PANELS"
+                assert not s.metric, f'{where}: {s.metric} should be read as {{__name__=~"<every spelling>"}}'
+                assert all(name.startswith(names.ENGINE_FAMILY_PREFIXES) for name in s.names), where
+                assert s.label_matchers == ENGINE_MATCHERS, (
+                    f"{where}: engine selectors take exactly {sorted(ENGINE_MATCHERS)}, not {s.matchers}"
+                )
+                continue
+            assert not engine_panel, f"{where}: {s.names} is not an engine family"
+            assert s.metric, f"{where}: only the engine panels select by __name__"
+            assert not any(value.startswith("$engine_") for _, _, value in s.matchers), where
             assert s.get("job") == [("=~", "$job")], f'{where}: {s.metric} needs job=~"$job"'
             assert s.get("instance") == [("=~", "$instance")], f'{where}: {s.metric} needs instance=~"$instance"'
             assert not any(label.startswith("otel_scope_") for label, _, _ in s.matchers), where
@@ -397,11 +531,31 @@ def test_selectors_have_job_instance_and_model_matchers(query_panels: list[dict]
                 assert s.get("model") == [("=~", "$model")], f"{where}: {s.metric}"
 
 
+def _engine_series() -> dict[frozenset[str], str]:
+    """Every alternation an engine selector may use -- all spellings of one figure, one suffix --
+    and what it reads."""
+    return {
+        frozenset(name + suffix for name in spellings): figure + suffix
+        for figure, (spellings, suffixes) in ENGINE_FIGURES.items()
+        for suffix in suffixes
+    }
+
+
 def test_metric_names_come_from_the_catalogue(query_panels: list[dict]) -> None:
     series = _catalogue_series()
+    engine_series = _engine_series()
+    engine_names = set().union(*engine_series)
     for p, t in _targets(query_panels):
         for s in parse(t["expr"])[0]:
-            assert s.metric in series, f"{p['title']}: {s.metric} is not in ernie_otel.names"
+            if _is_engine(s):
+                for name in s.names:
+                    assert name in engine_names, f"{p['title']}: {name} is not in names.ENGINE_* tuples"
+                assert frozenset(s.names) in engine_series, (
+                    f"{p['title']}: {s.names} is not every spelling of one figure of names.ENGINE_*"
+                )
+                continue
+            for name in s.names:
+                assert name in series, f"{p['title']}: {name} is not in ernie_otel.names"
 
 
 def test_matchers_use_existing_labels_and_values(query_panels: list[dict]) -> None:
@@ -415,6 +569,8 @@ def test_matchers_use_existing_labels_and_values(query_panels: list[dict]) -> No
     }
     for p, t in _targets(query_panels):
         for s in parse(t["expr"])[0]:
+            if _is_engine(s):
+                continue  # exactly ENGINE_MATCHERS (test_selectors_have_job_instance_and_model_matchers)
             allowed = {"job", "instance", *series[s.metric]}
             for label, op, value in s.matchers:
                 assert label in allowed, f"{p['title']}: {s.metric} has no label {label}"
@@ -438,7 +594,7 @@ def test_exemplars_on_latency_and_ttft(query_panels: list[dict]) -> None:
     for p, t in _targets(query_panels):
         if t.get("exemplar"):
             # Exemplars hang off histogram buckets; elsewhere Prometheus has none to return.
-            assert any(s.metric.endswith("_bucket") for s in parse(t["expr"])[0]), p["title"]
+            assert any(name.endswith("_bucket") for s in parse(t["expr"])[0] for name in s.names), p["title"]
 
 
 def test_heatmap_panel(query_panels: list[dict]) -> None:
@@ -455,15 +611,53 @@ def test_heatmap_panel(query_panels: list[dict]) -> None:
 def test_gpu_and_collector_only_panels(query_panels: list[dict]) -> None:
     by_title = {p["title"]: p for p in query_panels}
     for title in GPU_PANELS:
-        metrics = {s.metric for t in by_title[title]["targets"] for s in parse(t["expr"])[0]}
+        metrics = {m for t in by_title[title]["targets"] for s in parse(t["expr"])[0] for m in s.names}
         assert metrics and all(m.startswith("gpu_") for m in metrics), title
     gpu_names = {spec.prom_name for spec in names.GPU_METRICS}
     for p, t in _targets(query_panels):
         if p["title"] not in GPU_PANELS:
-            assert not {s.metric for s in parse(t["expr"])[0]} & gpu_names, p["title"]
+            assert not {m for s in parse(t["expr"])[0] for m in s.names} & gpu_names, p["title"]
     for title in COLLECTOR_ONLY_PANELS:
-        metrics = {s.metric for t in by_title[title]["targets"] for s in parse(t["expr"])[0]}
+        metrics = {m for t in by_title[title]["targets"] for s in parse(t["expr"])[0] for m in s.names}
         assert metrics and all(m.startswith("traces_span_metrics_") for m in metrics), title
+
+
+def test_engine_row(dashboard: dict, query_panels: list[dict]) -> None:
+    """The last row holds exactly ENGINE_PANELS, which read only the engine's families (so they
+    are empty, never broken, when no engine is scraped) through $engine_job/$engine_instance."""
+    rows = sorted((p["gridPos"]["y"], p["title"]) for p in dashboard["panels"] if p["type"] == "row")
+    assert rows[-1][1] == ENGINE_ROW
+    below = sorted((p["gridPos"]["y"], p["gridPos"]["x"], p["title"])
+                   for p in query_panels if p["gridPos"]["y"] > rows[-1][0])
+    assert tuple(title for _, _, title in below) == ENGINE_PANELS
+    by_title = {p["title"]: p for p in query_panels}
+    for title in ENGINE_PANELS:
+        p = by_title[title]
+        # What the panel is and what it needs.
+        assert "collector/engine-metrics.yaml" in p["description"], title
+        assert names.ENGINE_JOB in p["description"], title
+        for t in p["targets"]:
+            expr = t["expr"]
+            selectors, ranges = parse(expr)
+            assert selectors and all(_is_engine(s) for s in selectors), (title, expr)
+            # No series may appear from nothing: vector()/absent() would draw a line with no engine.
+            assert not re.search(r"\b(vector|absent|absent_over_time|time|scalar)\s*\(", expr), (title, expr)
+            assert not re.search(r"\$\{?(job|instance|model)\b", expr), (title, expr)
+            assert set(ranges) <= {"$__rate_interval"}, (title, expr)
+            if re.search(r"\b(rate|irate|increase)\s*\(", expr):
+                assert ranges == ["$__rate_interval"], (title, expr)
+            assert not t.get("exemplar"), f"{title}: engine histograms carry no trace exemplars"
+            assert not t.get("instant"), title
+    kv = by_title["Engine KV-cache usage"]["fieldConfig"]["defaults"]
+    assert (kv["unit"], kv["min"], kv["max"]) == ("percentunit", 0, 1)
+    ttft = by_title["Engine time to first token"]
+    assert ttft["fieldConfig"]["defaults"]["unit"] == "s"
+    exprs = [t["expr"] for t in ttft["targets"]]
+    assert sorted(re.match(r"histogram_quantile\((0\.\d+),", e).group(1) for e in exprs) == ["0.5", "0.95"]
+    assert all("sum by (le) (rate({__name__=~" in e for e in exprs)
+    running = by_title["Engine running vs waiting"]
+    assert {t["refId"]: parse(t["expr"])[0][0].names for t in running["targets"]} == {
+        "A": names.ENGINE_RUNNING, "B": names.ENGINE_WAITING}
 
 
 # ------------------------------------------------------------------------------ provisioning
@@ -526,6 +720,8 @@ def test_iter_queries_substitutes_everything(dashboard: dict, query_panels: list
         "job": "ernie-serve",
         "instance": "127.0.0.1:8181",
         "model": "ernie-4.5-0.3b",
+        "engine_job": names.ENGINE_JOB,
+        "engine_instance": "127.0.0.1:8188",
         "__rate_interval": "2m",
         "__range": "1h",
         "__interval": "30s",
@@ -533,10 +729,13 @@ def test_iter_queries_substitutes_everything(dashboard: dict, query_panels: list
     queries = iter_queries(dashboard, values)
     assert len(queries) == n_targets
     assert len({(title, ref) for title, ref, _ in queries}) == n_targets
+    assert {title for title, _, _ in queries} >= set(ENGINE_PANELS)
     for title, ref, expr in queries:
         assert "$" not in expr and "[[" not in expr, (title, ref, expr)
-        assert 'job=~"ernie-serve"' in expr, (title, expr)
-        assert 'instance=~"127.0.0.1:8181"' in expr, (title, expr)
+        job, instance = ((names.ENGINE_JOB, "127.0.0.1:8188") if title in ENGINE_PANELS
+                         else ("ernie-serve", "127.0.0.1:8181"))
+        assert f'job=~"{job}"' in expr, (title, expr)
+        assert f'instance=~"{instance}"' in expr, (title, expr)
     exprs = "\n".join(e for _, _, e in queries)
     assert "[2m]" in exprs and "[1h]" in exprs and '=~"ernie-4.5-0.3b"' in exprs
     assert all("$" not in e for _, _, e in iter_queries(dashboard, {}))
@@ -549,7 +748,8 @@ def test_substitute_forms_and_unknown_variables() -> None:
     assert substitute("$a ${bc} ${bc:regex} [[a]] ${datasource}", v) == "1 2 2 1 prometheus"
     with pytest.raises(KeyError):
         substitute("$nope", v)
-    assert set(DEFAULT_VARIABLES) >= {"job", "instance", "model", "datasource", "__rate_interval", "__range"}
+    assert set(DEFAULT_VARIABLES) >= {"job", "instance", "model", "datasource", "__rate_interval", "__range",
+                                      *ENGINE_VARIABLES}
 
 
 # -------------------------------------------------------------------- PromQL syntax (promtool)

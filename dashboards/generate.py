@@ -1,0 +1,474 @@
+"""Generate the Grafana dashboard ``dashboards/ernie-inference.json`` (uid ``ernie-monitor``).
+
+Every metric name in a query comes from ``ernie_otel/names.py``, as do the model/status/error_type
+labels. Edit this file (or names.py), never the JSON, then regenerate from the repository root:
+
+    python dashboards/generate.py            # rewrite dashboards/ernie-inference.json
+    python dashboards/generate.py --check    # exit 1 if the JSON is not what this file builds
+
+``tests/test_dashboards.py`` fails when the JSON and :func:`build_dashboard` disagree. The output
+is deterministic: panels, targets and keys keep the order they are built in (not sorted, so the
+JSON reads like a Grafana export), ``indent=2``, one trailing newline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD_PATH = REPO_ROOT / "dashboards" / "ernie-inference.json"
+
+if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:
+    # Run as a script (`python dashboards/generate.py`): make ernie_otel importable without an install.
+    sys.path.insert(0, str(REPO_ROOT))
+
+from ernie_otel import names as n  # noqa: E402
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+JI = 'job=~"$job", instance=~"$instance"'
+ERNIE = JI + ', model=~"$model"'
+GENAI = JI + ', gen_ai_response_model=~"$model"'
+RI = "[$__rate_interval]"
+# The engine's own series (gateway mode, collector/engine-metrics.yaml) carry neither our job nor a
+# `model` label: they have variables of their own.
+ENGINE_JI = 'job=~"$engine_job", instance=~"$engine_instance"'
+
+ENGINE_ROW = "Engine (native metrics)"
+
+_PROM_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+# ------------------------------------------------------------------------------- building blocks
+def sel(metric: str, matchers: str, extra: str = "") -> str:
+    inner = matchers + (", " + extra if extra else "")
+    return f"{metric}{{{inner}}}"
+
+
+def engine_sel(alternatives: Iterable[str], suffix: str = "", matchers: str = ENGINE_JI) -> str:
+    """``{__name__=~"a|b", <matchers>}``: whichever spelling of one figure the engine exposes.
+
+    The names are plain metric names, so the alternation needs no escaping (and a name with a regex
+    metacharacter would be a bug in names.py, not something to escape here)."""
+    spellings = [name + suffix for name in alternatives]
+    for name in spellings:
+        assert _PROM_NAME_RE.fullmatch(name), f"not a plain Prometheus metric name: {name!r}"
+    regex = "|".join(spellings)
+    return "{" + f'__name__=~"{regex}"' + (", " + matchers if matchers else "") + "}"
+
+
+def tgt(expr: str, legend: str = "__auto", ref: str = "A", *, instant: bool = False, fmt: str | None = None,
+        exemplar: bool = False) -> dict:
+    t = {"datasource": DS, "editorMode": "code", "expr": expr, "legendFormat": legend, "refId": ref,
+         "range": not instant, "instant": instant}
+    if fmt:
+        t["format"] = fmt
+    if exemplar:
+        t["exemplar"] = True
+    return t
+
+
+def panel(kind: str, title: str, desc: str, unit: str, targets: list[dict], grid: tuple[int, int, int, int],
+          *, options: dict | None = None, defaults: dict | None = None, overrides: list | None = None) -> dict:
+    x, y, w, h = grid
+    d = {"unit": unit}
+    d.update(defaults or {})
+    return {
+        "id": 0,  # numbered in dashboard order by build_dashboard()
+        "type": kind,
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y},
+        "fieldConfig": {"defaults": d, "overrides": overrides or []},
+        "options": options or {},
+        "targets": targets,
+    }
+
+
+def row(title: str, y: int) -> dict:
+    return {"id": 0, "type": "row", "title": title, "collapsed": False, "panels": [],
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}}
+
+
+TS_OPTS = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+           "tooltip": {"mode": "multi", "sort": "desc"}}
+TS_CUSTOM = {"custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
+                        "spanNulls": False, "axisSoftMin": 0}}
+STAT_OPTS = {"colorMode": "value", "graphMode": "area", "justifyMode": "auto", "orientation": "auto",
+             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}, "textMode": "auto"}
+GAUGE_OPTS = {"orientation": "auto", "showThresholdLabels": False, "showThresholdMarkers": True,
+              "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+# A second target drawn as a dashed limit line.
+DASHED_B = [{"matcher": {"id": "byFrameRefID", "options": "B"},
+             "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                            {"id": "custom.fillOpacity", "value": 0}]}]
+
+
+def ts(title, desc, unit, targets, grid, **kw):
+    defaults = dict(TS_CUSTOM)
+    defaults.update(kw.pop("defaults", {}))
+    return panel("timeseries", title, desc, unit, targets, grid, options=TS_OPTS, defaults=defaults, **kw)
+
+
+def thresholds(*steps):
+    return {"thresholds": {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}}
+
+
+def quantile_targets(bucket_selector: str, qs: tuple[str, ...] = ("0.5", "0.95", "0.99"), by: str = "le",
+                     exemplar_ref: str = "C", legend_prefix: str = "") -> list[dict]:
+    out = []
+    for ref, q in zip("ABCDEFGH"[: len(qs)], qs, strict=True):
+        expr = f"histogram_quantile({q}, sum by ({by}) (rate({bucket_selector}{RI})))"
+        label = f"p{q[2:].ljust(2, '0') if q != '0.5' else '50'}"
+        out.append(tgt(expr, legend_prefix + label, ref, exemplar=(ref == exemplar_ref)))
+    return out
+
+
+def quantiles(metric_bucket: str, matchers: str, extra: str = "", by: str = "le", exemplar_ref: str = "C",
+              legend_prefix: str = "") -> list[dict]:
+    return quantile_targets(sel(metric_bucket, matchers, extra), by=by, exemplar_ref=exemplar_ref,
+                            legend_prefix=legend_prefix)
+
+
+def rate(metric: str, matchers: str, extra: str = "", window: str = RI) -> str:
+    return f"rate({sel(metric, matchers, extra)}{window})"
+
+
+def _names(alternatives: Iterable[str]) -> str:
+    return " / ".join(alternatives)
+
+
+LAT_B = n.LATENCY.prom_name + "_bucket"
+LAT_S = n.LATENCY.prom_name + "_sum"
+LAT_C = n.LATENCY.prom_name + "_count"
+OK = f'{n.ATTR_STATUS}="{n.Status.OK.value}"'
+REJ = f'{n.ATTR_STATUS}="{n.Status.REJECTED.value}"'
+ERR_T = n.ATTR_ERROR_TYPE.replace(".", "_")
+TT = n.GEN_AI_TOKEN_TYPE.replace(".", "_")
+SPAN_ERR = 'status_code="STATUS_CODE_ERROR"'
+
+SPAN_NOTE = (
+    " Spanmetrics come only through the Collector (spanmetrics connector); with a direct scrape of "
+    "ernie-serve this panel is empty. Matchers: job/instance only. The Collector's prometheus exporter "
+    "derives job from service.name (ernie-serve) and instance from service.instance.id, the same labels the "
+    "ernie_* series carry on that path, so the job/instance variables select the same process. Spanmetrics "
+    "carry no model label (the GenAI span name embeds it), so the model variable does not apply here."
+)
+GPU_NOTE = (" NVML gauge, one series per GPU; absent (panel empty, not an error) on a machine without an NVIDIA "
+            "GPU. No model label: filtered by job/instance only.")
+PROC_NOTE = " Process metric: no model label, filtered by job/instance only."
+ENGINE_NOTE = (
+    " The engine's own metric, not ernie-serve's: it exists only in gateway mode (ernie-serve --upstream in "
+    "front of FastDeploy or vLLM) when the Collector runs with collector/engine-metrics.yaml, which scrapes "
+    f"the engine's native /metrics as job {n.ENGINE_JOB} (instance = the engine's host:port) and exports the "
+    + " and ".join(f"{p}*" for p in n.ENGINE_FAMILY_PREFIXES)
+    + " families unchanged. Without that add-on the panel is empty, not an error. Each query matches every "
+    "engine's spelling of the figure (__name__=~), and is filtered by the engine_job/engine_instance "
+    "variables only: engine series have no model label and their job is not ernie-serve's."
+)
+
+
+# ------------------------------------------------------------------------------------- rows
+def _service_overview() -> list[dict]:
+    return [
+        row("Service overview", 0),
+        panel(
+            "stat", "Request rate", "Finished inference requests per second (all statuses, including rejected), "
+            "summed over the selected jobs, instances and models.", "reqps",
+            [tgt(f"sum({rate(n.REQUESTS.prom_name, ERNIE)})", "QPS")], (0, 1, 4, 5), options=STAT_OPTS),
+        panel(
+            "stat", "Requests (last 24h)", "Inference requests finished in the last 24 hours (all statuses). "
+            "Fixed 24h window, independent of the dashboard time range.", "short",
+            [tgt(f"sum(increase({sel(n.REQUESTS.prom_name, ERNIE)}[24h]))", "requests", instant=True)],
+            (4, 1, 4, 5), options=STAT_OPTS),
+        panel(
+            "stat", "Average latency (5m)", "Mean end-to-end latency of successful requests (status=ok) over the "
+            "last 5 minutes: rate of the histogram sum over rate of its count.", "s",
+            [tgt(f"sum({rate(LAT_S, ERNIE, OK, '[5m]')}) / sum({rate(LAT_C, ERNIE, OK, '[5m]')})", "avg")],
+            (8, 1, 4, 5), options=STAT_OPTS,
+            defaults=thresholds(("green", None), ("orange", 3), ("red", 10))),
+        panel(
+            "stat", "Error rate", "Share of finished requests that failed or were rejected: rate of "
+            "ernie_inference_errors_total over rate of ernie_inference_requests_total. Empty while there is no "
+            "traffic; 0 while there are requests but no error has been counted yet.", "percentunit",
+            [tgt(f"(sum({rate(n.ERRORS.prom_name, ERNIE)}) or vector(0)) "
+                 f"/ (sum({rate(n.REQUESTS.prom_name, ERNIE)}) > 0)", "error rate")],
+            (12, 1, 4, 5), options=STAT_OPTS,
+            defaults=thresholds(("green", None), ("orange", 0.01), ("red", 0.05)) | {"min": 0, "max": 1}),
+        panel(
+            "piechart", "Errors by type", "Errors over the dashboard time range by error_type (fixed set, see "
+            "docs/metrics.md), from ernie_inference_errors_total.", "short",
+            [tgt(f"sum by ({ERR_T}) (increase({sel(n.ERRORS.prom_name, ERNIE)}[$__range]))", f"{{{{{ERR_T}}}}}",
+                 instant=True)],
+            (16, 1, 8, 13),
+            options={"pieType": "pie", "displayLabels": ["name", "percent"],
+                     "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                                "values": ["value"]},
+                     "tooltip": {"mode": "single", "sort": "none"},
+                     "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}),
+        ts(
+            "Requests by status", "Finished requests per second by model and final status "
+            "(ok, error, cancelled, rejected).", "reqps",
+            [tgt(f"sum by ({n.ATTR_MODEL}, {n.ATTR_STATUS}) ({rate(n.REQUESTS.prom_name, ERNIE)})",
+                 "{{model}} {{status}}")],
+            (0, 6, 16, 8)),
+    ]
+
+
+def _performance() -> list[dict]:
+    tu = n.GENAI_TOKEN_USAGE.prom_name
+    return [
+        row("Performance", 14),
+        ts(
+            "End-to-end latency", "p50/p95/p99 of arrival-to-last-byte latency of successful requests (status=ok), "
+            "from ernie_inference_latency_seconds_bucket. Exemplars (on p99) link to the trace in Jaeger; they "
+            "exist only on the Collector path (the Python Prometheus exporter emits none).", "s",
+            quantiles(LAT_B, ERNIE, OK), (0, 15, 12, 8)),
+        ts(
+            "Time to first token", "p50/p95/p99 of arrival-to-first-token time (GenAI semconv "
+            "gen_ai.server.time_to_first_token). Exemplars (on p99) link to Jaeger (Collector path only).", "s",
+            quantiles(n.GENAI_TTFT.prom_name + "_bucket", GENAI), (12, 15, 12, 8)),
+        ts(
+            "Time per output token", "p50/p95/p99 of the per-request mean decode time per output token after the "
+            "first (GenAI semconv gen_ai.server.time_per_output_token).", "s",
+            quantiles(n.GENAI_TPOT.prom_name + "_bucket", GENAI, exemplar_ref=""), (0, 23, 12, 8)),
+        ts(
+            "Queue time", "p50/p95/p99 of the time from arrival until the request is scheduled into the running "
+            "batch (ernie_queue_time_seconds).", "s",
+            quantiles(n.QUEUE_TIME.prom_name + "_bucket", ERNIE, exemplar_ref=""), (12, 23, 12, 8)),
+        panel(
+            "heatmap", "Latency distribution", "Successful requests per latency bucket and interval (increase of "
+            "ernie_inference_latency_seconds_bucket, summed by le). Colour = requests in the interval.", "short",
+            [tgt(f"sum by (le) (increase({sel(LAT_B, ERNIE, OK)}{RI}))", "{{le}}", fmt="heatmap")],
+            (0, 31, 24, 8),
+            options={"calculate": False, "cellGap": 1,
+                     "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential", "exponent": 0.5,
+                               "steps": 64, "reverse": False, "fill": "dark-orange"},
+                     "filterValues": {"le": 1e-9}, "legend": {"show": True}, "rowsFrame": {"layout": "auto"},
+                     "tooltip": {"mode": "single", "yHistogram": True, "showColorScale": False},
+                     "yAxis": {"axisPlacement": "left", "reverse": False, "unit": "s"},
+                     "cellValues": {"unit": "short"}, "exemplars": {"color": "rgba(255,0,255,0.7)"}},
+            defaults={"custom": {"scaleDistribution": {"type": "linear"},
+                                 "hideFrom": {"legend": False, "tooltip": False, "viz": False}}}),
+        ts(
+            "Token throughput", "Output tokens per second: rate of ernie_generation_tokens_total (counted) and the "
+            "ernie_token_throughput gauge (the server's sliding-window estimate); input = rate of "
+            "ernie_prompt_tokens_total (prefill).", "suffix:tok/s",
+            [tgt(f"sum by ({n.ATTR_MODEL}) ({rate(n.GENERATION_TOKENS.prom_name, ERNIE)})",
+                 "{{model}} output (rate)", "A"),
+             tgt(f"sum by ({n.ATTR_MODEL}) ({sel(n.TOKEN_THROUGHPUT.prom_name, ERNIE)})",
+                 "{{model}} output (gauge)", "B"),
+             tgt(f"sum by ({n.ATTR_MODEL}) ({rate(n.PROMPT_TOKENS.prom_name, ERNIE)})",
+                 "{{model}} input (rate)", "C")],
+            (0, 39, 12, 8)),
+        ts(
+            "Tokens per request", "Mean input and output tokens per request over the interval, by "
+            "gen_ai_token_type: rate of gen_ai_client_token_usage_sum over rate of its _count.", "short",
+            [tgt(f"sum by ({TT}) ({rate(tu + '_sum', GENAI)}) / sum by ({TT}) ({rate(tu + '_count', GENAI)})",
+                 f"{{{{{TT}}}}}")],
+            (12, 39, 12, 8)),
+    ]
+
+
+def _capacity() -> list[dict]:
+    return [
+        row("Capacity", 47),
+        panel(
+            "gauge", "Running batch fill", "Requests in the running batch as a share of its limit "
+            "(--max-num-seqs): ernie_requests_running / ernie_requests_running_capacity, summed over the "
+            "selection.", "percentunit",
+            [tgt(f"sum({sel(n.RUNNING.prom_name, ERNIE)}) / (sum({sel(n.RUNNING_CAPACITY.prom_name, ERNIE)}) > 0)",
+                 "fill")],
+            (0, 48, 4, 8), options=GAUGE_OPTS,
+            defaults={"min": 0, "max": 1} | thresholds(("green", None), ("orange", 0.8), ("red", 0.95))),
+        ts(
+            "Running requests", "Requests in the running batch against the batch limit (--max-num-seqs), per "
+            "model.", "short",
+            [tgt(f"sum by ({n.ATTR_MODEL}) ({sel(n.RUNNING.prom_name, ERNIE)})", "{{model}} running", "A"),
+             tgt(f"sum by ({n.ATTR_MODEL}) ({sel(n.RUNNING_CAPACITY.prom_name, ERNIE)})", "{{model}} capacity", "B")],
+            (4, 48, 8, 8), overrides=DASHED_B),
+        panel(
+            "gauge", "Waiting queue fill", "Waiting requests as a share of the queue limit (--max-queue-len); at "
+            "100% new requests are rejected with 429: ernie_queue_length / ernie_queue_capacity.", "percentunit",
+            [tgt(f"sum({sel(n.QUEUE_LENGTH.prom_name, ERNIE)}) / (sum({sel(n.QUEUE_CAPACITY.prom_name, ERNIE)}) > 0)",
+                 "fill")],
+            (12, 48, 4, 8), options=GAUGE_OPTS,
+            defaults={"min": 0, "max": 1} | thresholds(("green", None), ("orange", 0.5), ("red", 0.9))),
+        ts(
+            "Waiting queue", "Requests waiting to be scheduled against the queue limit (--max-queue-len), per "
+            "model.", "short",
+            [tgt(f"sum by ({n.ATTR_MODEL}) ({sel(n.QUEUE_LENGTH.prom_name, ERNIE)})", "{{model}} waiting", "A"),
+             tgt(f"sum by ({n.ATTR_MODEL}) ({sel(n.QUEUE_CAPACITY.prom_name, ERNIE)})", "{{model}} limit", "B")],
+            (16, 48, 8, 8), overrides=DASHED_B),
+        ts(
+            "Rejected requests", "Requests rejected at once because the waiting queue was full (status=rejected, "
+            "HTTP 429), per second and model.", "reqps",
+            [tgt(f"sum by ({n.ATTR_MODEL}) ({rate(n.REQUESTS.prom_name, ERNIE, REJ)})", "{{model}} rejected")],
+            (0, 56, 24, 7)),
+    ]
+
+
+def _resources() -> list[dict]:
+    gpu_legend = "{{instance}} GPU {{gpu_index}}"
+    return [
+        row("Resources", 63),
+        ts("GPU memory used", "GPU memory in use as a percentage of installed memory." + GPU_NOTE, "percent",
+           [tgt(sel(n.GPU_MEMORY_USAGE.prom_name, JI), gpu_legend)], (0, 64, 6, 8),
+           defaults={"min": 0, "max": 100}),
+        ts("GPU utilization", "Percent of the last sample period in which a kernel ran on the GPU." + GPU_NOTE,
+           "percent", [tgt(sel(n.GPU_UTILIZATION.prom_name, JI), gpu_legend)], (6, 64, 6, 8),
+           defaults={"min": 0, "max": 100}),
+        ts("GPU temperature", "GPU core temperature." + GPU_NOTE, "celsius",
+           [tgt(sel(n.GPU_TEMPERATURE.prom_name, JI), gpu_legend)], (12, 64, 6, 8)),
+        ts("GPU power", "GPU power draw." + GPU_NOTE, "watt",
+           [tgt(sel(n.GPU_POWER.prom_name, JI), gpu_legend)], (18, 64, 6, 8)),
+        ts("Process CPU", "CPU used by the ernie-serve process (user + system), in cores: 100% = one fully busy "
+           "core." + PROC_NOTE, "percentunit",
+           [tgt(f"sum by (job, instance) ({rate(n.PROCESS_CPU.prom_name, JI)})", "{{job}} {{instance}}")],
+           (0, 72, 12, 8)),
+        ts("Process memory", "Resident memory of the ernie-serve process." + PROC_NOTE, "bytes",
+           [tgt(f"sum by (job, instance) ({sel(n.PROCESS_MEMORY.prom_name, JI)})", "{{job}} {{instance}}")],
+           (12, 72, 12, 8)),
+    ]
+
+
+def _traces() -> list[dict]:
+    calls = n.SPANMETRICS_CALLS_PROM
+    dur_b = n.SPANMETRICS_DURATION_PROM + "_bucket"
+    return [
+        row("Traces (spanmetrics)", 80),
+        ts("Span rate", "Spans per second by span name (RED: rate), from " + calls + "." + SPAN_NOTE, "ops",
+           [tgt(f"sum by (span_name) ({rate(calls, JI)})", "{{span_name}}")], (0, 81, 8, 8)),
+        ts("Span errors", "Spans per second ending with status ERROR, by span name (RED: errors)." + SPAN_NOTE,
+           "ops", [tgt(f"sum by (span_name) ({rate(calls, JI, SPAN_ERR)})", "{{span_name}}")], (8, 81, 8, 8)),
+        ts("Span duration p95", "95th percentile span duration by span name (RED: duration), from "
+           + dur_b + ". Exemplars link to the trace in Jaeger." + SPAN_NOTE, "s",
+           [tgt(f"histogram_quantile(0.95, sum by (le, span_name) ({rate(dur_b, JI)}))", "{{span_name}}",
+                exemplar=True)], (16, 81, 8, 8)),
+    ]
+
+
+def _engine() -> list[dict]:
+    running, waiting = engine_sel(n.ENGINE_RUNNING), engine_sel(n.ENGINE_WAITING)
+    return [
+        row(ENGINE_ROW, 89),
+        ts("Engine running vs waiting", "Requests in the engine's running batch and in its own waiting queue, "
+           f"as the engine counts them ({_names(n.ENGINE_RUNNING)}; {_names(n.ENGINE_WAITING)}), summed per "
+           "engine instance (over a vLLM engine's model_name/engine labels). In gateway mode ernie-serve queues "
+           "nothing itself (its Running requests are the requests in flight to the engine): this is where the "
+           "requests actually wait." + ENGINE_NOTE, "short",
+           [tgt(f"sum by (instance) ({running})", "{{instance}} running", "A"),
+            tgt(f"sum by (instance) ({waiting})", "{{instance}} waiting", "B")],
+           (0, 90, 8, 8)),
+        ts("Engine KV-cache usage", "Share of the engine's KV-cache blocks in use, 0..1 (1 = full: new requests "
+           f"wait and running ones may be preempted), from {_names(n.ENGINE_KV_CACHE_USAGE)}. The highest value "
+           "per engine instance (max, so a vLLM that still exposes both its old and new spelling is not counted "
+           "twice)." + ENGINE_NOTE, "percentunit",
+           [tgt(f"max by (instance) ({engine_sel(n.ENGINE_KV_CACHE_USAGE)})", "{{instance}}")],
+           (8, 90, 8, 8),
+           defaults={"min": 0, "max": 1} | thresholds(("green", None), ("orange", 0.8), ("red", 0.95))),
+        ts("Engine time to first token", "p50/p95 of the time to first token measured inside the engine, from "
+           f"its histogram ({_names(name + '_bucket' for name in n.ENGINE_TTFT)}), over all selected engine "
+           "instances. The Performance row's Time to first token is ernie-serve's view of the same requests; the "
+           "gap between the two is the gateway hop." + ENGINE_NOTE, "s",
+           quantile_targets(engine_sel(n.ENGINE_TTFT, "_bucket"), qs=("0.5", "0.95"), exemplar_ref=""),
+           (16, 90, 8, 8)),
+    ]
+
+
+# -------------------------------------------------------------------------------- variables
+def qvar(name: str, label: str, query: str) -> dict:
+    return {
+        "name": name, "label": label, "type": "query", "datasource": DS,
+        "definition": query,
+        "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "multi": True, "includeAll": True, "allValue": ".*",
+        "refresh": 2, "regex": "", "sort": 1, "hide": 0, "options": [], "skipUrlSync": False,
+    }
+
+
+def _templating() -> dict:
+    r = n.REQUESTS.prom_name
+    engines_of_job = engine_sel(n.ENGINE_RUNNING, matchers='job=~"$engine_job"')
+    return {"list": [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "current": {"selected": False, "text": "Prometheus", "value": "prometheus"},
+         "regex": "", "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1,
+         "skipUrlSync": False},
+        qvar("job", "Job", f"label_values({r}, job)"),
+        qvar("instance", "Instance", f'label_values({r}{{job=~"$job"}}, instance)'),
+        qvar("model", "Model", f'label_values({r}{{job=~"$job", instance=~"$instance"}}, {n.ATTR_MODEL})'),
+        # Engine series (gateway mode): the jobs/instances that expose the engine's running gauge.
+        qvar("engine_job", "Engine job", f"label_values({engine_sel(n.ENGINE_RUNNING, matchers='')}, job)"),
+        qvar("engine_instance", "Engine instance",
+             f"label_values({engines_of_job}, instance)"),
+    ]}
+
+
+# -------------------------------------------------------------------------------- dashboard
+def build_dashboard() -> dict:
+    """The dashboard as Grafana's JSON model, built afresh (panel ids 1.. in dashboard order)."""
+    panels = [*_service_overview(), *_performance(), *_capacity(), *_resources(), *_traces(), *_engine()]
+    for number, p in enumerate(panels, start=1):
+        p["id"] = number
+    return {
+        "annotations": {"list": [{
+            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True, "hide": True,
+            "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}]},
+        "description": "ERNIE-4.5 inference service (ernie-serve): traffic, latency, tokens, capacity, GPU and "
+                       "process resources, and RED metrics from traces. Works with Prometheus scraping "
+                       "ernie-serve directly or the OTel Collector. In gateway mode the last row shows the "
+                       "inference engine's own metrics (FastDeploy/vLLM, collector/engine-metrics.yaml).",
+        "editable": True,
+        "fiscalYearStartMonth": 0,
+        "graphTooltip": 1,
+        "id": None,
+        "links": [{"title": "Jaeger (traces)", "type": "link",
+                   "url": "http://127.0.0.1:16686/search?service=" + n.SERVICE_NAME, "targetBlank": True,
+                   "icon": "external link", "tooltip": "Search ernie-serve traces in Jaeger", "asDropdown": False,
+                   "includeVars": False, "keepTime": False, "tags": []}],
+        "liveNow": False,
+        "panels": panels,
+        "refresh": "10s",
+        "schemaVersion": 39,
+        "tags": ["ERNIE", "LLM", "Inference"],
+        "templating": _templating(),
+        "time": {"from": "now-6h", "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "title": "ERNIE-4.5 Inference",
+        "uid": "ernie-monitor",
+        "version": 1,
+        "weekStart": "",
+    }
+
+
+def render(dashboard: dict | None = None) -> str:
+    """The file's exact text: build order kept, indent 2, one trailing newline."""
+    return json.dumps(build_dashboard() if dashboard is None else dashboard, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--output", type=Path, default=DASHBOARD_PATH, help="where to write (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
+        if current != text:
+            print(f"{args.output} is out of date: run python dashboards/generate.py", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(text, encoding="utf-8", newline="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
