@@ -9,7 +9,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 need=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
-command -v alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# Debian names the binary prometheus-alertmanager.
+{ command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null 2>&1 \
+  && command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 if ((${#need[@]})); then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
