@@ -203,7 +203,12 @@ class Gateway:
                         continue
                 yield line.encode() + b"\n\n"
             if not saw_done:
-                raise httpx.RemoteProtocolError("upstream stream ended without [DONE]")
+                # Some servers (transformers serve) end the stream after the finish chunk without
+                # [DONE]; only a stream that stops before any finish_reason was cut.
+                if st.finish_reason is None:
+                    raise httpx.RemoteProtocolError("upstream stream ended before a finish_reason")
+                saw_done = True
+                yield b"data: [DONE]\n\n"
         except httpx.HTTPError as exc:
             err = self._stream_error(rt, recorder, exc)
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"

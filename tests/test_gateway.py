@@ -181,3 +181,51 @@ def test_upstream_refused(tmp_path: Path) -> None:
         assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_connect_error"
         assert metric(gw, names.ERRORS.prom_name, error_type="upstream_connect_error") == 1
         assert httpx.get(gw.base + "/health").status_code == 200
+
+
+# ------------------------------------------------------------- a real third-party upstream
+@pytest.fixture(scope="module")
+def transformers_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`transformers serve` (transformers[serving]) on the tiny model: a real OpenAI-compatible peer."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import wait_http
+
+    from ernie_otel.tiny_model import ensure_tiny_model
+
+    model_dir = str(ensure_tiny_model())
+    port = free_port()
+    log = tmp_path_factory.mktemp("tserve") / "transformers-serve.log"
+    cli = Path(sys.executable).parent / "transformers"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), model_dir],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_gateway_in_front_of_transformers_serve(transformers_serve: str, tmp_path: Path) -> None:
+    with run_server(tmp_path, "--upstream", transformers_serve, "--served-model-name", "ernie-tiny",
+                    name="gw-transformers") as gw:
+        client = openai.OpenAI(base_url=gw.base + "/v1", api_key="x", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model="ernie-tiny", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=5)
+        assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens >= 1
+        chunks = list(client.chat.completions.create(
+            model="ernie-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
+            stream_options={"include_usage": True}))
+        usage = [c.usage for c in chunks if c.usage]
+        assert usage and usage[-1].completion_tokens >= 1
+        plain = list(client.chat.completions.create(model="ernie-tiny", messages=[{"role": "user", "content": "x"}],
+                                                    max_tokens=3, stream=True))
+        assert all(c.usage is None for c in plain)
+        assert metric(gw, names.REQUESTS.prom_name, status="ok", model="ernie-tiny") == 3
+        assert metric(gw, names.ERRORS.prom_name) == 0
+        assert metric(gw, names.GENERATION_TOKENS.prom_name) >= r.usage.completion_tokens + usage[-1].completion_tokens
+        assert metric(gw, names.GENAI_TTFT.prom_name + "_count") >= 2
