@@ -153,11 +153,12 @@ TT = n.GEN_AI_TOKEN_TYPE.replace(".", "_")
 SPAN_ERR = 'status_code="STATUS_CODE_ERROR"'
 
 SPAN_NOTE = (
-    " Spanmetrics come only through the Collector (spanmetrics connector); with a direct scrape of "
-    "ernie-serve this panel is empty. Matchers: job/instance only. The Collector's prometheus exporter "
-    "derives job from service.name (ernie-serve) and instance from service.instance.id, the same labels the "
-    "ernie_* series carry on that path, so the job/instance variables select the same process. Spanmetrics "
-    "carry no model label (the GenAI span name embeds it), so the model variable does not apply here."
+    " Spanmetrics come only through the Collector (spanmetrics connector); with the direct scrape's job "
+    "(ernie-serve-direct in deploy/prometheus.yml) selected this panel is empty. Matchers: job/instance "
+    "only. The Collector's prometheus exporter derives job from service.name (ernie-serve) and instance "
+    "from service.instance.id, the same labels the ernie_* series carry on that path, so the job/instance "
+    "variables select the same process. Spanmetrics carry no model label (the GenAI span name embeds it), "
+    "so the model variable does not apply here."
 )
 GPU_NOTE = (" NVML gauge, one series per GPU; absent (panel empty, not an error) on a machine without an NVIDIA "
             "GPU. No model label: filtered by job/instance only.")
@@ -179,7 +180,7 @@ def _service_overview() -> list[dict]:
         row("Service overview", 0),
         panel(
             "stat", "Request rate", "Finished inference requests per second (all statuses, including rejected), "
-            "summed over the selected jobs, instances and models.", "reqps",
+            "summed over the selected job's instances and models.", "reqps",
             [tgt(f"sum({rate(n.REQUESTS.prom_name, ERNIE)})", "QPS")], (0, 1, 4, 5), options=STAT_OPTS),
         panel(
             "stat", "Requests (last 24h)", "Inference requests finished in the last 24 hours (all statuses). "
@@ -382,13 +383,17 @@ def _engine() -> list[dict]:
 
 
 # -------------------------------------------------------------------------------- variables
-def qvar(name: str, label: str, query: str) -> dict:
+def qvar(name: str, label: str, query: str, multi: bool = True) -> dict:
+    """A query variable: multi-value with *All* (= .*) by default; ``multi=False`` gives a
+    single-value one without *All*, whose empty ``current`` lets Grafana pick the first value."""
+    choice: dict = ({"current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                     "multi": True, "includeAll": True, "allValue": ".*"} if multi else
+                    {"current": {}, "multi": False, "includeAll": False})
     return {
         "name": name, "label": label, "type": "query", "datasource": DS,
         "definition": query,
         "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "multi": True, "includeAll": True, "allValue": ".*",
+        **choice,
         "refresh": 2, "regex": "", "sort": 1, "hide": 0, "options": [], "skipUrlSync": False,
     }
 
@@ -401,7 +406,10 @@ def _templating() -> dict:
          "current": {"selected": False, "text": "Prometheus", "value": "prometheus"},
          "regex": "", "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1,
          "skipUrlSync": False},
-        qvar("job", "Job", f"label_values({r}, job)"),
+        # One job at a time: deploy/prometheus.yml scrapes one process as two jobs (ernie-serve
+        # through the Collector, ernie-serve-direct directly), and a sum over both counts every
+        # request twice. Replicas of one job share it, so instance and model stay multi with All.
+        qvar("job", "Job", f"label_values({r}, job)", multi=False),
         qvar("instance", "Instance", f'label_values({r}{{job=~"$job"}}, instance)'),
         qvar("model", "Model", f'label_values({r}{{job=~"$job", instance=~"$instance"}}, {n.ATTR_MODEL})'),
         # Engine series (gateway mode): the jobs/instances that expose the engine's running gauge.

@@ -89,7 +89,7 @@ PORT_PURPOSE: dict[str, str] = {
     "alertmanager": "Alertmanager web/API",
     "prometheus": "Prometheus web/API",
     "serve": "ernie-serve OpenAI API",
-    "serve_metrics": "ernie-serve Prometheus metrics (--metrics-port, job ernie-serve)",
+    "serve_metrics": "ernie-serve Prometheus metrics (--metrics-port, job ernie-serve-direct)",
 }
 
 # Start order; `down` goes backwards. The two load processes exist only with --load.

@@ -32,7 +32,9 @@ COLLECTOR_ONLY_PANELS: tuple[str, ...] = ("Span rate", "Span errors", "Span dura
 ENGINE_PANELS: tuple[str, ...] = ("Engine running vs waiting", "Engine KV-cache usage", "Engine time to first token")
 
 # What Grafana would put in for its built-in variables and for "All" of the dashboard variables
-# (allValue ".*"); callers override any of them.
+# (allValue ".*"); callers override any of them. `job` is single-value without "All" (one process
+# is two jobs when Prometheus scrapes both paths): its ".*" only keeps a query parseable; a live
+# check passes the concrete job it means.
 DEFAULT_VARIABLES: dict[str, str] = {
     "datasource": "prometheus",
     "job": ".*",

@@ -5,10 +5,11 @@ Every listener gets a free port, so the tests never collide with a developer's r
 `ernie-otel stack up` (default ports) or with another test session.
 
 Facts the selectors below rely on (checked by the tests, see docs/pipeline.md):
-- direct scrape:  job="ernie-serve" (the job name), instance="127.0.0.1:<metrics port>";
+- direct scrape:  job="ernie-serve-direct" (the job name in deploy/prometheus.yml),
+  instance="127.0.0.1:<metrics port>";
 - Collector path: job="ernie-serve" (service.name), instance="<service.instance.id>" (a UUID),
   kept as-is because the otel-collector job has honor_labels: true (no exported_job/exported_instance).
-So the two paths differ only in `instance`.
+So `job` alone tells the two paths apart: a sum over one job counts each request once.
 """
 
 from __future__ import annotations
@@ -26,14 +27,29 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from conftest import free_port
 
 from ernie_otel import names
-from ernie_otel.stack import DEFAULT_PORTS, Stack, StackError, log_tail, process_matches
+from ernie_otel.stack import DEFAULT_PORTS, PROMETHEUS_CONFIG, Stack, StackError, log_tail, process_matches
 
 T = TypeVar("T")
 
-SERVICE_JOB = names.SERVICE_NAME  # job label on both paths
+
+def direct_scrape_job() -> str:
+    """The job deploy/prometheus.yml scrapes ernie-serve's --metrics-port under (its default
+    target), read from the file so a rename there cannot leave the tests behind."""
+    target = f"127.0.0.1:{DEFAULT_PORTS['serve_metrics']}"
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = [job["job_name"] for job in config["scrape_configs"]
+            for static in job.get("static_configs", []) if target in static.get("targets", [])]
+    assert len(jobs) == 1, f"{PROMETHEUS_CONFIG}: jobs scraping {target}: {jobs}"
+    return jobs[0]
+
+
+COLLECTOR_JOB = names.SERVICE_NAME  # the Collector path's job: service.name, kept by honor_labels
+DIRECT_JOB = direct_scrape_job()
+assert DIRECT_JOB != COLLECTOR_JOB, "both paths under one job would count every request twice"
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
@@ -107,12 +123,14 @@ class E2EStack:
     @property
     def direct(self) -> str:
         """Label matchers selecting the direct scrape of --metrics-port."""
-        return f'job="{SERVICE_JOB}", instance="{self.direct_instance}"'
+        return f'job="{DIRECT_JOB}", instance="{self.direct_instance}"'
 
     @property
     def via_collector(self) -> str:
-        """Label matchers selecting what came through the Collector (OTLP -> :8889)."""
-        return f'job="{SERVICE_JOB}", instance!="{self.direct_instance}"'
+        """Label matchers selecting what came through the Collector (OTLP -> :8889). The job
+        alone: it holds nothing of the direct scrape (the request counts compare it with what
+        was sent, so a double count fails them)."""
+        return f'job="{COLLECTOR_JOB}"'
 
     # ---------------------------------------------------------------- ernie-serve
     def chat(self, content: str = "hello", max_tokens: int = 8, headers: dict[str, str] | None = None,

@@ -38,6 +38,7 @@ import pytest
 import yaml
 from conftest import free_port, http_get, run_process, wait_http
 from serve_helpers import Served, run_server
+from stack_fixture import direct_scrape_job
 from test_alerts import (
     ALERT_RULES,
     ALERTMANAGER_CONFIG,
@@ -62,7 +63,9 @@ ALERT_TIMEOUT_S = 60.0
 ERROR_RATE = "HighErrorRate"
 SERVE_DOWN = "ErnieServeDown"
 METRICS_ABSENT = "ErnieMetricsAbsent"
-SERVE_JOB = "ernie-serve"
+# The job deploy/prometheus.yml scrapes --metrics-port under (ernie-serve-direct), read from the
+# file: the test server takes that job's target.
+SERVE_JOB = direct_scrape_job()
 
 T = TypeVar("T")
 

@@ -471,8 +471,15 @@ def test_template_variables(dashboard: dict) -> None:
         q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
         assert q == query, name
         assert v.get("definition", query) == query, name
-        assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ".*", name
         assert v["refresh"] in (1, 2), name
+        if name == "job":
+            # Single-value, no All: deploy/prometheus.yml scrapes one process as two jobs (direct and
+            # through the Collector), and a view over both would count every request twice. No
+            # `current`: Grafana selects the first value.
+            assert v["multi"] is False and v["includeAll"] is False and "allValue" not in v, name
+            assert not v.get("current"), name
+            continue
+        assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ".*", name
         # Default "All": the engine row shows whatever engine is scraped, and nothing (no error) when none is.
         assert v["current"]["value"] == ["$__all"], name
     # The data source variable defaults to the provisioned Prometheus.
@@ -717,7 +724,7 @@ def test_dashboard_provider() -> None:
 def test_iter_queries_substitutes_everything(dashboard: dict, query_panels: list[dict]) -> None:
     n_targets = sum(1 for _ in _targets(query_panels))
     values = {
-        "job": "ernie-serve",
+        "job": "ernie-serve-direct",
         "instance": "127.0.0.1:8181",
         "model": "ernie-4.5-0.3b",
         "engine_job": names.ENGINE_JOB,
@@ -733,7 +740,7 @@ def test_iter_queries_substitutes_everything(dashboard: dict, query_panels: list
     for title, ref, expr in queries:
         assert "$" not in expr and "[[" not in expr, (title, ref, expr)
         job, instance = ((names.ENGINE_JOB, "127.0.0.1:8188") if title in ENGINE_PANELS
-                         else ("ernie-serve", "127.0.0.1:8181"))
+                         else ("ernie-serve-direct", "127.0.0.1:8181"))
         assert f'job=~"{job}"' in expr, (title, expr)
         assert f'instance=~"{instance}"' in expr, (title, expr)
     exprs = "\n".join(e for _, _, e in queries)

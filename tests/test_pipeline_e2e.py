@@ -33,7 +33,14 @@ from dashboard_queries import (
     iter_queries,
     load_dashboard,
 )
-from stack_fixture import E2EStack, e2e_stack_fixture, free_ports, wait_for  # noqa: F401 - the fixture
+from stack_fixture import (  # noqa: F401 - the fixture
+    COLLECTOR_JOB,
+    DIRECT_JOB,
+    E2EStack,
+    e2e_stack_fixture,
+    free_ports,
+    wait_for,
+)
 
 from ernie_otel import names
 from ernie_otel.stack import DEFAULT_PORTS, Record, Stack, StackError, _proc_stat, main
@@ -76,8 +83,9 @@ def test_requests_reach_prometheus_on_both_paths(e2e_stack: E2EStack) -> None:
     except AssertionError as err:
         raise AssertionError(f"{err}\n{e.logs('collector', 'prometheus', 'ernie_serve')}") from None
 
-    # Both paths carry job="ernie-serve"; the Collector path's instance is service.instance.id,
-    # which the direct path's target_info also reports.
+    # Each path has its own job (ernie-serve through the Collector, ernie-serve-direct directly),
+    # so the per-job counts above are each path's alone. The Collector path's instance is
+    # service.instance.id, which the direct path's target_info also reports.
     instance = e.collector_instance()
     info = e.series(f'target_info{{{e.direct}}}')
     assert [s.get("service_instance_id") for s in info] == [instance], info
@@ -204,7 +212,7 @@ def test_same_metric_and_label_names_on_both_paths(e2e_stack: E2EStack) -> None:
     # GPU families are absent (not zero) without NVML, on both paths alike.
     if not _has_nvidia_gpu():
         gpu = "|".join(spec.prom_name for spec in names.GPU_METRICS)
-        assert e.series(f'{{__name__=~"{gpu}", job="{names.SERVICE_NAME}"}}') == []
+        assert e.series(f'{{__name__=~"{gpu}", job=~"{COLLECTOR_JOB}|{DIRECT_JOB}"}}') == []
 
 
 # ----------------------------------------------------------------------- 5. Collector outage
@@ -344,9 +352,12 @@ def test_every_dashboard_query_has_data_on_both_paths(e2e_stack: E2EStack) -> No
     # which read an upstream engine's own families (gateway mode only; this stack runs the
     # transformers engine in-process).
     empty = set(ENGINE_PANELS) | (set() if _has_nvidia_gpu() else set(GPU_PANELS))
+    # `job` is single-value in the dashboard (no All), so each path is checked under its own job,
+    # as a user selects it, with its concrete instance.
     paths = {
-        "collector": ({"job": names.SERVICE_NAME, "instance": _promql_regex(e.collector_instance())}, empty),
-        "direct": ({"job": names.SERVICE_NAME, "instance": _promql_regex(e.direct_instance)},
+        "collector": ({"job": _promql_regex(COLLECTOR_JOB), "instance": _promql_regex(e.collector_instance())},
+                      empty),
+        "direct": ({"job": _promql_regex(DIRECT_JOB), "instance": _promql_regex(e.direct_instance)},
                    empty | set(COLLECTOR_ONLY_PANELS)),
     }
     for path, (variables, expect_empty) in paths.items():
