@@ -1,0 +1,628 @@
+"""``ernie-otel bench``: an OpenAI-compatible load generator (httpx + asyncio, no other dependency).
+
+Works against any OpenAI-compatible server (ernie-serve, ``transformers serve``, vLLM, FastDeploy):
+requests carry only standard fields, plus ``ignore_eos`` when asked and whatever ``extra_body``
+adds. Client-side figures:
+
+- TTFT: request sent -> first chunk carrying content (non-stream: the whole latency);
+- TPOT: ``(latency - ttft) / (tokens - 1)`` per streamed request with at least two tokens;
+- latency: request sent -> last byte;
+- output tokens from ``usage`` (streams ask for ``stream_options.include_usage``), else the number
+  of content chunks.
+
+``run_bench`` / ``Bench`` are the Python API; with ``requests=None`` and ``duration=None`` a run
+lasts until it is stopped or cancelled (steady background load), and memory stays bounded because
+latencies go into fixed-size reservoirs rather than growing lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+import httpx
+
+# Enough distinct words that prompts differ between requests (no accidental prefix-cache wins on
+# servers that have one), few enough that most are single tokens in any vocabulary.
+_WORDS = (
+    "the model serves tokens to users with low latency and high throughput while a queue waits for "
+    "a free slot in the running batch every request reports its time to first token and the time "
+    "per output token so operators can tell prefill from decode when a dashboard turns red"
+).split()
+
+RESERVOIR_SIZE = 10_000
+MAX_ERROR_KINDS = 64  # error keys come partly from the server: cap them like any label set
+
+
+@dataclass
+class BenchConfig:
+    url: str = "http://127.0.0.1:8180"
+    model: str | None = None  # None: the first id from GET /v1/models
+    endpoint: str = "chat"  # "chat" | "completions"
+    requests: int | None = 64  # None together with duration=None: run until stopped/cancelled
+    duration: float | None = None  # seconds; None or 0: no time limit
+    concurrency: int | None = 8  # in-flight cap; None with rate: unbounded
+    rate: float | None = None  # requests/s with Poisson arrivals; None: closed loop at `concurrency`
+    prompt_tokens: int = 32  # approximate: the prompt has this many words
+    max_tokens: int = 32
+    stream: bool = True
+    ignore_eos: bool = False
+    include_usage: bool = True  # ask for usage in the stream (stream_options.include_usage)
+    temperature: float | None = None
+    api_key: str | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 600.0
+    seed: int = 0
+    # Prompts are numbered from this offset; None: a random one per run, so that a run never
+    # repeats an earlier run's prompts (a server with a prefix cache would serve those from it).
+    prompt_offset: int | None = None
+    reservoir_size: int = RESERVOIR_SIZE
+
+    @property
+    def unbounded(self) -> bool:
+        return self.requests is None and not self.duration
+
+
+@dataclass
+class Percentiles:
+    """Milliseconds for times; ``None`` when there were no samples."""
+
+    count: int = 0
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+
+@dataclass
+class BenchResult:
+    url: str
+    model: str
+    endpoint: str
+    stream: bool
+    concurrency: int | None
+    rate: float | None
+    max_tokens: int
+    prompt_tokens_requested: int
+    requests_sent: int
+    requests_ok: int
+    requests_failed: int
+    wall_s: float
+    output_tokens: int
+    prompt_tokens: int
+    output_tokens_per_s: float
+    requests_per_s: float
+    ttft_ms: Percentiles
+    tpot_ms: Percentiles
+    latency_ms: Percentiles
+    errors: dict[str, int]
+    tokens_from_usage: int  # successful requests whose token count came from `usage`
+    tokens_from_chunks: int  # ... from counting content chunks (server sent no usage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Reservoir:
+    """Uniform sample of at most ``size`` values (Algorithm R): exact up to ``size`` samples,
+    bounded memory for unbounded runs."""
+
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.size = size
+        self.values: list[float] = []
+        self.count = 0
+        self.total = 0.0
+        self.max = -math.inf
+        self._rng = rng
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.max = max(self.max, value)
+        if len(self.values) < self.size:
+            self.values.append(value)
+        else:
+            j = self._rng.randrange(self.count)
+            if j < self.size:
+                self.values[j] = value
+
+    def summary(self, scale: float = 1000.0) -> Percentiles:
+        if not self.values:
+            return Percentiles()
+        ordered = sorted(self.values)
+        return Percentiles(count=self.count, mean=self.total / self.count * scale,
+                           p50=percentile(ordered, 50) * scale, p90=percentile(ordered, 90) * scale,
+                           p95=percentile(ordered, 95) * scale, p99=percentile(ordered, 99) * scale,
+                           max=self.max * scale)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) over a sorted list."""
+    if not ordered:
+        raise ValueError("no samples")
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def build_prompt(words: int, index: int) -> str:
+    # The index first: each prompt differs from its first token on.
+    n = max(1, words)
+    body = [_WORDS[(index * 7 + i) % len(_WORDS)] for i in range(n - 1)]
+    return " ".join([f"{index}", *body])
+
+
+@dataclass
+class _Outcome:
+    ok: bool
+    latency: float = 0.0
+    ttft: float | None = None
+    tokens: int = 0
+    prompt_tokens: int = 0
+    from_usage: bool = False
+    error: str | None = None
+
+
+class _StreamError(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _error_key_from_body(status: int, body: bytes) -> str:
+    code: Any = None
+    try:
+        err = json.loads(body).get("error")
+        if isinstance(err, dict):
+            code = err.get("code") or err.get("type")
+        elif isinstance(err, str):
+            code = None
+    except (ValueError, AttributeError):
+        pass
+    return f"HTTP {status} {code}" if code else f"HTTP {status}"
+
+
+class Bench:
+    """One load run. ``await run()`` returns the result; ``stop()`` ends it early (in-flight
+    requests are abandoned and not counted); cancelling ``run()`` raises ``CancelledError``;
+    ``snapshot()`` reads the figures so far from any coroutine."""
+
+    def __init__(self, cfg: BenchConfig, *, progress: Callable[[Bench], None] | None = None) -> None:
+        if cfg.endpoint not in ("chat", "completions"):
+            raise ValueError(f"endpoint must be 'chat' or 'completions', not {cfg.endpoint!r}")
+        if cfg.rate is None and not cfg.concurrency:
+            raise ValueError("give a concurrency (closed loop) or a rate (open loop)")
+        if cfg.rate is not None and cfg.rate <= 0:
+            raise ValueError("rate must be positive")
+        self.cfg = cfg
+        self.model = cfg.model or ""
+        self._progress = progress
+        rng = random.Random(cfg.seed)
+        self._ttft = Reservoir(cfg.reservoir_size, rng)
+        self._tpot = Reservoir(cfg.reservoir_size, rng)
+        self._latency = Reservoir(cfg.reservoir_size, rng)
+        self.sent = 0
+        self.ok = 0
+        self.failed = 0
+        self.output_tokens = 0
+        self.prompt_tokens = 0
+        self.from_usage = 0
+        self.from_chunks = 0
+        self.errors: dict[str, int] = {}
+        self.started: float | None = None
+        self.ended: float | None = None
+        self._stop = asyncio.Event()
+        self._deadline: float | None = None
+        self._prompt_offset = cfg.prompt_offset if cfg.prompt_offset is not None else \
+            random.SystemRandom().randrange(10**6, 10**7)
+
+    # ------------------------------------------------------------------ public
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended if self.ended is not None else time.perf_counter()) - self.started
+
+    def snapshot(self) -> BenchResult:
+        wall = self.elapsed
+        cfg = self.cfg
+        return BenchResult(
+            url=cfg.url, model=self.model, endpoint=cfg.endpoint, stream=cfg.stream, concurrency=cfg.concurrency,
+            rate=cfg.rate, max_tokens=cfg.max_tokens, prompt_tokens_requested=cfg.prompt_tokens,
+            requests_sent=self.sent, requests_ok=self.ok, requests_failed=self.failed, wall_s=wall,
+            output_tokens=self.output_tokens, prompt_tokens=self.prompt_tokens,
+            output_tokens_per_s=self.output_tokens / wall if wall > 0 else 0.0,
+            requests_per_s=self.ok / wall if wall > 0 else 0.0,
+            ttft_ms=self._ttft.summary(), tpot_ms=self._tpot.summary(), latency_ms=self._latency.summary(),
+            errors=dict(sorted(self.errors.items(), key=lambda kv: -kv[1])),
+            tokens_from_usage=self.from_usage, tokens_from_chunks=self.from_chunks,
+        )
+
+    async def run(self) -> BenchResult:
+        cfg = self.cfg
+        headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        cap = cfg.concurrency or 1000
+        limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
+        timeout = httpx.Timeout(cfg.timeout, connect=min(10.0, cfg.timeout))
+        async with httpx.AsyncClient(base_url=cfg.url.rstrip("/"), headers=headers, limits=limits,
+                                     timeout=timeout) as client:
+            if not self.model:
+                self.model = await fetch_model(client)
+            self.started = time.perf_counter()
+            self._deadline = self.started + cfg.duration if cfg.duration else None
+            progress_task = asyncio.create_task(self._report()) if self._progress else None
+            producer = asyncio.create_task(self._closed_loop(client) if cfg.rate is None
+                                           else self._open_loop(client))
+            stopper = asyncio.create_task(self._stop.wait())
+            try:
+                await asyncio.wait({producer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (producer, stopper):
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+                self.ended = time.perf_counter()
+                if progress_task is not None:
+                    progress_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await progress_task
+                    self._progress(self)  # type: ignore[misc]  # a final line with the end figures
+        return self.snapshot()
+
+    # ------------------------------------------------------------------ scheduling
+    def _claim(self) -> int | None:
+        """The next request's index, or None when the run is over."""
+        cfg = self.cfg
+        if self._stop.is_set():
+            return None
+        if cfg.requests is not None and self.sent >= cfg.requests:
+            return None
+        if self._deadline is not None and time.perf_counter() >= self._deadline:
+            return None
+        self.sent += 1
+        return self.sent - 1
+
+    async def _closed_loop(self, client: httpx.AsyncClient) -> None:
+        async def worker() -> None:
+            while (index := self._claim()) is not None:
+                await self._one(client, index)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.cfg.concurrency or 1)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _open_loop(self, client: httpx.AsyncClient) -> None:
+        cfg = self.cfg
+        rng = random.Random(cfg.seed + 1)
+        sem = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency else None
+        inflight: set[asyncio.Task[None]] = set()
+
+        async def one(index: int) -> None:
+            try:
+                await self._one(client, index)
+            finally:
+                if sem is not None:
+                    sem.release()
+
+        next_at = time.perf_counter()
+        try:
+            while True:
+                next_at += rng.expovariate(cfg.rate)  # type: ignore[arg-type]
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if sem is not None:
+                    await sem.acquire()  # an arrival waits for a slot: the cap is an in-flight limit
+                index = self._claim()
+                if index is None:
+                    if sem is not None:
+                        sem.release()
+                    break
+                task = asyncio.create_task(one(index))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)  # bounded: only running tasks are held
+            if inflight:
+                await asyncio.gather(*inflight)
+        finally:
+            for t in list(inflight):
+                t.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _report(self) -> None:
+        while True:
+            self._progress(self)  # type: ignore[misc]
+            await asyncio.sleep(0.25)
+
+    # ------------------------------------------------------------------ one request
+    def _body(self, index: int) -> tuple[str, dict[str, Any]]:
+        cfg = self.cfg
+        prompt = build_prompt(cfg.prompt_tokens, self._prompt_offset + index)
+        body: dict[str, Any] = {"model": self.model, "max_tokens": cfg.max_tokens, "stream": cfg.stream}
+        if cfg.endpoint == "chat":
+            path = "/v1/chat/completions"
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            path = "/v1/completions"
+            body["prompt"] = prompt
+        if cfg.stream and cfg.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        if cfg.temperature is not None:
+            body["temperature"] = cfg.temperature
+        if cfg.ignore_eos:
+            body["ignore_eos"] = True
+        body.update(cfg.extra_body)
+        return path, body
+
+    async def _one(self, client: httpx.AsyncClient, index: int) -> None:
+        path, body = self._body(index)
+        t0 = time.perf_counter()
+        try:
+            async with client.stream("POST", path, json=body) as resp:
+                if resp.status_code != 200:
+                    outcome = _Outcome(False, error=_error_key_from_body(resp.status_code, await resp.aread()))
+                elif self.cfg.stream:
+                    outcome = await self._read_stream(resp, t0)
+                else:
+                    outcome = self._read_json(await resp.aread(), t0)
+        except asyncio.CancelledError:
+            raise
+        except _StreamError as exc:
+            outcome = _Outcome(False, error=exc.key)
+        except Exception as exc:  # connection refused, timeouts, bad JSON: counted by class, never fatal
+            outcome = _Outcome(False, error=type(exc).__name__)
+        self._record(outcome)
+
+    def _content(self, choice: dict[str, Any]) -> str:
+        if self.cfg.endpoint == "chat":
+            delta = choice.get("delta") or {}
+            return (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+        return choice.get("text") or ""
+
+    async def _read_stream(self, resp: httpx.Response, t0: float) -> _Outcome:
+        first: float | None = None
+        chunks = 0
+        usage: dict[str, Any] | None = None
+        finished = False
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                finished = True
+                break
+            obj = json.loads(payload)
+            if "error" in obj:
+                err = obj["error"]
+                code = (err.get("code") or err.get("type")) if isinstance(err, dict) else None
+                raise _StreamError(f"stream {code}" if code else "stream error")
+            if obj.get("usage"):
+                usage = obj["usage"]
+            for choice in obj.get("choices") or ():
+                if self._content(choice):
+                    if first is None:
+                        first = time.perf_counter()
+                    chunks += 1
+                if choice.get("finish_reason"):
+                    # Some servers (transformers serve) end the stream without [DONE].
+                    finished = True
+        end = time.perf_counter()
+        if not finished:
+            raise _StreamError("IncompleteStream")
+        tokens, from_usage = (int(usage["completion_tokens"]), True) if usage and "completion_tokens" in usage \
+            else (chunks, False)
+        prompt = int(usage.get("prompt_tokens") or 0) if usage else 0
+        return _Outcome(True, latency=end - t0, ttft=(first - t0) if first is not None else None, tokens=tokens,
+                        prompt_tokens=prompt, from_usage=from_usage)
+
+    def _read_json(self, raw: bytes, t0: float) -> _Outcome:
+        end = time.perf_counter()
+        obj = json.loads(raw)
+        usage = obj.get("usage") or {}
+        if "completion_tokens" in usage:
+            tokens, from_usage = int(usage["completion_tokens"]), True
+        else:  # no usage and no chunks to count: one "chunk" per non-empty choice
+            tokens = sum(1 for c in obj.get("choices") or () if (c.get("message") or {}).get("content")
+                         or c.get("text"))
+            from_usage = False
+        return _Outcome(True, latency=end - t0, ttft=end - t0, tokens=tokens,
+                        prompt_tokens=int(usage.get("prompt_tokens") or 0), from_usage=from_usage)
+
+    def _record(self, o: _Outcome) -> None:
+        if not o.ok:
+            self.failed += 1
+            key = o.error or "unknown"
+            if key not in self.errors and len(self.errors) >= MAX_ERROR_KINDS:
+                key = "other"
+            self.errors[key] = self.errors.get(key, 0) + 1
+            return
+        self.ok += 1
+        self.output_tokens += o.tokens
+        self.prompt_tokens += o.prompt_tokens
+        if o.from_usage:
+            self.from_usage += 1
+        else:
+            self.from_chunks += 1
+        self._latency.add(o.latency)
+        if o.ttft is not None:
+            self._ttft.add(o.ttft)
+            # Non-stream TTFT is the whole latency, so a TPOT from it would be a meaningless 0.
+            if self.cfg.stream and o.tokens > 1:
+                self._tpot.add((o.latency - o.ttft) / (o.tokens - 1))
+
+
+async def fetch_model(client: httpx.AsyncClient) -> str:
+    resp = await client.get("/v1/models", timeout=30.0)
+    resp.raise_for_status()
+    data = resp.json().get("data") or []
+    if not data:
+        raise RuntimeError("GET /v1/models listed no model; pass --model")
+    return str(data[0]["id"])
+
+
+async def run_bench(cfg: BenchConfig, *, progress: Callable[[Bench], None] | None = None) -> BenchResult:
+    """Run one benchmark. With ``requests=None`` and no duration it runs until cancelled."""
+    return await Bench(cfg, progress=progress).run()
+
+
+# ---------------------------------------------------------------------------------------- output
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def format_result(r: BenchResult) -> str:
+    mode = f"concurrency {r.concurrency}" if r.rate is None else f"rate {r.rate}/s (cap {r.concurrency or '-'})"
+    lines = [
+        f"ernie-otel bench: {r.url}  model={r.model}  {r.endpoint} {'stream' if r.stream else 'no-stream'}  "
+        f"{mode}  prompt~{r.prompt_tokens_requested} words  max_tokens={r.max_tokens}",
+        f"requests: {r.requests_ok} ok, {r.requests_failed} failed, {r.requests_sent} sent in {r.wall_s:.2f} s",
+        "",
+        f"| {'metric':<16} | {'p50':>9} | {'p90':>9} | {'p95':>9} | {'p99':>9} | {'mean':>9} |",
+        f"|{'-' * 18}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 11}|",
+    ]
+    for name, p in (("TTFT (ms)", r.ttft_ms), ("TPOT (ms)", r.tpot_ms), ("latency (ms)", r.latency_ms)):
+        lines.append(f"| {name:<16} | {_fmt(p.p50):>9} | {_fmt(p.p90):>9} | {_fmt(p.p95):>9} | {_fmt(p.p99):>9} "
+                     f"| {_fmt(p.mean):>9} |")
+    lines += [
+        "",
+        f"output tokens/s: {r.output_tokens_per_s:.1f}   ({r.output_tokens} output tokens; "
+        f"{r.tokens_from_usage} counted from usage, {r.tokens_from_chunks} from chunks)",
+        f"requests/s:      {r.requests_per_s:.2f}",
+    ]
+    if r.errors:
+        lines.append("errors:")
+        lines += [f"  {count:>6}  {key}" for key, count in r.errors.items()]
+    else:
+        lines.append("errors:          none")
+    return "\n".join(lines)
+
+
+class ProgressLine:
+    """One self-overwriting status line on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_plain = 0.0
+
+    def __call__(self, bench: Bench) -> None:
+        cfg = bench.cfg
+        done = bench.ok + bench.failed
+        elapsed = bench.elapsed
+        rps = done / elapsed if elapsed > 0 else 0.0
+        if cfg.requests is not None:
+            frac, total = min(1.0, done / cfg.requests), str(cfg.requests)
+        elif cfg.duration:
+            frac, total = min(1.0, elapsed / cfg.duration), "?"
+        else:
+            frac, total = 0.0, "∞"
+        width = 24
+        filled = int(frac * width)
+        bar = "#" * filled + "-" * (width - filled)
+        text = (f"[{bar}] {done}/{total} done  {rps:6.2f} req/s  {bench.output_tokens / max(elapsed, 1e-9):8.1f} "
+                f"tok/s  errors {bench.failed}  {elapsed:6.1f}s")
+        if self.tty:
+            end = "\n" if bench.ended is not None else ""
+            self.stream.write("\r" + text + end)
+            self.stream.flush()
+        elif bench.ended is not None or time.monotonic() - self._last_plain >= 5.0:
+            self._last_plain = time.monotonic()
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ernie-otel bench", description="OpenAI-compatible load generator.")
+    p.add_argument("--url", default="http://127.0.0.1:8180", help="server base URL (default: %(default)s)")
+    p.add_argument("--model", default=None, help="model name in requests (default: first id of GET /v1/models)")
+    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    p.add_argument("--requests", type=int, default=None, help="number of requests (default 64 without --duration)")
+    p.add_argument("--duration", type=float, default=None, help="seconds to send for; 0: until Ctrl-C")
+    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 8; with --rate: cap)")
+    p.add_argument("--rate", type=float, default=None, help="requests/s with Poisson arrivals (open loop)")
+    p.add_argument("--prompt-tokens", type=int, default=32,
+                   help="approximate prompt length, in words (tokens per word depend on the tokenizer)")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--include-usage", action=argparse.BooleanOptionalAction, default=True,
+                   help="ask for usage in streams (stream_options.include_usage)")
+    p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos: true (vLLM-style extension)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--extra-body", default=None, help="JSON object merged into every request body")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed for Poisson arrivals and sampling reservoirs")
+    p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON to this path")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    requests = args.requests
+    if requests is None and args.duration is None:
+        requests = 64
+    extra = json.loads(args.extra_body) if args.extra_body else {}
+    if not isinstance(extra, dict):
+        raise ValueError("--extra-body must be a JSON object")
+    concurrency = args.concurrency if args.concurrency is not None else (None if args.rate is not None else 8)
+    return BenchConfig(
+        url=args.url, model=args.model, endpoint=args.endpoint, requests=requests,
+        duration=args.duration or None, concurrency=concurrency, rate=args.rate, prompt_tokens=args.prompt_tokens,
+        max_tokens=args.max_tokens, stream=args.stream, ignore_eos=args.ignore_eos,
+        include_usage=args.include_usage, temperature=args.temperature, api_key=args.api_key, extra_body=extra,
+        timeout=args.timeout, seed=args.seed,
+    )
+
+
+async def _cli(cfg: BenchConfig, quiet: bool) -> BenchResult:
+    bench = Bench(cfg, progress=None if quiet else ProgressLine())
+    loop = asyncio.get_running_loop()
+    # Ctrl-C ends the run and still prints what was measured (the way to end `--duration 0`).
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, bench.stop)
+    return await bench.run()
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for name, value in (("--requests", cfg.requests), ("--concurrency", cfg.concurrency),
+                        ("--max-tokens", cfg.max_tokens)):
+        if value is not None and value < 1:
+            parser.error(f"{name} must be at least 1")
+    try:
+        result = asyncio.run(_cli(cfg, args.quiet))
+    except (httpx.HTTPError, OSError, RuntimeError, ValueError) as exc:
+        # Only the model lookup can get here; request failures are counted, never raised.
+        print(f"ernie-otel bench: cannot start against {cfg.url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(format_result(result))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+            f.write("\n")
+    return 0 if result.requests_failed == 0 else 1
