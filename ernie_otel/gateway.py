@@ -165,6 +165,16 @@ class Gateway:
         chunks = 0
         response_id = None
         saw_done = False
+
+        def complete() -> bytes:
+            # Recorded before the client sees [DONE], so whoever reads the metrics after the
+            # response finds this request counted.
+            st.finished = time.perf_counter()
+            if not st.output_tokens:
+                st.output_tokens = chunks
+            recorder.finish(rt, Status.OK.value, response_id=response_id)
+            return b"data: [DONE]\n\n"
+
         try:
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
@@ -172,7 +182,7 @@ class Gateway:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     saw_done = True
-                    yield b"data: [DONE]\n\n"
+                    yield complete()
                     break
                 try:
                     chunk = json.loads(data)
@@ -208,7 +218,7 @@ class Gateway:
                 if st.finish_reason is None:
                     raise httpx.RemoteProtocolError("upstream stream ended before a finish_reason")
                 saw_done = True
-                yield b"data: [DONE]\n\n"
+                yield complete()
         except httpx.HTTPError as exc:
             err = self._stream_error(rt, recorder, exc)
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
@@ -216,15 +226,9 @@ class Gateway:
         finally:
             await resp.aclose()
             release()
-            if not rt.done:
-                if saw_done:
-                    st.finished = time.perf_counter()
-                    if not st.output_tokens:
-                        st.output_tokens = chunks
-                    recorder.finish(rt, Status.OK.value, response_id=response_id)
-                else:  # the client went away
-                    st.finish_reason = FinishReason.CANCELLED.value
-                    recorder.finish(rt, Status.CANCELLED.value)
+            if not rt.done:  # the client went away before the end
+                st.finish_reason = FinishReason.CANCELLED.value
+                recorder.finish(rt, Status.CANCELLED.value)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -94,12 +94,14 @@ class RunningProcess:
 def run_process(
     args: Sequence[str | os.PathLike[str]],
     log_path: Path,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     cwd: Path = REPO_ROOT,
 ) -> Iterator[RunningProcess]:
-    """Run a server process for the duration of the block; always stops it (TERM, then KILL)."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
+    """Run a server process for the duration of the block; always stops it (TERM, then KILL).
+
+    An env value of None removes the variable, so a test sees defaults whatever the caller's
+    environment holds."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(a) for a in args],

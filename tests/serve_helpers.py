@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port
+from conftest import RunningProcess, free_port, run_process, wait_http
 
 BIN_DIR = Path(sys.executable).parent
 
 
 @dataclass
 class Served:
-    proc: subprocess.Popen[bytes]
+    running: RunningProcess
     port: int
     metrics_port: int
-    log_path: Path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.running.proc
 
     @property
     def base(self) -> str:
@@ -43,22 +43,7 @@ class Served:
             return r.read().decode()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def wait_healthy(base: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ernie-serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"ernie-serve not healthy after {timeout}s:\n{log_path.read_text()[-3000:]}")
+        return self.running.log_tail(100_000)
 
 
 @contextmanager
@@ -69,18 +54,9 @@ def run_server(tmp: Path, *args: str, env: Mapping[str, str | None] | None = Non
            str(metrics_port), *args]
     if instrument:
         cmd = [str(BIN_DIR / "opentelemetry-instrument"), *cmd]
-    log_path = tmp / f"{name}-{port}.log"
-    # A None value removes the variable, so a test sees defaults whatever the caller's environment.
-    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc, log_path)
-        yield Served(proc, port, metrics_port, log_path)
-    finally:
-        proc.terminate()
+    with run_process(cmd, tmp / f"{name}-{port}.log", env=env) as running:
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=running.proc)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{running.log_tail()}") from None
+        yield Served(running, port, metrics_port)
