@@ -80,10 +80,14 @@ def build_tiny_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: 
     )
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.model_max_length = 4096
-    hf_tok.save_pretrained(out)
-
     dims = dict(SIZES[size])
     vocab = dims.pop("vocab_size") or len(hf_tok)
+    if vocab > len(hf_tok):
+        # The real configuration's embedding is far larger than this tokenizer: give every id a
+        # token that decodes to text, or ~99% of sampled ids would stream as empty deltas.
+        hf_tok.add_tokens([f"<|x{i}|>" for i in range(len(hf_tok), vocab)])
+    hf_tok.save_pretrained(out)
+
     config = Ernie4_5Config(
         vocab_size=vocab, max_position_embeddings=4096 if size == "tiny" else 131072,
         pad_token_id=hf_tok.pad_token_id, bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id,

@@ -1,0 +1,383 @@
+"""Telemetry overhead of ernie-serve: off vs standalone Prometheus vs full OTLP (metrics + traces).
+
+    .venv/bin/python benchmarks/overhead.py [--model tiny] [--rounds 5] [--requests 64]
+        [--concurrency 8] [--max-tokens 32] [--json PATH]
+
+Three ernie-serve processes serve the same model, one per telemetry mode:
+
+- off:  ``OTEL_SDK_DISABLED=true``
+- prom: the default standalone mode (Prometheus reader on --metrics-port)
+- full: ``--otlp-endpoint`` to a real Collector (which forwards spans to a real Jaeger), plus the
+  Prometheus reader: every metric and span is exported
+
+The same fixed workload (ignore_eos, so every request yields max_tokens tokens) runs against
+them alternately -- off, prom, full, then prom, full, off, ... (rotated) -- so that the background load of a
+shared machine hits every variant alike; the report gives per-variant medians and the medians
+of the per-round ratios to off (runs next to each other in time are the fairest comparison).
+
+This module also holds the process helpers the other benchmark scripts import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ernie_otel.bench import BenchConfig, BenchResult, run_bench
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CACHE = Path(os.environ.get("ERNIE_OTEL_CACHE", Path.home() / ".cache" / "ernie-otel"))
+
+
+# ------------------------------------------------------------------------ process helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode("utf-8", "replace")
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str = ""
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_http(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                code, body = http_get(url, timeout=2.0)
+                if code == 200:
+                    return
+                last = f"HTTP {code} {body[:200]}"
+            except OSError as exc:
+                last = repr(exc)
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name}: {url} not ready after {timeout:.0f}s ({last}):\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spawn(name: str, args: Sequence[str | os.PathLike[str]], log_dir: Path,
+          env: Mapping[str, str] | None = None) -> Proc:
+    log_path = log_dir / f"{name}.log"
+    full_env = {**os.environ, **(env or {})}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(a) for a in args], cwd=REPO, env=full_env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+    return Proc(name, proc, log_path)
+
+
+def start_ernie_serve(name: str, model: str, log_dir: Path, *, env: Mapping[str, str] | None = None,
+                      extra_args: Sequence[str] = (), metrics: bool = True) -> Proc:
+    port = free_port()
+    metrics_port = free_port() if metrics else 0
+    p = spawn(name, [BIN / "ernie-serve", "--model", model, "--port", str(port), "--metrics-port", str(metrics_port),
+                     "--log-level", "warning", *extra_args], log_dir, env)
+    p.url = f"http://127.0.0.1:{port}"
+    p.ports = {"api": port, "metrics": metrics_port}
+    return p
+
+
+def find_pipeline_bin() -> Path | None:
+    """The directory of an already built otelcol-ernie (and jaeger); building takes tens of minutes,
+    so a benchmark never starts one itself."""
+    for d in sorted(glob.glob(str(CACHE / "bin" / "*" / "otelcol-ernie")), key=os.path.getmtime, reverse=True):
+        return Path(d).parent
+    return None
+
+
+def start_collector(bin_dir: Path, log_dir: Path) -> tuple[Proc, Proc | None]:
+    """Collector on free ports, exporting spans to a Jaeger on free ports (if jaeger is built), so
+    that the full variant pays for a real export rather than for a failing, retrying one."""
+    jaeger: Proc | None = None
+    otel_env = {
+        "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELCOL_TELEMETRY_PORT": str(free_port()),
+        "OTELCOL_LOG_LEVEL": "warn",
+    }
+    if os.access(bin_dir / "jaeger", os.X_OK):
+        jaeger_env = {
+            "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
+            "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
+            "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
+            "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
+            "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
+            "JAEGER_METRICS_PORT": str(free_port()),
+            "JAEGER_LOG_LEVEL": "warn",
+        }
+        jaeger = spawn("jaeger", [bin_dir / "jaeger", "--config", REPO / "collector" / "jaeger.yaml"], log_dir,
+                       jaeger_env)
+        jaeger.url = f"http://{jaeger_env['JAEGER_QUERY_HTTP_ENDPOINT']}"
+        otel_env["OTELCOL_JAEGER_ENDPOINT"] = jaeger_env["JAEGER_OTLP_GRPC_ENDPOINT"]
+    else:
+        otel_env["OTELCOL_JAEGER_ENDPOINT"] = f"127.0.0.1:{free_port()}"  # nothing there: spans are dropped
+    col = spawn("otelcol", [bin_dir / "otelcol-ernie", "--config", REPO / "collector" / "otelcol.yaml"], log_dir,
+                otel_env)
+    col.url = f"http://{otel_env['OTELCOL_OTLP_GRPC_ENDPOINT']}"
+    col.ports = {"prometheus": int(otel_env["OTELCOL_PROMETHEUS_ENDPOINT"].rsplit(":", 1)[1])}
+    col.wait_http(f"http://{otel_env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=60)
+    if jaeger is not None:
+        jaeger.wait_http(f"{jaeger.url}/api/services", timeout=60)
+    return col, jaeger
+
+
+@contextlib.contextmanager
+def stopping(procs: list[Proc]) -> Iterator[list[Proc]]:
+    try:
+        yield procs
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def workload(url: str, args: argparse.Namespace, requests: int | None = None,
+             concurrency: int | None = None) -> BenchConfig:
+    return BenchConfig(url=url, requests=requests or args.requests, concurrency=concurrency or args.concurrency,
+                       max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens, stream=True, ignore_eos=True)
+
+
+def bench(cfg: BenchConfig) -> BenchResult:
+    r = asyncio.run(run_bench(cfg))
+    if r.requests_failed:
+        raise RuntimeError(f"{cfg.url}: {r.requests_failed} requests failed: {r.errors}")
+    return r
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_gib = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    return f"{os.cpu_count()} CPUs ({model}), {mem_gib:.0f} GiB RAM, load average {os.getloadavg()[0]:.2f} at start"
+
+
+# ------------------------------------------------------------------------ the benchmark
+VARIANTS = ("off", "prom", "full")
+# Diagnostic variants: prom/full without the FastAPI instrumentation on the inference routes,
+# which isolates the HTTP SERVER span and http.server.* metrics from the GenAI recorder's cost.
+NO_ASGI = {"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "health,metrics,v1/chat/completions,v1/completions"}
+ALL_VARIANTS = (*VARIANTS, "prom-noasgi", "full-noasgi")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", help="ernie-serve --model (default: tiny)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for every server (default: torch's own choice, all cores)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated, from {', '.join(ALL_VARIANTS)}; 'off' is always run (the reference)")
+    ap.add_argument("--json", dest="json_path", default=None)
+    args = ap.parse_args(argv)
+    variants = ["off", *[v for v in args.variants.split(",") if v and v != "off"]]
+    unknown = set(variants) - set(ALL_VARIANTS)
+    if unknown:
+        ap.error(f"unknown variants: {sorted(unknown)}")
+    t_start = time.monotonic()
+    log_dir = Path(tempfile.mkdtemp(prefix="ernie-overhead-"))
+    print(f"machine: {machine()}\nlogs: {log_dir}", file=sys.stderr)
+
+    bin_dir = find_pipeline_bin()
+    procs: list[Proc] = []
+    with stopping(procs):
+        collector: Proc | None = None
+        jaeger: Proc | None = None
+        if bin_dir is not None:
+            collector, jaeger = start_collector(bin_dir, log_dir)
+            procs += [p for p in (jaeger, collector) if p is not None]
+            otlp = collector.url
+            note = f"Collector {bin_dir / 'otelcol-ernie'}" + (" -> Jaeger" if jaeger else " (no Jaeger)")
+        else:
+            # No receiver: exports fail (silently, by design) -- still the app's cost, noted in the output.
+            otlp = f"http://127.0.0.1:{free_port()}"
+            note = "NO Collector built (collector/build.sh): OTLP exports went to a closed port"
+        print(f"full variant exports to: {note}", file=sys.stderr)
+        # With all cores, torch's OpenMP workers spin-wait and lose their core to any other
+        # process on a small box: --torch-threads 1 gives steadier figures for small models.
+        threads = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
+        recipes: dict[str, tuple[dict[str, str], list[str], bool]] = {  # env, extra args, metrics port
+            "off": ({**threads, "OTEL_SDK_DISABLED": "true"}, [], False),
+            "prom": (threads, [], True),
+            "full": (threads, ["--otlp-endpoint", otlp], True),
+            "prom-noasgi": ({**threads, **NO_ASGI}, [], True),
+            "full-noasgi": ({**threads, **NO_ASGI}, ["--otlp-endpoint", otlp], True),
+        }
+        servers = {v: start_ernie_serve(v, args.model, log_dir, env=recipes[v][0], extra_args=recipes[v][1],
+                                        metrics=recipes[v][2]) for v in variants}
+        procs += servers.values()
+        for s in servers.values():
+            s.wait_http(s.url + "/health", timeout=300)
+        for s in servers.values():  # first requests pay one-off costs (allocator, lazy imports)
+            bench(workload(s.url, args, requests=max(8, args.concurrency)))
+
+        runs: dict[str, list[BenchResult]] = {v: [] for v in variants}
+        # Server CPU per request: unlike throughput, hardly moved by what else runs on the machine.
+        cpu_ms: dict[str, list[float]] = {v: [] for v in variants}
+        for rnd in range(args.rounds):
+            # Rotate the order every round: a fixed order favoured whichever variant ran first
+            # (side-by-side runs showed off ahead by ~0.8 ms CPU/request in one order and behind
+            # by as much in the reverse order).
+            shift = rnd % len(variants)
+            for v in variants[shift:] + variants[:shift]:
+                c0 = proc_cpu_s(servers[v].proc.pid)
+                r = bench(workload(servers[v].url, args))
+                cpu_ms[v].append((proc_cpu_s(servers[v].proc.pid) - c0) / r.requests_ok * 1e3)
+                runs[v].append(r)
+                print(f"round {rnd + 1}/{args.rounds} {v:<4}: {r.output_tokens_per_s:8.1f} tok/s  "
+                      f"TTFT p50 {r.ttft_ms.p50:7.1f} ms  TPOT p50 {r.tpot_ms.p50:6.2f} ms  "
+                      f"server CPU {cpu_ms[v][-1]:6.2f} ms/request  load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+
+        full_like = [v for v in variants if v.startswith("full")]
+        exported = verify_export(servers[full_like[0]], collector, jaeger) if collector and full_like else {}
+
+    elapsed = time.monotonic() - t_start
+    summary = summarize(runs, cpu_ms)
+    print(format_table(summary, args, note, elapsed))
+    if exported:
+        print("\nexport check: " + ", ".join(f"{k}: {v}" for k, v in exported.items()))
+    if args.json_path:
+        out = {"machine": machine(), "workload": vars(args), "export": note, "export_check": exported,
+               "elapsed_s": elapsed, "summary": summary,
+               "runs": {v: [r.to_dict() for r in rs] for v, rs in runs.items()}}
+        Path(args.json_path).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def verify_export(full: Proc, collector: Proc, jaeger: Proc | None) -> dict[str, Any]:
+    """Evidence that the full variant really exported: its series at the Collector's Prometheus
+    endpoint and its service in Jaeger (the OTLP metric interval is 5 s, so poll a little)."""
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            _, text = http_get(f"http://127.0.0.1:{collector.ports['prometheus']}/metrics")
+            found["collector ernie_* series"] = sum(1 for line in text.splitlines() if line.startswith("ernie_"))
+        if jaeger is not None:
+            with contextlib.suppress(OSError, ValueError):
+                _, body = http_get(f"{jaeger.url}/api/services")
+                found["jaeger services"] = json.loads(body).get("data") or []
+        if found.get("collector ernie_* series") and (jaeger is None or found.get("jaeger services")):
+            break
+        time.sleep(1)
+    return found
+
+
+def summarize(runs: dict[str, list[BenchResult]], cpu_ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    off = runs["off"]
+    for v, rs in runs.items():
+        tps = [r.output_tokens_per_s for r in rs]
+        ttft = [r.ttft_ms.p50 or 0.0 for r in rs]
+        tpot = [r.tpot_ms.p50 or 0.0 for r in rs]
+        out[v] = {
+            "tok_s_median": statistics.median(tps),
+            "ttft_p50_ms_median": statistics.median(ttft),
+            "tpot_p50_ms_median": statistics.median(tpot),
+            "tok_s_ratio_of_medians": statistics.median(tps) / statistics.median(r.output_tokens_per_s for r in off),
+            # Per-round: each run against the off run right before it in time.
+            "tok_s_ratio_per_round_median": statistics.median(
+                r.output_tokens_per_s / o.output_tokens_per_s for r, o in zip(rs, off, strict=True)),
+            "ttft_delta_ms_per_round_median": statistics.median(
+                (r.ttft_ms.p50 or 0.0) - (o.ttft_ms.p50 or 0.0) for r, o in zip(rs, off, strict=True)),
+            "server_cpu_ms_per_request_median": statistics.median(cpu_ms[v]),
+            "server_cpu_ms_per_request_delta_vs_off": statistics.median(cpu_ms[v]) - statistics.median(cpu_ms["off"]),
+            "tok_s_min": min(tps),
+            "tok_s_max": max(tps),
+        }
+    return out
+
+
+def format_table(summary: dict[str, dict[str, float]], args: argparse.Namespace, note: str, elapsed: float) -> str:
+    lines = [
+        f"Telemetry overhead: model {args.model}, {args.rounds} rounds x ({', '.join(summary)}); each run "
+        f"{args.requests} requests, concurrency {args.concurrency}, max_tokens {args.max_tokens} (ignore_eos), stream, "
+        f"prompt ~{args.prompt_tokens} words, torch threads {args.torch_threads or 'default'}. full -> {note}. "
+        f"{elapsed:.0f} s.",
+        "",
+        "| variant | tok/s (median) | tok/s min-max | vs off (ratio of medians) | vs off (median per-round ratio) "
+        "| TTFT p50 ms (median) | TTFT vs off (median per-round Δ) | TPOT p50 ms (median) "
+        "| server CPU ms/request (median) | CPU vs off |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v, s in summary.items():
+        lines.append(
+            f"| {v} | {s['tok_s_median']:.1f} | {s['tok_s_min']:.0f}-{s['tok_s_max']:.0f} | "
+            f"{s['tok_s_ratio_of_medians'] * 100:.1f}% | {s['tok_s_ratio_per_round_median'] * 100:.1f}% | "
+            f"{s['ttft_p50_ms_median']:.1f} | {s['ttft_delta_ms_per_round_median']:+.1f} ms | "
+            f"{s['tpot_p50_ms_median']:.2f} | {s['server_cpu_ms_per_request_median']:.2f} | "
+            f"{s['server_cpu_ms_per_request_delta_vs_off']:+.2f} ms |")
+    full = summary.get("full")
+    if full is not None:
+        ok_tps = full["tok_s_ratio_per_round_median"] >= 0.98
+        ok_ttft = full["ttft_delta_ms_per_round_median"] <= 1.0
+        lines.append("")
+        lines.append(f"Targets: full >= 98% of off throughput: {'met' if ok_tps else 'NOT met'}; "
+                     f"TTFT +<=1 ms: {'met' if ok_ttft else 'NOT met'}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""CPU cost of the per-request recording path (``Recorder``) alone, and of rendering /metrics.
+
+    .venv/bin/python benchmarks/recording_path.py [--n 20000] [--reps 5] [--json PATH]
+
+Builds a ``Recorder`` over real SDK providers, the way ``ernie-serve`` does standalone: a
+MeterProvider with the ``ErniePrometheusReader`` and a TracerProvider whose BatchSpanProcessor
+exports to a no-op exporter. Times ``start() + set_request_params() + finish()`` for synthetic
+requests with realistic timestamps (queued, first token, finished; token counts) with
+``time.process_time()``: CPU of the whole process, so the span processor's worker thread, which
+does the export work, is counted too (its queue is sized so no span is dropped and each
+repetition ends with a flush). Then each piece separately, to show where the time goes.
+
+Target (docs/benchmarks.md): at most 150 µs CPU per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
+from opentelemetry.trace import NoOpTracerProvider
+
+from ernie_otel import names
+from ernie_otel.stats import EngineStats, RequestStats
+from ernie_otel.telemetry.prometheus import ErniePrometheusReader
+from ernie_otel.telemetry.recorder import Recorder, RequestTelemetry
+
+TARGET_US = 150.0
+MODEL = "ernie-4.5-tiny"
+OP = names.Operation.CHAT.value
+OK = names.Status.OK.value
+
+
+class NoOpExporter(SpanExporter):
+    """Accepts spans and drops them: the cost measured is ours and the SDK's, not a network's."""
+
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+class Setup:
+    def __init__(self, n: int, telemetry: bool = True, sampler: Sampler | None = None,
+                 traces: bool = True, otlp_reader: bool = False) -> None:
+        self.exporter = NoOpExporter()
+        if telemetry:
+            self.reader: ErniePrometheusReader | None = ErniePrometheusReader()
+            # With --otlp-endpoint a second reader (OTLP) holds its own copy of every aggregate:
+            # an in-memory reader stands in for it without the network.
+            readers: list[Any] = [self.reader, InMemoryMetricReader()] if otlp_reader else [self.reader]
+            self.meter_provider: Any = MeterProvider(metric_readers=readers)
+            self.tracer_provider: Any = TracerProvider(sampler=sampler) if traces else NoOpTracerProvider()
+            # Room for every span of a repetition: dropping spans would make the path look cheaper.
+            self.processor: BatchSpanProcessor | None = BatchSpanProcessor(
+                self.exporter, max_queue_size=4 * n + 16, max_export_batch_size=512)
+            if traces:
+                self.tracer_provider.add_span_processor(self.processor)
+        else:
+            self.reader, self.processor = None, None
+            self.meter_provider, self.tracer_provider = NoOpMeterProvider(), NoOpTracerProvider()
+        stats = EngineStats(max_num_seqs=8, max_queue_len=64)
+        self.recorder = Recorder(self.meter_provider, self.tracer_provider, MODEL, lambda: stats)
+
+    def flush(self) -> None:
+        if self.processor is not None:
+            self.processor.force_flush()
+
+    def shutdown(self) -> None:
+        for p in (self.meter_provider, self.tracer_provider):
+            getattr(p, "shutdown", lambda: None)()
+
+
+def fill(st: RequestStats, i: int) -> None:
+    """What the server and engine write into a request's stats: realistic offsets (2 ms queued,
+    48 ms prefill, 32 tokens decoded in 0.75 s)."""
+    st.prompt_tokens, st.max_tokens, st.stream = 40 + i % 7, 32, True
+    st.temperature, st.top_p = 0.7, 0.9
+    st.scheduled = st.arrival + 0.002
+    st.first_token = st.arrival + 0.050
+    st.finished = st.arrival + 0.800
+    st.output_tokens, st.decode_steps, st.max_batch_size = 32, 31, 8
+    st.finish_reason = names.FinishReason.LENGTH.value
+
+
+def cpu(fn: Callable[[], None]) -> float:
+    gc.collect()
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+def median_us(samples: list[float], n: int) -> float:
+    return statistics.median(samples) / n * 1e6
+
+
+# ------------------------------------------------------------------------------ the measurements
+def full_path(s: Setup, n: int) -> float:
+    rec = s.recorder
+
+    def run() -> None:
+        for i in range(n):
+            rt = rec.start(OP, "chatcmpl-bench")
+            fill(rt.stats, i)
+            rec.set_request_params(rt, None)
+            rec.finish(rt, OK, response_id="chatcmpl-bench")
+        s.flush()
+
+    return cpu(run)
+
+
+def baseline(_: Setup, n: int) -> float:
+    def run() -> None:
+        for i in range(n):
+            fill(RequestStats("chatcmpl-bench", OP), i)
+
+    return cpu(run)
+
+
+def started(s: Setup, n: int) -> list[RequestTelemetry]:
+    out = []
+    for i in range(n):
+        rt = s.recorder.start(OP, "chatcmpl-bench")
+        fill(rt.stats, i)
+        out.append(rt)
+    return out
+
+
+def piece_start(s: Setup, n: int) -> float:
+    rec = s.recorder
+    rts: list[RequestTelemetry] = []
+
+    def run() -> None:
+        for _ in range(n):
+            rts.append(rec.start(OP, "chatcmpl-bench"))
+
+    return cpu(run)
+
+
+def piece_params(s: Setup, n: int) -> float:
+    rts = started(s, n)
+    rec = s.recorder
+    return cpu(lambda: [rec.set_request_params(rt, None) for rt in rts] and None)
+
+
+def piece_finish(s: Setup, n: int) -> float:
+    rts = started(s, n)
+    rec = s.recorder
+
+    def run() -> None:
+        for rt in rts:
+            rec.finish(rt, OK, response_id="chatcmpl-bench")
+        s.flush()
+
+    return cpu(run)
+
+
+def piece_histograms(s: Setup, n: int) -> float:
+    """The six histogram records of finish(), inside the span's context (exemplars)."""
+    rts = started(s, n)
+    rec = s.recorder
+    return cpu(lambda: [rec._record_histograms(rt, OK, None) for rt in rts] and None)
+
+
+def piece_spans(s: Setup, n: int) -> float:
+    """finish()'s span work: three child spans, attributes, the GenAI span's end, export."""
+    rts = started(s, n)
+    rec = s.recorder
+
+    def run() -> None:
+        for rt in rts:
+            rec._end_spans(rt, OK, None, None, "chatcmpl-bench", None)
+        s.flush()
+
+    return cpu(run)
+
+
+def piece_one_histogram(s: Setup, n: int) -> float:
+    h, attrs = s.recorder._ttft, s.recorder._genai_attrs[OP]
+    return cpu(lambda: [h.record(0.05, attrs) for _ in range(n)] and None)
+
+
+def piece_one_histogram_in_span(s: Setup, n: int) -> float:
+    """One record with a sampled span current: the trace-based exemplar filter keeps an exemplar."""
+    rts = started(s, 1)
+    h, attrs = s.recorder._ttft, s.recorder._genai_attrs[OP]
+    token = otel_context.attach(trace.set_span_in_context(rts[0].span))
+    try:
+        return cpu(lambda: [h.record(0.05, attrs) for _ in range(n)] and None)
+    finally:
+        otel_context.detach(token)
+
+
+def piece_attach(s: Setup, n: int) -> float:
+    span = started(s, 1)[0].span
+
+    def run() -> None:
+        for _ in range(n):
+            otel_context.detach(otel_context.attach(trace.set_span_in_context(span)))
+
+    return cpu(run)
+
+
+def piece_child_span(s: Setup, n: int) -> float:
+    """One child span placed from timestamps (start+end with 1-3 attributes), export included."""
+    parent = trace.set_span_in_context(started(s, 1)[0].span)
+    tracer = s.recorder.tracer
+    attrs = {names.GEN_AI_USAGE_INPUT_TOKENS: 40}
+
+    def run() -> None:
+        for _ in range(n):
+            tracer.start_span(names.SPAN_PREFILL, context=parent, start_time=1, attributes=attrs).end(end_time=2)
+        s.flush()
+
+    return cpu(run)
+
+
+def piece_phase_span(s: Setup, n: int) -> float:
+    """One queue/prefill/decode span the way the recorder places it (export included)."""
+    parent = started(s, 1)[0].span
+    rec = s.recorder
+    attrs = {names.GEN_AI_USAGE_INPUT_TOKENS: 40}
+
+    def run() -> None:
+        for _ in range(n):
+            rec._phase_span(parent, names.SPAN_PREFILL, 1, 2, attrs)
+        s.flush()
+
+    return cpu(run)
+
+
+def piece_set_attributes(s: Setup, n: int) -> float:
+    """The end-of-request attribute dict (model, tokens, response id, finish reasons) on a span."""
+    rts = started(s, n)
+    attrs = {names.GEN_AI_RESPONSE_MODEL: MODEL, names.GEN_AI_USAGE_INPUT_TOKENS: 40,
+             names.GEN_AI_USAGE_OUTPUT_TOKENS: 32, names.GEN_AI_RESPONSE_ID: "chatcmpl-bench",
+             names.GEN_AI_RESPONSE_FINISH_REASONS: ["length"]}
+    return cpu(lambda: [rt.span.set_attributes(attrs) for rt in rts] and None)
+
+
+def piece_three_events(s: Setup, n: int) -> float:
+    """The alternative to three child spans: three timestamped events on the GenAI span."""
+    rts = started(s, n)
+    attrs = {names.GEN_AI_USAGE_INPUT_TOKENS: 40}
+
+    def run() -> None:
+        for rt in rts:
+            for name in (names.SPAN_QUEUE, names.SPAN_PREFILL, names.SPAN_DECODE):
+                rt.span.add_event(name, attrs, timestamp=rt.stats.arrival_unix_ns)
+
+    return cpu(run)
+
+
+def piece_span_end(s: Setup, n: int) -> float:
+    """Ending the GenAI span alone (SDK end + queueing for export + the export itself)."""
+    rts = started(s, n)
+
+    def run() -> None:
+        for rt in rts:
+            rt.span.end(end_time=rt.stats.arrival_unix_ns + 800_000_000)
+        s.flush()
+
+    return cpu(run)
+
+
+PIECES: list[tuple[str, Callable[[Setup, int], float]]] = [
+    ("start(): GenAI span start", piece_start),
+    ("set_request_params()", piece_params),
+    ("finish(): all", piece_finish),
+    ("  finish: 6 histogram records (span context passed for exemplars)", piece_histograms),
+    ("  finish: spans (3 phase spans, attributes, GenAI span end, export)", piece_spans),
+    ("one histogram record, no span context (4 attributes)", piece_one_histogram),
+    ("one histogram record inside a sampled span (exemplar)", piece_one_histogram_in_span),
+    ("context attach + detach (not on the path any more; for reference)", piece_attach),
+    ("one phase span as the recorder places it (+export)", piece_phase_span),
+    ("one child span via tracer.start_span + end (+export), for comparison", piece_child_span),
+    ("span.set_attributes(5 attributes)", piece_set_attributes),
+    ("GenAI span end (+export)", piece_span_end),
+    ("alternative: 3 timestamped span events instead of the 3 phase spans", piece_three_events),
+]
+
+
+def render_times(reader: ErniePrometheusReader, count: int) -> tuple[float, float, int]:
+    """Median CPU and wall milliseconds of one /metrics render, and the body's size."""
+    cpus, walls, size = [], [], 0
+    for _ in range(count):
+        w0, c0 = time.perf_counter(), time.process_time()
+        body, _ = reader.render()
+        cpus.append(time.process_time() - c0)
+        walls.append(time.perf_counter() - w0)
+        size = len(body)
+    return statistics.median(cpus) * 1e3, statistics.median(walls) * 1e3, size
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20000, help="requests per repetition")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--renders", type=int, default=200)
+    ap.add_argument("--json", dest="json_path", default=None)
+    args = ap.parse_args(argv)
+    n, reps = args.n, args.reps
+
+    on = Setup(n)
+    off = Setup(n, telemetry=False)
+    two_readers = Setup(n, otlp_reader=True)
+    unsampled = Setup(n, sampler=ALWAYS_OFF)
+    metrics_only = Setup(n, traces=False)
+    full_path(on, min(n, 2000))  # warm-up: first-call imports and caches out of the figures
+    results: dict[str, Any] = {"n": n, "reps": reps, "target_us": TARGET_US}
+
+    # Alternate the variants inside each repetition so background load hits them alike.
+    variants: dict[str, Callable[[], float]] = {
+        "telemetry on": lambda: full_path(on, n),
+        "telemetry on, Prometheus + second (OTLP-like) metric reader": lambda: full_path(two_readers, n),
+        "traces not sampled (sampler always_off; metrics on)": lambda: full_path(unsampled, n),
+        "metrics only (no-op tracer provider)": lambda: full_path(metrics_only, n),
+        "telemetry off (no-op providers)": lambda: full_path(off, n),
+        "baseline (stats only)": lambda: baseline(on, n),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):
+        for k, fn in variants.items():
+            samples[k].append(fn())
+    full = {k: median_us(v, n) for k, v in samples.items()}
+    results["full_path_us"] = full
+    results["full_path_spread_us"] = {k: [round(x / n * 1e6, 1) for x in v] for k, v in samples.items()}
+
+    piece_n = max(1000, n // 4)
+    breakdown: dict[str, float] = {}
+    for label, fn in PIECES:
+        runs = []
+        for _ in range(reps):
+            setup = Setup(piece_n)
+            runs.append(fn(setup, piece_n))
+            setup.shutdown()  # one span-processor thread at a time
+        breakdown[label] = median_us(runs, piece_n)
+    results["breakdown_us"] = breakdown
+
+    assert on.reader is not None
+    render_cpu, render_wall, size = render_times(on.reader, args.renders)
+    results["render"] = {"cpu_ms_median": render_cpu, "wall_ms_median": render_wall, "bytes": size}
+    results["spans_exported"] = on.exporter.exported
+    for setup in (on, two_readers, unsampled, metrics_only):
+        setup.shutdown()
+
+    net = full["telemetry on"] - full["baseline (stats only)"]
+    print(f"Recording path, N={n} requests x {reps} repetitions, CPU µs per request (median; "
+          f"time.process_time, all threads)\n")
+    print("| path | µs/request |\n|---|---:|")
+    for k, v in full.items():
+        print(f"| {k} | {v:.1f} |")
+    print(f"| **telemetry on − baseline** (the recorder's cost) | **{net:.1f}** |")
+    verdict = "within" if full["telemetry on"] <= TARGET_US else "OVER"
+    print(f"\nTarget ≤ {TARGET_US:.0f} µs per request: {verdict} ({full['telemetry on']:.1f} µs total).\n")
+    print(f"Breakdown (each piece alone, N={piece_n}, median of {reps}):\n")
+    print("| piece | µs |\n|---|---:|")
+    for k, v in breakdown.items():
+        print(f"| {k} | {v:.1f} |")
+    print(f"\n/metrics render (ErniePrometheusReader.render, after {reps * n + 2000} requests, "
+          f"{size} bytes): median {render_cpu:.2f} ms CPU, {render_wall:.2f} ms wall over {args.renders} renders")
+    results["net_recorder_us"] = net
+    results["within_target"] = full["telemetry on"] <= TARGET_US
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
