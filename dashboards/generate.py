@@ -32,7 +32,7 @@ from ernie_otel import names as n  # noqa: E402
 DS = {"type": "prometheus", "uid": "${datasource}"}
 JI = 'job=~"$job", instance=~"$instance"'
 ERNIE = JI + ', model=~"$model"'
-GENAI = JI + ', gen_ai_response_model=~"$model"'
+GENAI = JI + ', gen_ai_request_model=~"$model"'
 RI = "[$__rate_interval]"
 # The engine's own series (gateway mode, collector/engine-metrics.yaml) carry neither our job nor a
 # `model` label: they have variables of their own.

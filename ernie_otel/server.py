@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         names.load_bucket_overrides()
-        telemetry = configure(config.otlp_endpoint)
+        telemetry = configure(config.otlp_endpoint, prometheus=bool(config.metrics_port))
     except ValueError as exc:
         print(f"ernie-serve: bad telemetry configuration: {exc}", file=sys.stderr)
         return 2

@@ -529,9 +529,9 @@ def test_selectors_have_job_instance_and_model_matchers(query_panels: list[dict]
             assert s.get("instance") == [("=~", "$instance")], f'{where}: {s.metric} needs instance=~"$instance"'
             assert not any(label.startswith("otel_scope_") for label, _, _ in s.matchers), where
             if s.metric.startswith(NO_MODEL_LABEL_PREFIXES):
-                assert not s.get("model") and not s.get("gen_ai_response_model"), f"{where}: {s.metric} has no model"
+                assert not s.get("model") and not s.get("gen_ai_request_model"), f"{where}: {s.metric} has no model"
             elif s.metric.startswith("gen_ai_"):
-                assert s.get("gen_ai_response_model") == [("=~", "$model")], f"{where}: {s.metric}"
+                assert s.get("gen_ai_request_model") == [("=~", "$model")], f"{where}: {s.metric}"
                 assert not s.get("model"), where
             else:
                 assert s.metric.startswith("ernie_"), f"{where}: unexpected family {s.metric}"

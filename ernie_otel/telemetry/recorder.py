@@ -111,7 +111,7 @@ class Recorder:
         self._err_attrs = {(o, e.value): {**self._op_attrs[o], names.ATTR_ERROR_TYPE: e.value}
                            for o in ops for e in ErrorType}
         genai_base = {o: {names.GEN_AI_OPERATION_NAME: o, names.GEN_AI_PROVIDER_NAME: names.PROVIDER_NAME,
-                          names.GEN_AI_REQUEST_MODEL: model, names.GEN_AI_RESPONSE_MODEL: model} for o in ops}
+                          names.GEN_AI_REQUEST_MODEL: model} for o in ops}
         self._genai_attrs = genai_base
         self._genai_err_attrs = {(o, e.value): {**genai_base[o], names.ATTR_ERROR_TYPE: e.value}
                                  for o in ops for e in ErrorType}

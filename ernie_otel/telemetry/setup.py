@@ -63,7 +63,7 @@ def _is_sdk(provider: Any, kind: str) -> bool:
     return module.startswith(f"opentelemetry.sdk.{kind}")
 
 
-def configure(otlp_endpoint: str | None = None) -> Telemetry:
+def configure(otlp_endpoint: str | None = None, prometheus: bool = True) -> Telemetry:
     """Return the providers ernie-serve uses, building an SDK only if none exists yet."""
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -86,8 +86,9 @@ def configure(otlp_endpoint: str | None = None) -> Telemetry:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = Resource.create({})
-    reader = ErniePrometheusReader()
-    readers: list[Any] = [reader]
+    # Only when --metrics-port serves it: every histogram record is aggregated once per reader.
+    reader = ErniePrometheusReader() if prometheus else None
+    readers: list[Any] = [reader] if reader is not None else []
     tracer = SdkTracerProvider(resource=resource)
     if otlp_endpoint:
         os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
