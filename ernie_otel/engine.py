@@ -52,7 +52,6 @@ class Event:
     """What the engine tells a request: new text (``delta``) and, at the end, a finish reason."""
 
     delta: str
-    new_tokens: int
     finish_reason: str | None = None
     error: str | None = None
 
@@ -95,7 +94,6 @@ class Engine:
         max_num_seqs: int = 8,
         max_queue_len: int = 64,
         max_model_len: int = 2048,
-        on_finish: Callable[[Sequence], None] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -104,7 +102,6 @@ class Engine:
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats(max_num_seqs=max_num_seqs, max_queue_len=max_queue_len)
-        self.on_finish = on_finish
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
         self._cache: Any = None
@@ -309,15 +306,13 @@ class Engine:
                 reason = FinishReason.STOP.value
             if reason is None:
                 if delta:
-                    s.deliver(Event(delta, 1))
+                    s.deliver(Event(delta))
             else:
                 s.stats.finished = now
                 s.finished = True
                 s.stats.finish_reason = reason
-                s.deliver(Event(delta, 0 if tok in self.eos_ids and not s.params.ignore_eos else 1, reason))
+                s.deliver(Event(delta, reason))
                 finished_rows.add(row)
-                if self.on_finish is not None:
-                    self.on_finish(s)
         self.stats.tokens.add(produced, now)
         # Admitted (prefill) rows are not in the running batch yet: _merge drops their finished ones.
         if batch is self._running and finished_rows:
@@ -353,9 +348,7 @@ class Engine:
         seq.finished = True
         seq.stats.finished = time.perf_counter()
         seq.stats.finish_reason = reason
-        seq.deliver(Event("", 0, reason, error))
-        if self.on_finish is not None:
-            self.on_finish(seq)
+        seq.deliver(Event("", reason, error))
 
     # ------------------------------------------------------------------ KV cache rows
     def _layers(self, cache: Any) -> list[Any]:
