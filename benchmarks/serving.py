@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -90,7 +91,8 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
         servers: dict[str, Proc] = {}
         for peer in peers:
             if peer == "ernie-serve":
-                servers[peer] = start_ernie_serve(f"ernie-serve-{size}", str(path), log_dir)
+                servers[peer] = start_ernie_serve(f"ernie-serve-{size}", str(path), log_dir,
+                                                  extra_args=["--torch-threads", str(args.torch_threads)])
             elif peer == "transformers":
                 servers[peer] = start_transformers(f"transformers-{size}", path, log_dir, cb=False)
             elif peer == "transformers-cb":
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--requests", type=int, default=None, help="requests per run (default: by model and concurrency)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per model (default: tiny 3, 0.3b 1)")
+    ap.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
+                    help="ernie-serve's --torch-threads (default: every core, what torch gives the peer)")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     t0 = time.monotonic()

@@ -93,18 +93,24 @@ def resolve_model_path(model: str) -> Path:
         ) from None
 
 
-def default_torch_threads() -> int:
-    """All cores but one: the engine thread's matmuls must not starve the event loop, which
-    parses requests and streams tokens (with every core to torch, a busy 2-core machine showed
-    bimodal latency: median 20 ms vs 115-156 ms)."""
-    return max(1, (os.cpu_count() or 1) - 1)
+def default_torch_threads(num_parameters: int) -> int:
+    """Threads for torch when --torch-threads is not given.
+
+    A small model's ops are too short to split: extra OpenMP threads only spin-wait, and on a busy
+    2-core machine the tiny model's latency went bimodal (median 20 ms vs 115-156 ms) with two.
+    A real model needs the cores (0.3B prefill of 118 tokens: 850 ms on one thread, 625 ms on
+    two), but beyond two cores one is left to the event loop that parses and streams.
+    """
+    if num_parameters < 50_000_000:
+        return 1
+    cores = os.cpu_count() or 1
+    return cores if cores <= 2 else cores - 1
 
 
 def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(threads or default_torch_threads())
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -115,6 +121,7 @@ def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[A
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     model.to(device).eval()
+    torch.set_num_threads(threads or default_torch_threads(model.num_parameters()))
     return model, tokenizer
 
 
@@ -529,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--torch-threads", type=int, default=0,
-                   help="CPU threads for inference (default 0: all cores but one)")
+                   help="CPU threads for inference (default 0: 1 for small models, else all cores, "
+                   "leaving one to the server beyond two)")
     p.add_argument("--api-key", default=os.environ.get("ERNIE_SERVE_API_KEY"), help="require this bearer token")
     p.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
                    help="output limit when a request names none")
