@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from overhead import BIN, free_port, proc_cpu_s
+
 VARIANTS = ("off", "prom", "prom-norecorder", "prom-noasgi", "prom-neither")
 
 
@@ -47,17 +46,6 @@ def serve(variant: str, argv: list[str]) -> int:
     from ernie_otel.server import main
 
     return main(argv)
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_healthy(port: int, timeout: float = 120) -> None:
@@ -106,9 +94,9 @@ def main() -> int:
             shift = rnd % len(VARIANTS)
             for variant in VARIANTS[shift:] + VARIANTS[:shift]:
                 pid = procs[variant].pid
-                c0 = cpu_s(pid)
+                c0 = proc_cpu_s(pid)
                 bench(ports[variant], args.requests)
-                cpu[variant].append((cpu_s(pid) - c0) / args.requests * 1e3)
+                cpu[variant].append((proc_cpu_s(pid) - c0) / args.requests * 1e3)
     finally:
         for proc in procs.values():
             proc.terminate()

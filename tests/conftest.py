@@ -35,6 +35,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def collector_env() -> dict[str, str]:
+    """Free ports for every Collector listener (collector/otelcol.yaml's env overrides), so a
+    test's Collector never collides with a running stack."""
+    return {
+        "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}",
+        # Nothing listens here unless a test starts Jaeger on it.
+        "OTELCOL_JAEGER_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELCOL_TELEMETRY_HOST": "127.0.0.1",
+        "OTELCOL_TELEMETRY_PORT": str(free_port()),
+    }
+
+
 def http_get(url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
     """GET url; returns (status, body) for any HTTP status, raises OSError if nothing answers."""
     request = urllib.request.Request(url, headers=dict(headers or {}))

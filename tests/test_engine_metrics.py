@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, free_port, http_get, run_process, wait_http
+from conftest import REPO_ROOT, collector_env, free_port, http_get, run_process, wait_http
 
 from ernie_otel import names
 
@@ -47,28 +47,22 @@ def _query(prom: str, expr: str) -> list[dict[str, Any]]:
 
 def test_engine_families_reach_prometheus_with_names_intact(pipeline_bin: Path, engine_endpoint: str,
                                                             tmp_path: Path) -> None:
-    ports = {k: free_port() for k in ("grpc", "http", "prom", "health", "telemetry", "prometheus")}
-    env = {
-        "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
-        "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
-        "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prom']}",
-        "OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
-        "OTELCOL_TELEMETRY_PORT": str(ports["telemetry"]),
-        "ENGINE_METRICS_TARGET": engine_endpoint,
-    }
+    env = {**collector_env(), "ENGINE_METRICS_TARGET": engine_endpoint}
+    exporter, health = env["OTELCOL_PROMETHEUS_ENDPOINT"], env["OTELCOL_HEALTH_ENDPOINT"]
+    prometheus_port = free_port()
     # Prometheus scrapes the Collector as deploy/prometheus.yml does: honor_labels, the keep filter.
     shipped = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus.yml").read_text())
     collector_job = next(j for j in shipped["scrape_configs"] if j.get("honor_labels"))
-    collector_job = {**collector_job, "static_configs": [{"targets": [f"127.0.0.1:{ports['prom']}"]}]}
+    collector_job = {**collector_job, "static_configs": [{"targets": [exporter]}]}
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [collector_job]}))
-    prom = f"http://127.0.0.1:{ports['prometheus']}"
+    prom = f"http://127.0.0.1:{prometheus_port}"
     collector_cmd = [pipeline_bin / "otelcol-ernie", "--config", REPO_ROOT / "collector" / "otelcol.yaml",
                      "--config", REPO_ROOT / "collector" / "engine-metrics.yaml"]
     with run_process(collector_cmd, tmp_path / "otelcol.log", env=env) as collector, run_process(
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{ports['prometheus']}"], tmp_path / "prometheus.log"):
-        wait_http(f"http://127.0.0.1:{ports['health']}/", proc=collector.proc, timeout=60)
+             f"--web.listen-address=127.0.0.1:{prometheus_port}"], tmp_path / "prometheus.log"):
+        wait_http(f"http://{health}/", proc=collector.proc, timeout=60)
         wait_http(f"{prom}/-/ready", timeout=60)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

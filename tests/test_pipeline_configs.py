@@ -21,6 +21,7 @@ import pytest
 from conftest import (
     REPO_ROOT,
     RunningProcess,
+    collector_env,
     free_port,
     http_get,
     http_post_json,
@@ -57,18 +58,6 @@ def _run(args: list[str | Path], timeout: float = 60) -> subprocess.CompletedPro
     )
 
 
-def _collector_env() -> dict[str, str]:
-    """Free ports for every Collector listener, so the test never collides with a running stack."""
-    return {
-        "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}",
-        # Nothing listens here unless a test starts Jaeger on it.
-        "OTELCOL_JAEGER_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "OTELCOL_TELEMETRY_HOST": "127.0.0.1",
-        "OTELCOL_TELEMETRY_PORT": str(free_port()),
-    }
 
 
 def _jaeger_env() -> dict[str, str]:
@@ -195,7 +184,7 @@ def _assert_running(proc: RunningProcess) -> None:
 
 @pytest.fixture
 def collector(pipeline_bin: Path, tmp_path: Path) -> Iterator[tuple[RunningProcess, dict[str, str]]]:
-    env = _collector_env()
+    env = collector_env()
     with run_process(
         [pipeline_bin / "otelcol-ernie", "--config", OTELCOL_CONFIG],
         tmp_path / "otelcol.log",
@@ -341,8 +330,8 @@ def test_jaeger_starts_on_overridden_ports(pipeline_bin: Path, tmp_path: Path) -
 
 def test_collector_forwards_spans_to_jaeger(pipeline_bin: Path, tmp_path: Path) -> None:
     jaeger_env = _jaeger_env()
-    collector_env = _collector_env()
-    collector_env["OTELCOL_JAEGER_ENDPOINT"] = jaeger_env["JAEGER_OTLP_GRPC_ENDPOINT"]
+    otel_env = collector_env()
+    otel_env["OTELCOL_JAEGER_ENDPOINT"] = jaeger_env["JAEGER_OTLP_GRPC_ENDPOINT"]
     query = f"http://{jaeger_env['JAEGER_QUERY_HTTP_ENDPOINT']}"
     trace_id = "5bf92f3577b34da6a3ce929d0e0e4737"
     with (
@@ -352,7 +341,7 @@ def test_collector_forwards_spans_to_jaeger(pipeline_bin: Path, tmp_path: Path) 
         run_process(
             [pipeline_bin / "otelcol-ernie", "--config", OTELCOL_CONFIG],
             tmp_path / "otelcol.log",
-            env=collector_env,
+            env=otel_env,
         ) as otelcol,
     ):
 
@@ -361,11 +350,11 @@ def test_collector_forwards_spans_to_jaeger(pipeline_bin: Path, tmp_path: Path) 
 
         try:
             wait_http(f"{query}/api/services", timeout=30, proc=jaeger.proc)
-            wait_http(f"http://{collector_env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=30, proc=otelcol.proc)
+            wait_http(f"http://{otel_env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=30, proc=otelcol.proc)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{logs()}") from None
         code, body = http_post_json(
-            f"http://{collector_env['OTELCOL_OTLP_HTTP_ENDPOINT']}/v1/traces",
+            f"http://{otel_env['OTELCOL_OTLP_HTTP_ENDPOINT']}/v1/traces",
             _otlp_trace_payload(trace_id),
         )
         assert code == 200, f"{code} {body}\n{logs()}"
