@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="OMP_NUM_THREADS for every server (default: torch's own choice, all cores)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated, from {', '.join(ALL_VARIANTS)}; 'off' is always run (the reference)")
+    ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                    help="ernie-serve --device for every server (default: ernie-serve's auto)")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     variants = ["off", *[v for v in args.variants.split(",") if v and v != "off"]]
@@ -265,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             "prom-noasgi": ({**threads, **NO_ASGI}, [], True),
             "full-noasgi": ({**threads, **NO_ASGI}, ["--otlp-endpoint", otlp], True),
         }
-        servers = {v: start_ernie_serve(v, args.model, log_dir, env=recipes[v][0], extra_args=recipes[v][1],
-                                        metrics=recipes[v][2]) for v in variants}
+        device = ["--device", args.device] if args.device else []
+        servers = {v: start_ernie_serve(v, args.model, log_dir, env=recipes[v][0],
+                                        extra_args=[*recipes[v][1], *device], metrics=recipes[v][2])
+                   for v in variants}
         procs += servers.values()
         for s in servers.values():
             s.wait_http(s.url + "/health", timeout=300)
@@ -354,7 +358,8 @@ def format_table(summary: dict[str, dict[str, float]], args: argparse.Namespace,
     lines = [
         f"Telemetry overhead: model {args.model}, {args.rounds} rounds x ({', '.join(summary)}); each run "
         f"{args.requests} requests, concurrency {args.concurrency}, max_tokens {args.max_tokens} (ignore_eos), stream, "
-        f"prompt ~{args.prompt_tokens} words, torch threads {args.torch_threads or 'default'}. full -> {note}. "
+        f"prompt ~{args.prompt_tokens} words, torch threads {args.torch_threads or 'default'}, "
+        f"device {getattr(args, 'device', None) or 'auto'}. full -> {note}. "
         f"{elapsed:.0f} s.",
         "",
         "| variant | tok/s (median) | tok/s min-max | vs off (ratio of medians) | vs off (median per-round ratio) "

@@ -59,9 +59,9 @@ def vm_kib(pid: int, key: str) -> int:
     return 0
 
 
-def start_transformers(name: str, path: Path, log_dir: Path, cb: bool) -> Proc:
+def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: str = "cpu") -> Proc:
     port = free_port()
-    args: list[str] = ["serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+    args: list[str] = ["serve", "--host", "127.0.0.1", "--port", str(port), "--device", device,
                        "--log-level", "warning"]
     if cb:
         # Sized explicitly: the default sizing takes GBs of RAM on CPU. 128 blocks x 32 tokens covers
@@ -92,11 +92,14 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
         for peer in peers:
             if peer == "ernie-serve":
                 servers[peer] = start_ernie_serve(f"ernie-serve-{size}", str(path), log_dir,
-                                                  extra_args=["--torch-threads", str(args.torch_threads)])
+                                                  extra_args=["--torch-threads", str(args.torch_threads),
+                                                              "--device", args.device])
             elif peer == "transformers":
-                servers[peer] = start_transformers(f"transformers-{size}", path, log_dir, cb=False)
+                servers[peer] = start_transformers(f"transformers-{size}", path, log_dir, cb=False,
+                                                     device=args.device)
             elif peer == "transformers-cb":
-                servers[peer] = start_transformers(f"transformers-cb-{size}", path, log_dir, cb=True)
+                servers[peer] = start_transformers(f"transformers-cb-{size}", path, log_dir, cb=True,
+                                                     device=args.device)
             else:
                 raise SystemExit(f"unknown peer {peer!r}")
             procs.append(servers[peer])
@@ -142,8 +145,8 @@ LABELS = {"ernie-serve": "ernie-serve", "transformers": "transformers serve",
 
 def format_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        f"Serving: max_tokens {args.max_tokens} (every request runs to it), prompt ~{args.prompt_tokens} words, "
-        "chat, stream; medians over rounds.",
+        f"Serving on {args.device}: max_tokens {args.max_tokens} (every request runs to it), "
+        f"prompt ~{args.prompt_tokens} words, chat, stream; medians over rounds.",
         "",
         "| model | server | concurrency | requests x runs | output tok/s | TTFT p50 ms | TPOT p50 ms "
         "| latency p50 ms | RSS MiB (peak) |",
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds per model (default: tiny 3, 0.3b 1)")
     ap.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
                     help="ernie-serve's --torch-threads (default: every core, what torch gives the peer)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="--device for both servers (ernie-serve and transformers serve)")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     t0 = time.monotonic()
