@@ -616,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uvicorn.Server(uv_config).run()
     finally:
+        server.recorder.close()  # what the telemetry thread has not recorded yet, before the exporters go
         telemetry.shutdown()
     return 0
 

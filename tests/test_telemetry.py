@@ -47,6 +47,10 @@ class Env:
     def post(self, path: str, body: dict[str, Any], **kw: Any) -> httpx.Response:
         return httpx.post(self.base + path, json=body, timeout=60, **kw)
 
+    def finished_spans(self) -> tuple[Any, ...]:
+        self.server.recorder.flush()  # the GenAI and phase spans leave from the telemetry thread
+        return self.spans.get_finished_spans()
+
     def metrics(self) -> dict[str, Any]:
         data = self.reader.get_metrics_data()
         out: dict[str, Any] = {}
@@ -189,7 +193,7 @@ def test_span_tree_follows_incoming_traceparent(env: Env) -> None:
                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
                          "ignore_eos": True, "stream": True, "temperature": 0.5, "top_p": 0.8})
     assert r.status_code == 200 and r.headers[names.TRACE_ID_HEADER] == parent_trace
-    spans = [s for s in env.spans.get_finished_spans() if format(s.context.trace_id, "032x") == parent_trace]
+    spans = [s for s in env.finished_spans() if format(s.context.trace_id, "032x") == parent_trace]
     by_name = {s.name: s for s in spans}
     server = next(s for s in spans if s.kind is SpanKind.SERVER)
     assert format(server.parent.span_id, "016x") == parent_span
@@ -209,7 +213,7 @@ def test_span_tree_follows_incoming_traceparent(env: Env) -> None:
     # health is excluded from tracing
     env.spans.clear()
     httpx.get(env.base + "/health")
-    assert env.spans.get_finished_spans() == ()
+    assert env.finished_spans() == ()
 
 
 def test_content_only_with_opt_in(env: Env) -> None:
@@ -219,7 +223,7 @@ def test_content_only_with_opt_in(env: Env) -> None:
         r = _chat(env, n=3)
     finally:
         env.server.recorder.capture_content = False
-    genai = next(s for s in env.spans.get_finished_spans() if s.name == names.genai_span_name("chat", MODEL))
+    genai = next(s for s in env.finished_spans() if s.name == names.genai_span_name("chat", MODEL))
     assert json.loads(genai.attributes[names.GEN_AI_INPUT_MESSAGES])[0]["content"] == "hello there"
     out = json.loads(genai.attributes[names.GEN_AI_OUTPUT_MESSAGES])
     assert out[0]["content"] == r.json()["choices"][0]["message"]["content"]
@@ -237,7 +241,7 @@ def test_error_request_lands_in_error_series_with_error_span(env: Env) -> None:
     assert _value(after[names.REQUESTS.otel_name], **st) == _value(before[names.REQUESTS.otel_name], **st) + 1
     assert _hist(after[names.GENAI_DURATION.otel_name], **err)[0] == _hist(
         before[names.GENAI_DURATION.otel_name], **err)[0] + 1
-    genai = next(s for s in env.spans.get_finished_spans() if s.name == names.genai_span_name("chat", MODEL))
+    genai = next(s for s in env.finished_spans() if s.name == names.genai_span_name("chat", MODEL))
     assert genai.status.status_code is StatusCode.ERROR
     assert genai.attributes[names.ATTR_ERROR_TYPE] == "invalid_request"
     assert any(e.name == "exception" for e in genai.events)

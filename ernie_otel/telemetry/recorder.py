@@ -1,36 +1,44 @@
-"""Turns the engine's plain stats into OTel metrics and spans, once per request.
+"""Turns the engine's plain stats into OTel metrics and spans, off the request path.
 
-Cost model (see docs/benchmarks.md): an SDK instrument call costs ~10 µs and a span ~15-50 µs on
-a small CPU, so the request path does as little as it can:
-- counters are observable instruments over plain integers, so a request adds to a dict and the
-  SDK reads the totals at collection time;
-- histograms are recorded once each, at the end, inside the GenAI span's context so that
-  trace-based exemplars link a bucket to the request's trace;
-- attribute dicts are built once, at start-up, for every allowed label combination;
-- the queue/prefill/decode spans are placed afterwards from recorded timestamps: nothing runs
-  per token. They are finished spans from the start, so they go to the span processor as
-  ``ReadableSpan`` objects (about a fifth of the cost of a live span; processors' ``on_start``
-  is not called for them);
-- request parameters go onto the GenAI span in the same single ``set_attributes`` call as the
-  outcome.
+Cost model (see docs/benchmarks.md): an SDK instrument call costs ~10 µs and a span ~15-50 µs in a
+tight loop, and several times that in a busy server, where each call finds cold caches between two
+model steps. So the request path only does plain Python, and one telemetry thread does the SDK work
+for many requests at a time:
+- at arrival, ``start()`` decides sampling and draws the GenAI span's ids (so the trace id can go
+  into response headers and upstream ``traceparent`` at once); nothing is exported yet;
+- counters are observable instruments over plain integers that ``finish()`` adds to, so they are
+  exact at every collection;
+- ``finish()`` appends the request to a queue; the ``ernie-telemetry`` thread drains it every
+  ``flush_interval`` seconds: it records each histogram once, inside the GenAI span's context so
+  that trace-based exemplars link a bucket to the request's trace, and hands the GenAI span and its
+  queue/prefill/decode children to the span processors as finished ``ReadableSpan`` objects built
+  from the engine's timestamps (processors' ``on_start`` is not called for them);
+- every metric collection drains the queue first (the first observable counter's callback calls
+  ``flush()``), so a scrape never sees a request counted but not yet in the histograms;
+- attribute dicts are built once, at start-up, for every allowed label combination.
+With a tracer provider that is not the OTel SDK's, spans go through the public API instead.
 Any telemetry failure is logged once and swallowed (habit 5); it never fails a request.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
+import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, StatusCode, TraceFlags, TracerProvider
 from opentelemetry.trace import Status as SpanStatus
+from opentelemetry.util.types import Attributes
 
 from .. import names
 from ..names import ErrorType, Operation, Status, TokenType
@@ -41,14 +49,31 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class RequestTelemetry:
-    """The handle a request carries from arrival to its last byte."""
+    """The handle a request carries from arrival to its last byte.
+
+    ``span`` carries the GenAI span's context (for headers, exemplars and upstream propagation):
+    with the SDK it is a ``NonRecordingSpan`` whose ids the exported span will have; otherwise a
+    live span of whatever tracer provider is installed.
+    """
 
     stats: RequestStats
     span: Span
+    parent: SpanContext | None = None
+    recording: bool = False  # SDK fast path: the sampler said record
+    sampling_attributes: Attributes = None
     done: bool = False
     params_set: bool = False
     input_messages: Any = None
-    output_text: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Finished:
+    rt: RequestTelemetry
+    status: str
+    error_type: str | None
+    exception: BaseException | None
+    response_id: str | None
+    output_text: str | None
 
 
 def _capture_content_enabled() -> bool:
@@ -81,6 +106,7 @@ class Recorder:
         server_port: int = 8180,
         bucket_overrides: dict[str, list[float]] | None = None,
         capture_content: bool | None = None,
+        flush_interval: float = 0.1,
     ) -> None:
         self.model = model
         self.capture_content = _capture_content_enabled() if capture_content is None else capture_content
@@ -88,7 +114,23 @@ class Recorder:
         self._logged: set[str] = set()
         meter = meter_provider.get_meter(names.METER_NAME)
         self.tracer = tracer_provider.get_tracer(names.TRACER_NAME)
-        self._id_generator = getattr(tracer_provider, "id_generator", None)
+        # The SDK pieces the fast path builds spans with; any missing -> the public API.
+        self._sampler = getattr(self.tracer, "sampler", None)
+        self._id_generator = getattr(self.tracer, "id_generator", None)
+        self._processor = getattr(self.tracer, "span_processor", None)
+        self._resource = getattr(self.tracer, "resource", None)
+        self._scope = getattr(self.tracer, "_instrumentation_scope", None)
+        self._sdk_spans = None not in (self._sampler, self._id_generator, self._processor, self._scope)
+        limits = getattr(tracer_provider, "_span_limits", None)
+        self._attr_len_limit: int | None = getattr(limits, "max_span_attribute_length", None)
+
+        self.flush_interval = flush_interval
+        self._pending: collections.deque[_Finished] = collections.deque()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
 
         def hist(spec: names.MetricSpec) -> Any:
             return meter.create_histogram(
@@ -129,13 +171,16 @@ class Recorder:
         self.prompt_tokens: dict[str, int] = dict.fromkeys(ops, 0)
         self.generation_tokens: dict[str, int] = dict.fromkeys(ops, 0)
 
-        def counter(spec: names.MetricSpec, totals: dict[Any, int], attrs: dict[Any, dict[str, Any]]) -> None:
+        def counter(spec: names.MetricSpec, totals: dict[Any, int], attrs: dict[Any, dict[str, Any]],
+                    flush: bool = False) -> None:
             def observe(_: CallbackOptions) -> Iterable[Observation]:
+                if flush:  # collection time: histograms catch up with the counters first
+                    self.flush()
                 return [Observation(v, attrs[k]) for k, v in list(totals.items())]
             meter.create_observable_counter(spec.otel_name, callbacks=[observe], unit=spec.unit,
                                             description=spec.description)
 
-        counter(names.REQUESTS, self.requests, self._req_attrs)
+        counter(names.REQUESTS, self.requests, self._req_attrs, flush=True)
         counter(names.ERRORS, self.errors, self._err_attrs)
         counter(names.PROMPT_TOKENS, self.prompt_tokens, self._op_attrs)
         counter(names.GENERATION_TOKENS, self.generation_tokens, self._op_attrs)
@@ -164,12 +209,38 @@ class Recorder:
     def start(self, operation: str, request_id: str) -> RequestTelemetry:
         stats = RequestStats(request_id=request_id, operation=operation)
         try:
+            if self._sdk_spans:
+                return self._start_sdk(stats)
             span = self.tracer.start_span(self._span_names[operation], kind=SpanKind.INTERNAL,
                                           attributes=self._span_base[operation], start_time=stats.arrival_unix_ns)
         except Exception as exc:
             self._log_once("span", exc)
             span = trace.INVALID_SPAN
         return RequestTelemetry(stats, span)
+
+    def _start_sdk(self, stats: RequestStats) -> RequestTelemetry:
+        """What ``Tracer.start_span`` decides (parent, sampling, ids), without building the span."""
+        is_enabled = getattr(self.tracer, "_is_enabled", None)
+        if is_enabled is not None and not is_enabled():
+            return RequestTelemetry(stats, trace.INVALID_SPAN)
+        parent = trace.get_current_span().get_span_context()
+        if parent.is_valid:
+            trace_id = parent.trace_id
+            random_id = parent.trace_flags.random_trace_id
+        else:
+            parent = None
+            trace_id = self._id_generator.generate_trace_id()  # type: ignore[union-attr]
+            random_id = self._id_generator.is_trace_id_random()  # type: ignore[union-attr]
+        op = stats.operation
+        result = self._sampler.should_sample(  # type: ignore[union-attr]
+            None, trace_id, self._span_names[op], SpanKind.INTERNAL, self._span_base[op])
+        flags = TraceFlags.SAMPLED if result.decision.is_sampled() else TraceFlags.DEFAULT
+        if random_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        ctx = SpanContext(trace_id, self._id_generator.generate_span_id(),  # type: ignore[union-attr]
+                          is_remote=False, trace_flags=TraceFlags(flags), trace_state=result.trace_state)
+        return RequestTelemetry(stats, NonRecordingSpan(ctx), parent, result.decision.is_recording(),
+                                result.attributes or None)
 
     def trace_headers(self, rt: RequestTelemetry) -> dict[str, str]:
         ctx = rt.span.get_span_context()
@@ -197,7 +268,7 @@ class Recorder:
         response_id: str | None = None,
         output_text: str | None = None,
     ) -> None:
-        """Record everything about a finished request; idempotent, never raises."""
+        """Count the request now and queue the rest for the telemetry thread; idempotent, never raises."""
         if rt.done:
             return
         rt.done = True
@@ -207,20 +278,66 @@ class Recorder:
         st.status = status
         st.error_type = error_type
         op = st.operation
-        # Plain arithmetic first: observable counters read these.
+        # Plain arithmetic: observable counters read these.
         self.requests[(op, status)] += 1
         if error_type is not None:
             self.errors[(op, error_type)] += 1
         self.prompt_tokens[op] += st.prompt_tokens
         self.generation_tokens[op] += st.output_tokens
-        try:
-            self._record_histograms(rt, status, error_type)
-        except Exception as exc:
-            self._log_once("metrics", exc)
-        try:
-            self._end_spans(rt, status, error_type, exception, response_id, output_text)
-        except Exception as exc:
-            self._log_once("spans", exc)
+        self._pending.append(_Finished(rt, status, error_type, exception, response_id,
+                                       output_text if self.capture_content else None))
+        if not self._wake.is_set():
+            if self._thread is None:
+                self._start_thread()
+            self._wake.set()
+
+    # ------------------------------------------------------------------------ telemetry thread
+    def _start_thread(self) -> None:
+        with self._thread_lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="ernie-telemetry", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            # Let a batch gather: one pass over many requests finds the SDK's code and data warm.
+            time.sleep(self.flush_interval)
+            self._wake.clear()
+            self.flush(yield_gil=True)
+
+    def flush(self, yield_gil: bool = False) -> None:
+        """Record everything queued so far (the telemetry thread, collections and tests call this).
+
+        ``yield_gil``: give the GIL away after each request, so the engine thread waits for at most
+        one request's recording (~0.1 ms) instead of a whole switch interval (5 ms).
+        """
+        with self._flush_lock:
+            pending = self._pending
+            while pending:
+                if yield_gil:
+                    time.sleep(0)
+                try:
+                    item = pending.popleft()
+                except IndexError:
+                    break
+                try:
+                    self._record_histograms(item.rt, item.status, item.error_type)
+                except Exception as exc:
+                    self._log_once("metrics", exc)
+                try:
+                    self._end_spans(item)
+                except Exception as exc:
+                    self._log_once("spans", exc)
+
+    def close(self) -> None:
+        """Stop the telemetry thread and record what is queued (before the providers shut down)."""
+        self._closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+        self.flush()
 
     def _record_histograms(self, rt: RequestTelemetry, status: str, error_type: str | None) -> None:
         st = rt.stats
@@ -243,24 +360,18 @@ class Recorder:
             self._token_usage.record(st.prompt_tokens, self._token_attrs[(op, TokenType.INPUT.value)], ctx)
             self._token_usage.record(st.output_tokens, self._token_attrs[(op, TokenType.OUTPUT.value)], ctx)
 
-    def _end_spans(self, rt: RequestTelemetry, status: str, error_type: str | None,
-                   exception: BaseException | None, response_id: str | None, output_text: str | None) -> None:
+    def _end_spans(self, item: _Finished) -> None:
+        rt = item.rt
         span = rt.span
-        if not span.is_recording():
+        fast = self._sdk_spans and isinstance(span, NonRecordingSpan)
+        if not (rt.recording if fast else span.is_recording()):
             return
         st = rt.stats
+        status, error_type = item.status, item.error_type
         end_ns = st.to_unix_ns(st.finished)  # type: ignore[arg-type]
-        phases = (
-            (names.SPAN_QUEUE, st.arrival, st.scheduled, {names.SPAN_ATTR_QUEUE_POSITION: st.queue_length_at_arrival}),
-            (names.SPAN_PREFILL, st.scheduled, st.first_token, {names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens}),
-            (names.SPAN_DECODE, st.first_token, st.finished if st.first_token is not None else None,
-             {names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens, names.SPAN_ATTR_DECODE_STEPS: st.decode_steps,
-              names.SPAN_ATTR_BATCH_SIZE: st.max_batch_size}),
-        )
-        for name, begin, end, phase_attrs in phases:
-            if begin is not None and end is not None:
-                self._phase_span(span, name, st.to_unix_ns(begin), st.to_unix_ns(end), phase_attrs)
+        op = st.operation
         attrs: dict[str, Any] = {
+            **self._span_base[op],
             names.GEN_AI_RESPONSE_MODEL: self.model,
             names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens,
             names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens,
@@ -272,41 +383,68 @@ class Recorder:
                                (names.GEN_AI_REQUEST_TOP_P, st.top_p), (names.GEN_AI_REQUEST_SEED, st.seed)):
                 if value is not None:
                     attrs[key] = value
-        if response_id:
-            attrs[names.GEN_AI_RESPONSE_ID] = response_id
+        if item.response_id:
+            attrs[names.GEN_AI_RESPONSE_ID] = item.response_id
         if st.finish_reason:
             attrs[names.GEN_AI_RESPONSE_FINISH_REASONS] = [st.finish_reason]
-        if self.capture_content:
-            if rt.input_messages is not None:
-                attrs[names.GEN_AI_INPUT_MESSAGES] = json.dumps(rt.input_messages, ensure_ascii=False)
-            if output_text is not None:
-                attrs[names.GEN_AI_OUTPUT_MESSAGES] = json.dumps(
-                    [{"role": "assistant", "content": output_text}], ensure_ascii=False)
+        # Content was kept only if capture was on when the request ran (set_request_params/finish).
+        if rt.input_messages is not None:
+            attrs[names.GEN_AI_INPUT_MESSAGES] = json.dumps(rt.input_messages, ensure_ascii=False)
+        if item.output_text is not None:
+            attrs[names.GEN_AI_OUTPUT_MESSAGES] = json.dumps(
+                [{"role": "assistant", "content": item.output_text}], ensure_ascii=False)
         if error_type is not None:
             attrs[names.ATTR_ERROR_TYPE] = error_type
-        span.set_attributes(attrs)
-        if exception is not None:
-            span.record_exception(exception, timestamp=end_ns)
-        if status in (Status.ERROR.value, Status.REJECTED.value):
-            span.set_status(SpanStatus(StatusCode.ERROR, error_type))
-        span.end(end_time=end_ns)
-
-    def _phase_span(self, parent: Span, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any]) -> None:
-        processor = getattr(parent, "_span_processor", None)
-        if processor is None or self._id_generator is None:  # not the SDK span we know: the public way
-            child = self.tracer.start_span(name, context=trace.set_span_in_context(parent), start_time=start_ns,
-                                           attributes=attrs)
-            child.end(end_time=end_ns)
+        failed = status in (Status.ERROR.value, Status.REJECTED.value)
+        if not fast:  # a live span of another tracer provider: the public API
+            span.set_attributes(attrs)
+            if item.exception is not None:
+                span.record_exception(item.exception, timestamp=end_ns)
+            if failed:
+                span.set_status(SpanStatus(StatusCode.ERROR, error_type))
+            span.end(end_time=end_ns)
             return
-        pctx = parent.get_span_context()
-        ctx = SpanContext(pctx.trace_id, self._id_generator.generate_span_id(), is_remote=False,
-                          trace_flags=pctx.trace_flags, trace_state=pctx.trace_state)
-        processor.on_end(ReadableSpan(
-            name, context=ctx, parent=pctx, resource=parent.resource, attributes=attrs,  # type: ignore[attr-defined]
-            kind=SpanKind.INTERNAL, start_time=start_ns, end_time=end_ns,
-            instrumentation_scope=parent.instrumentation_scope))  # type: ignore[attr-defined]
+        if rt.sampling_attributes:
+            attrs.update(rt.sampling_attributes)
+        if self._attr_len_limit is not None:
+            attrs = {k: v[: self._attr_len_limit] if isinstance(v, str) else v for k, v in attrs.items()}
+        ctx = span.get_span_context()
+        events = (_exception_event(item.exception, end_ns),) if item.exception is not None else ()
+        processor = self._processor
+        processor.on_end(ReadableSpan(  # type: ignore[union-attr]
+            self._span_names[op], context=ctx, parent=rt.parent, resource=self._resource, attributes=attrs,
+            events=events, kind=SpanKind.INTERNAL, start_time=st.arrival_unix_ns, end_time=end_ns,
+            status=SpanStatus(StatusCode.ERROR, error_type) if failed else SpanStatus(StatusCode.UNSET),
+            instrumentation_scope=self._scope))
+        phases = (
+            (names.SPAN_QUEUE, st.arrival, st.scheduled, {names.SPAN_ATTR_QUEUE_POSITION: st.queue_length_at_arrival}),
+            (names.SPAN_PREFILL, st.scheduled, st.first_token, {names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens}),
+            (names.SPAN_DECODE, st.first_token, st.finished if st.first_token is not None else None,
+             {names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens, names.SPAN_ATTR_DECODE_STEPS: st.decode_steps,
+              names.SPAN_ATTR_BATCH_SIZE: st.max_batch_size}),
+        )
+        for name, begin, end, phase_attrs in phases:
+            if begin is not None and end is not None:
+                child = SpanContext(ctx.trace_id, self._id_generator.generate_span_id(),  # type: ignore[union-attr]
+                                    is_remote=False, trace_flags=ctx.trace_flags, trace_state=ctx.trace_state)
+                processor.on_end(ReadableSpan(  # type: ignore[union-attr]
+                    name, context=child, parent=ctx, resource=self._resource, attributes=phase_attrs,
+                    kind=SpanKind.INTERNAL, start_time=st.to_unix_ns(begin), end_time=st.to_unix_ns(end),
+                    instrumentation_scope=self._scope))
 
     def _log_once(self, what: str, exc: Exception) -> None:
         if what not in self._logged:
             self._logged.add(what)
             log.warning("telemetry %s failed and is skipped from now on silently: %r", what, exc)
+
+
+def _exception_event(exc: BaseException, timestamp: int) -> Event:
+    """The event ``Span.record_exception`` would add (OTel exception semantic conventions)."""
+    module = type(exc).__module__
+    qualname = type(exc).__qualname__
+    return Event("exception", {
+        "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
+        "exception.message": str(exc),
+        "exception.stacktrace": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "exception.escaped": "False",
+    }, timestamp)
