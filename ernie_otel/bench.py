@@ -32,6 +32,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from .protocol import sse_lines
+
 # Enough distinct words that prompts differ between requests (no accidental prefix-cache wins on
 # servers that have one), few enough that most are single tokens in any vocabulary.
 _WORDS = (
@@ -403,7 +405,7 @@ class Bench:
         chunks = 0
         usage: dict[str, Any] | None = None
         finished = False
-        async for line in resp.aiter_lines():
+        async for line in sse_lines(resp.aiter_text()):
             if not line.startswith("data:"):
                 continue
             payload = line[5:].strip()

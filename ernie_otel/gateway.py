@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry import propagate, trace
 
 from .names import ErrorType, FinishReason, Operation, Status
-from .protocol import APIError, GenerationRequest
+from .protocol import APIError, GenerationRequest, sse_lines
 from .stats import EngineStats
 from .telemetry.recorder import Recorder, RequestTelemetry
 
@@ -176,7 +176,7 @@ class Gateway:
             return b"data: [DONE]\n\n"
 
         try:
-            async for line in resp.aiter_lines():
+            async for line in sse_lines(resp.aiter_text()):
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()

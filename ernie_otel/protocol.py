@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,3 +209,24 @@ def parse_completion(data: dict[str, Any]) -> GenerationRequest:
         raise invalid("'prompt' must be a string (batched prompts are not supported).", "prompt")
     req.prompt = prompt
     return req
+
+
+async def sse_lines(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The lines of a server-sent event stream: ends at CRLF, LF or CR, as the SSE spec says.
+
+    Not ``httpx.Response.aiter_lines``: that splits like ``str.splitlines``, also at U+2028,
+    U+2029, U+0085 and other separators that JSON leaves unescaped inside strings, so a token
+    holding one of them broke a ``data:`` line in two and its JSON no longer parsed.
+    """
+    buf = ""
+    async for text in chunks:
+        buf += text
+        if "\r" in buf:
+            if buf.endswith("\r"):  # maybe the first half of a CRLF: wait for the next chunk
+                continue
+            buf = buf.replace("\r\n", "\n").replace("\r", "\n")
+        *lines, buf = buf.split("\n")
+        for line in lines:
+            yield line
+    if buf:
+        yield buf.rstrip("\r")

@@ -125,8 +125,16 @@ def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[A
     return model, tokenizer
 
 
+# Valid raw in JSON, but line breaks to str.splitlines-based stream readers (httpx's aiter_lines,
+# for one) and to JavaScript before ES2019: escaped, the data line stays one line for every client.
+_SSE_ESCAPES = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    if not text.isascii():
+        text = text.translate(_SSE_ESCAPES)
+    return b"data: " + text.encode() + b"\n\n"
 
 
 class ErnieServer:

@@ -155,3 +155,24 @@ def test_percentile_and_prompt() -> None:
     assert percentile([5.0], 99) == 5.0
     assert len(build_prompt(40, 3).split()) == 40
     assert build_prompt(8, 1) != build_prompt(8, 2)
+
+
+def test_sse_lines_split_only_at_sse_line_ends() -> None:
+    """JSON leaves U+2028/U+2029/U+0085 raw inside strings; a str.splitlines reader (httpx's
+    aiter_lines) broke such a data line in two. SSE lines end at CRLF, LF or CR only."""
+    from ernie_otel.protocol import sse_lines
+
+    payload = json.dumps({"choices": [{"delta": {"content": "a\u2028b\u2029c\x85d\x1ce"}}]}, ensure_ascii=False)
+    stream = f"data: {payload}\r\n\r\ndata: [DONE]\n\n"
+
+    async def chunks(size: int):  # every split point, including one between CR and LF
+        for i in range(0, len(stream), size):
+            yield stream[i:i + size]
+
+    async def lines(size: int) -> list[str]:
+        return [line async for line in sse_lines(chunks(size))]
+
+    for size in (1, 2, 3, 7, len(stream)):
+        got = asyncio.run(lines(size))
+        assert got == [f"data: {payload}", "", "data: [DONE]", ""], size
+        assert json.loads(got[0][5:])["choices"][0]["delta"]["content"] == "a\u2028b\u2029c\x85d\x1ce"

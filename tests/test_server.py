@@ -269,3 +269,16 @@ def test_missing_weights_exit_with_one_clear_message(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert "--model tiny" in p.stderr and "hf download" in p.stderr
+
+
+def test_sse_data_lines_escape_unicode_line_separators() -> None:
+    """A token holding U+2028/U+2029/U+0085 stays inside one ``data:`` line for every client."""
+    from ernie_otel.server import _sse
+
+    text = "a\u2028b\u2029c\x85d é 文"
+    body = _sse({"choices": [{"delta": {"content": text}}]})
+    assert body.startswith(b"data: ") and body.endswith(b"\n\n")
+    line = body.decode()[:-2]
+    assert line.splitlines() == [line]  # str.splitlines: the strictest reader there is
+    assert json.loads(line[6:])["choices"][0]["delta"]["content"] == text
+    assert "é 文" in line  # everything else stays raw UTF-8
