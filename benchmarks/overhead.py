@@ -15,6 +15,12 @@ them alternately -- off, prom, full, then prom, full, off, ... (rotated) -- so t
 shared machine hits every variant alike; the report gives per-variant medians and the medians
 of the per-round ratios to off (runs next to each other in time are the fairest comparison).
 
+Every round starts fresh server processes (``--restart-every``): one process can run a few
+percent faster or slower than another of the same variant for its whole life (memory layout,
+which core it lands on), and alternating rounds does not average that out; new processes per
+round do. The ``off-again`` variant (a second telemetry-off server) is the A/A control: its
+distance from ``off`` is the noise floor of the figures.
+
 This module also holds the process helpers the other benchmark scripts import.
 """
 
@@ -215,7 +221,7 @@ VARIANTS = ("off", "prom", "full")
 # Diagnostic variants: prom/full without the FastAPI instrumentation on the inference routes,
 # which isolates the HTTP SERVER span and http.server.* metrics from the GenAI recorder's cost.
 NO_ASGI = {"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "health,metrics,v1/chat/completions,v1/completions"}
-ALL_VARIANTS = (*VARIANTS, "prom-noasgi", "full-noasgi")
+ALL_VARIANTS = (*VARIANTS, "off-again", "prom-noasgi", "full-noasgi")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="OMP_NUM_THREADS for every server (default: torch's own choice, all cores)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated, from {', '.join(ALL_VARIANTS)}; 'off' is always run (the reference)")
+    ap.add_argument("--restart-every", type=int, default=1,
+                    help="start fresh server processes every N rounds (0: one set for the whole run)")
     ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
                     help="ernie-serve --device for every server (default: ernie-serve's auto)")
     ap.add_argument("--json", dest="json_path", default=None)
@@ -262,25 +270,34 @@ def main(argv: list[str] | None = None) -> int:
         threads = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
         recipes: dict[str, tuple[dict[str, str], list[str], bool]] = {  # env, extra args, metrics port
             "off": ({**threads, "OTEL_SDK_DISABLED": "true"}, [], False),
+            "off-again": ({**threads, "OTEL_SDK_DISABLED": "true"}, [], False),
             "prom": (threads, [], True),
             "full": (threads, ["--otlp-endpoint", otlp], True),
             "prom-noasgi": ({**threads, **NO_ASGI}, [], True),
             "full-noasgi": ({**threads, **NO_ASGI}, ["--otlp-endpoint", otlp], True),
         }
         device = ["--device", args.device] if args.device else []
-        servers = {v: start_ernie_serve(v, args.model, log_dir, env=recipes[v][0],
-                                        extra_args=[*recipes[v][1], *device], metrics=recipes[v][2])
-                   for v in variants}
-        procs += servers.values()
-        for s in servers.values():
-            s.wait_http(s.url + "/health", timeout=300)
-        for s in servers.values():  # first requests pay one-off costs (allocator, lazy imports)
-            bench(workload(s.url, args, requests=max(8, args.concurrency)))
+        servers: dict[str, Proc] = {}
+
+        def start_servers(generation: int) -> None:
+            for p in servers.values():
+                p.stop()
+                procs.remove(p)
+            for v in variants:
+                servers[v] = start_ernie_serve(f"{v}-{generation}", args.model, log_dir, env=recipes[v][0],
+                                               extra_args=[*recipes[v][1], *device], metrics=recipes[v][2])
+                procs.append(servers[v])
+            for srv in servers.values():
+                srv.wait_http(srv.url + "/health", timeout=600)
+            for srv in servers.values():  # first requests pay one-off costs (allocator, lazy imports)
+                bench(workload(srv.url, args, requests=max(8, args.concurrency)))
 
         runs: dict[str, list[BenchResult]] = {v: [] for v in variants}
         # Server CPU per request: unlike throughput, hardly moved by what else runs on the machine.
         cpu_ms: dict[str, list[float]] = {v: [] for v in variants}
         for rnd in range(args.rounds):
+            if not servers or (args.restart_every and rnd % args.restart_every == 0):
+                start_servers(rnd)
             # Rotate the order every round: a fixed order favoured whichever variant ran first
             # (side-by-side runs showed off ahead by ~0.8 ms CPU/request in one order and behind
             # by as much in the reverse order).
