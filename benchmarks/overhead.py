@@ -143,11 +143,14 @@ def find_pipeline_bin() -> Path | None:
     return None
 
 
-def start_collector(bin_dir: Path, log_dir: Path) -> tuple[Proc, Proc | None]:
+def start_collector(bin_dir: Path, log_dir: Path, gomaxprocs: int = 0) -> tuple[Proc, Proc | None]:
     """Collector on free ports, exporting spans to a Jaeger on free ports (if jaeger is built), so
-    that the full variant pays for a real export rather than for a failing, retrying one."""
+    that the full variant pays for a real export rather than for a failing, retrying one.
+    ``gomaxprocs``: GOMAXPROCS for both (0: Go's default, every core)."""
     jaeger: Proc | None = None
+    go_env = {"GOMAXPROCS": str(gomaxprocs)} if gomaxprocs else {}
     otel_env = {
+        **go_env,
         "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
         "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
         "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}",
@@ -157,6 +160,7 @@ def start_collector(bin_dir: Path, log_dir: Path) -> tuple[Proc, Proc | None]:
     }
     if os.access(bin_dir / "jaeger", os.X_OK):
         jaeger_env = {
+            **go_env,
             "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
             "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
             "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
@@ -236,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="OMP_NUM_THREADS for every server (default: torch's own choice, all cores)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated, from {', '.join(ALL_VARIANTS)}; 'off' is always run (the reference)")
+    ap.add_argument("--collector-cpus", type=int, default=0,
+                    help="GOMAXPROCS for the Collector and Jaeger, as a CPU limit would set it (0: every core)")
     ap.add_argument("--restart-every", type=int, default=1,
                     help="start fresh server processes every N rounds (0: one set for the whole run)")
     ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
@@ -256,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         collector: Proc | None = None
         jaeger: Proc | None = None
         if bin_dir is not None:
-            collector, jaeger = start_collector(bin_dir, log_dir)
+            collector, jaeger = start_collector(bin_dir, log_dir, args.collector_cpus)
             procs += [p for p in (jaeger, collector) if p is not None]
             otlp = collector.url
             note = f"Collector {bin_dir / 'otelcol-ernie'}" + (" -> Jaeger" if jaeger else " (no Jaeger)")

@@ -184,7 +184,7 @@ def piece_flush(s: Setup, n: int) -> float:
 
 
 def piece_histograms(s: Setup, n: int) -> float:
-    """The six histogram records of a request, inside its span's context (exemplars)."""
+    """The seven histogram records of a request, inside its span's context (exemplars)."""
     rts = started(s, n)
     rec = s.recorder
     return cpu(lambda: [rec._record_histograms(rt, OK, None) for rt in rts] and None)
@@ -252,7 +252,7 @@ PIECES: list[tuple[str, Callable[[Setup, int], float]]] = [
     ("request path: set_request_params()", piece_params),
     ("request path: finish() (counters, queue)", piece_finish),
     ("telemetry thread: flush() per request (histograms + spans + export)", piece_flush),
-    ("  6 histogram records (span context passed for exemplars)", piece_histograms),
+    ("  7 histogram records (span context passed for exemplars)", piece_histograms),
     ("  spans: GenAI + 3 phase ReadableSpans (+export)", piece_spans),
     ("one histogram record, no span context (4 attributes)", piece_one_histogram),
     ("one histogram record inside a sampled span (exemplar)", piece_one_histogram_in_span),
