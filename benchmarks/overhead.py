@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--torch-threads", type=int, default=None,
-                    help="OMP_NUM_THREADS for every server (default: torch's own choice, all cores)")
+                    help="ernie-serve --torch-threads and OMP_NUM_THREADS for every server "
+                    "(default: ernie-serve's own choice by model size)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated, from {', '.join(ALL_VARIANTS)}; 'off' is always run (the reference)")
     ap.add_argument("--collector-cpus", type=int, default=0,
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             "full-noasgi": ({**threads, **NO_ASGI}, ["--otlp-endpoint", otlp], True),
         }
         device = ["--device", args.device] if args.device else []
+        if args.torch_threads:  # ernie-serve sets torch's thread count itself; OMP_NUM_THREADS alone is overridden
+            device += ["--torch-threads", str(args.torch_threads)]
         servers: dict[str, Proc] = {}
 
         def start_servers(generation: int) -> None:
