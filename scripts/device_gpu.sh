@@ -4,8 +4,8 @@
 #     bash scripts/device_gpu.sh            # results and device.log under $OUT (default /tmp/device-out)
 #
 # Needs the wheel bundle in .whl/ and, for the overhead stage's full variant, the Collector and
-# Jaeger built here by collector/build.sh, xz-compressed into .devbin/ (both carried with the
-# working tree; neither is committed). Stages, each bounded by `timeout` and by an overall budget
+# Jaeger built here by collector/build.sh, xz-compressed into .devbin/: `bash scripts/device_bundle.sh`
+# makes both (carried with the working tree; neither is committed). Stages, each bounded by `timeout` and by an overall budget
 # (DEVICE_BUDGET_S, default 480 s); a failed stage is logged and the next one still runs:
 #   a. info: nvidia-smi, python/torch/CUDA, versions of the device packages the bundle relies on;
 #      the image's whole pip list -> $OUT/device_pip_list.txt
