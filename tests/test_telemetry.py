@@ -407,3 +407,36 @@ def test_sdk_disabled_switches_everything_off(tmp_path: Path) -> None:
         assert r.status_code == 200 and names.TRACE_ID_HEADER not in r.headers
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(served.metrics_url, timeout=3)
+
+
+def test_a_tracer_provider_that_is_not_the_sdks_gets_the_same_span_tree() -> None:
+    """Without the SDK's tracer internals the recorder goes through the public API: the GenAI span
+    is live from start() and its queue/prefill/decode children are made with tracer.start_span."""
+    from opentelemetry import trace as trace_api
+
+    spans = InMemorySpanExporter()
+    sdk = TracerProvider()
+    sdk.add_span_processor(SimpleSpanProcessor(spans))
+
+    class PublicOnly(trace_api.TracerProvider):  # a provider exposing nothing but the API
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace_api.Tracer:
+            inner = sdk.get_tracer(*args, **kwargs)
+            return SimpleNamespace(start_span=inner.start_span)  # type: ignore[return-value]
+
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    recorder = Recorder(meter_provider, PublicOnly(), MODEL, lambda: None)
+    assert not recorder._sdk_spans
+    rt = recorder.start(names.Operation.CHAT.value, "chatcmpl-x")
+    st = rt.stats
+    st.prompt_tokens, st.output_tokens = 5, 3
+    st.scheduled, st.first_token, st.finished = st.arrival + 0.01, st.arrival + 0.02, st.arrival + 0.05
+    recorder.finish(rt, names.Status.OK.value, response_id="chatcmpl-x")
+    recorder.flush()
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    genai = by_name[names.genai_span_name("chat", MODEL)]
+    assert genai.attributes[names.GEN_AI_RESPONSE_ID] == "chatcmpl-x"
+    assert genai.attributes[names.GEN_AI_REQUEST_MODEL] == MODEL
+    for child in (names.SPAN_QUEUE, names.SPAN_PREFILL, names.SPAN_DECODE):
+        assert by_name[child].parent.span_id == genai.context.span_id, child
+        assert genai.start_time <= by_name[child].start_time <= by_name[child].end_time <= genai.end_time
+    recorder.close()

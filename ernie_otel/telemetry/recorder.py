@@ -371,7 +371,6 @@ class Recorder:
         end_ns = st.to_unix_ns(st.finished)  # type: ignore[arg-type]
         op = st.operation
         attrs: dict[str, Any] = {
-            **self._span_base[op],
             names.GEN_AI_RESPONSE_MODEL: self.model,
             names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens,
             names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens,
@@ -396,7 +395,20 @@ class Recorder:
         if error_type is not None:
             attrs[names.ATTR_ERROR_TYPE] = error_type
         failed = status in (Status.ERROR.value, Status.REJECTED.value)
-        if not fast:  # a live span of another tracer provider: the public API
+        phases = (
+            (names.SPAN_QUEUE, st.arrival, st.scheduled, {names.SPAN_ATTR_QUEUE_POSITION: st.queue_length_at_arrival}),
+            (names.SPAN_PREFILL, st.scheduled, st.first_token, {names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens}),
+            (names.SPAN_DECODE, st.first_token, st.finished if st.first_token is not None else None,
+             {names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens, names.SPAN_ATTR_DECODE_STEPS: st.decode_steps,
+              names.SPAN_ATTR_BATCH_SIZE: st.max_batch_size}),
+        )
+        spans = [(name, st.to_unix_ns(begin), st.to_unix_ns(end), phase_attrs)
+                 for name, begin, end, phase_attrs in phases if begin is not None and end is not None]
+        if not fast:  # a live span of another tracer provider: the public API (base attributes set at start)
+            parent = trace.set_span_in_context(span)
+            for name, start_ns, stop_ns, phase_attrs in spans:
+                self.tracer.start_span(name, context=parent, start_time=start_ns,
+                                       attributes=phase_attrs).end(end_time=stop_ns)
             span.set_attributes(attrs)
             if item.exception is not None:
                 span.record_exception(item.exception, timestamp=end_ns)
@@ -404,8 +416,7 @@ class Recorder:
                 span.set_status(SpanStatus(StatusCode.ERROR, error_type))
             span.end(end_time=end_ns)
             return
-        if rt.sampling_attributes:
-            attrs.update(rt.sampling_attributes)
+        attrs = {**self._span_base[op], **attrs, **(rt.sampling_attributes or {})}
         if self._attr_len_limit is not None:
             attrs = {k: v[: self._attr_len_limit] if isinstance(v, str) else v for k, v in attrs.items()}
         ctx = span.get_span_context()
@@ -416,21 +427,12 @@ class Recorder:
             events=events, kind=SpanKind.INTERNAL, start_time=st.arrival_unix_ns, end_time=end_ns,
             status=SpanStatus(StatusCode.ERROR, error_type) if failed else SpanStatus(StatusCode.UNSET),
             instrumentation_scope=self._scope))
-        phases = (
-            (names.SPAN_QUEUE, st.arrival, st.scheduled, {names.SPAN_ATTR_QUEUE_POSITION: st.queue_length_at_arrival}),
-            (names.SPAN_PREFILL, st.scheduled, st.first_token, {names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens}),
-            (names.SPAN_DECODE, st.first_token, st.finished if st.first_token is not None else None,
-             {names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens, names.SPAN_ATTR_DECODE_STEPS: st.decode_steps,
-              names.SPAN_ATTR_BATCH_SIZE: st.max_batch_size}),
-        )
-        for name, begin, end, phase_attrs in phases:
-            if begin is not None and end is not None:
-                child = SpanContext(ctx.trace_id, self._id_generator.generate_span_id(),  # type: ignore[union-attr]
-                                    is_remote=False, trace_flags=ctx.trace_flags, trace_state=ctx.trace_state)
-                processor.on_end(ReadableSpan(  # type: ignore[union-attr]
-                    name, context=child, parent=ctx, resource=self._resource, attributes=phase_attrs,
-                    kind=SpanKind.INTERNAL, start_time=st.to_unix_ns(begin), end_time=st.to_unix_ns(end),
-                    instrumentation_scope=self._scope))
+        for name, start_ns, stop_ns, phase_attrs in spans:
+            child = SpanContext(ctx.trace_id, self._id_generator.generate_span_id(),  # type: ignore[union-attr]
+                                is_remote=False, trace_flags=ctx.trace_flags, trace_state=ctx.trace_state)
+            processor.on_end(ReadableSpan(  # type: ignore[union-attr]
+                name, context=child, parent=ctx, resource=self._resource, attributes=phase_attrs,
+                kind=SpanKind.INTERNAL, start_time=start_ns, end_time=stop_ns, instrumentation_scope=self._scope))
 
     def _log_once(self, what: str, exc: Exception) -> None:
         if what not in self._logged:
