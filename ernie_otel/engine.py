@@ -95,10 +95,6 @@ class AsyncDeliverer:
             pass
 
 
-def async_deliverer(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event]) -> AsyncDeliverer:
-    return AsyncDeliverer(loop, queue)
-
-
 def _put_all(items: list[tuple[asyncio.Queue[Event], Event]]) -> None:
     for queue, event in items:
         queue.put_nowait(event)

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import names
-from .engine import Engine, EngineStoppedError, Event, QueueFullError, SamplingParams, Sequence, async_deliverer
+from .engine import AsyncDeliverer, Engine, EngineStoppedError, Event, QueueFullError, SamplingParams, Sequence
 from .gateway import Gateway
 from .gateway import error_response as gateway_error_response
 from .names import ErrorType, FinishReason, Operation, Status
@@ -297,7 +297,7 @@ class ErnieServer:
             events: asyncio.Queue[Event] = asyncio.Queue()
             seq = Sequence(prompt_ids, SamplingParams(max_tokens, req.temperature, req.top_p, req.seed, req.stop,
                                                       req.ignore_eos),
-                           st, async_deliverer(asyncio.get_running_loop(), events))
+                           st, AsyncDeliverer(asyncio.get_running_loop(), events))
             try:
                 self.engine.submit(seq)
             except QueueFullError:
