@@ -21,6 +21,10 @@ which core it lands on), and alternating rounds does not average that out; new p
 round do. The ``off-again`` variant (a second telemetry-off server) is the A/A control: its
 distance from ``off`` is the noise floor of the figures.
 
+``--old REV`` with the ``prom-old``/``full-old`` variants serves those from REV's code (checked out
+into a temporary git worktree, run with this virtual environment), in the same rounds as this
+tree's ``prom``/``full``: what a change bought, measured side by side.
+
 This module also holds the process helpers the other benchmark scripts import.
 """
 
@@ -124,11 +128,18 @@ def spawn(name: str, args: Sequence[str | os.PathLike[str]], log_dir: Path,
     return Proc(name, proc, log_path)
 
 
+# ernie-serve from another checkout (a git worktree), with this virtual environment.
+_SERVE_FROM_TREE = "import sys; sys.path.insert(0, {path!r}); from ernie_otel.server import main; sys.exit(main())"
+
+
 def start_ernie_serve(name: str, model: str, log_dir: Path, *, env: Mapping[str, str] | None = None,
-                      extra_args: Sequence[str] = (), metrics: bool = True) -> Proc:
+                      extra_args: Sequence[str] = (), metrics: bool = True, tree: Path | None = None) -> Proc:
+    """``tree``: run the ernie_otel of that checkout instead of the installed one."""
     port = free_port()
     metrics_port = free_port() if metrics else 0
-    p = spawn(name, [BIN / "ernie-serve", "--model", model, "--port", str(port), "--metrics-port", str(metrics_port),
+    command: list[str | Path] = [BIN / "ernie-serve"] if tree is None else [
+        sys.executable, "-c", _SERVE_FROM_TREE.format(path=str(tree))]
+    p = spawn(name, [*command, "--model", model, "--port", str(port), "--metrics-port", str(metrics_port),
                      "--log-level", "warning", *extra_args], log_dir, env)
     p.url = f"http://127.0.0.1:{port}"
     p.ports = {"api": port, "metrics": metrics_port}
@@ -225,7 +236,9 @@ VARIANTS = ("off", "prom", "full")
 # Diagnostic variants: prom/full without the FastAPI instrumentation on the inference routes,
 # which isolates the HTTP SERVER span and http.server.* metrics from the GenAI recorder's cost.
 NO_ASGI = {"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "health,metrics,v1/chat/completions,v1/completions"}
-ALL_VARIANTS = (*VARIANTS, "off-again", "prom-noasgi", "full-noasgi")
+# prom-old/full-old: the same as prom/full, served by the code of --old REV (a git worktree).
+OLD_VARIANTS = ("prom-old", "full-old")
+ALL_VARIANTS = (*VARIANTS, "off-again", "prom-noasgi", "full-noasgi", *OLD_VARIANTS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,15 +260,33 @@ def main(argv: list[str] | None = None) -> int:
                     help="start fresh server processes every N rounds (0: one set for the whole run)")
     ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
                     help="ernie-serve --device for every server (default: ernie-serve's auto)")
+    ap.add_argument("--old", default=None, metavar="REV",
+                    help="git revision that serves the prom-old/full-old variants, side by side with this tree")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     variants = ["off", *[v for v in args.variants.split(",") if v and v != "off"]]
     unknown = set(variants) - set(ALL_VARIANTS)
     if unknown:
         ap.error(f"unknown variants: {sorted(unknown)}")
+    if bool(args.old) != bool(set(variants) & set(OLD_VARIANTS)):
+        ap.error(f"--old and the variants {', '.join(OLD_VARIANTS)} go together")
     t_start = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="ernie-overhead-"))
     print(f"machine: {machine()}\nlogs: {log_dir}", file=sys.stderr)
+    old_tree: Path | None = None
+    if args.old:
+        old_tree = log_dir / "old"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(old_tree), args.old],
+                       check=True)
+        print(f"old: {args.old} in {old_tree}", file=sys.stderr)
+    try:
+        return run(args, variants, log_dir, old_tree, t_start)
+    finally:
+        if old_tree is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], check=False)
+
+
+def run(args: argparse.Namespace, variants: list[str], log_dir: Path, old_tree: Path | None, t_start: float) -> int:
 
     bin_dir = find_pipeline_bin()
     procs: list[Proc] = []
@@ -282,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             "full": (threads, ["--otlp-endpoint", otlp], True),
             "prom-noasgi": ({**threads, **NO_ASGI}, [], True),
             "full-noasgi": ({**threads, **NO_ASGI}, ["--otlp-endpoint", otlp], True),
+            "prom-old": (threads, [], True),
+            "full-old": (threads, ["--otlp-endpoint", otlp], True),
         }
         device = ["--device", args.device] if args.device else []
         if args.torch_threads:  # ernie-serve sets torch's thread count itself; OMP_NUM_THREADS alone is overridden
@@ -294,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 procs.remove(p)
             for v in variants:
                 servers[v] = start_ernie_serve(f"{v}-{generation}", args.model, log_dir, env=recipes[v][0],
-                                               extra_args=[*recipes[v][1], *device], metrics=recipes[v][2])
+                                               extra_args=[*recipes[v][1], *device], metrics=recipes[v][2],
+                                               tree=old_tree if v in OLD_VARIANTS else None)
                 procs.append(servers[v])
             for srv in servers.values():
                 srv.wait_http(srv.url + "/health", timeout=600)
