@@ -412,24 +412,6 @@ def format_table(report: Report) -> str:
     return "\n".join(out)
 
 
-def wait_ready(server: Proc, timeout: float) -> None:
-    """Like Proc.wait_http, but a model that failed to load (/health says "failed") ends the wait
-    at once instead of after the whole timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(OSError, ValueError):
-            code, body = http_get(server.url + "/health", timeout=2.0)
-            if code == 200:
-                return
-            if json.loads(body).get("status") == "failed":
-                raise RuntimeError(f"{server.name}: model load failed: {json.loads(body).get('error')}\n"
-                                   f"{server.log_tail()}")
-        time.sleep(0.25)
-    raise RuntimeError(f"{server.name}: not ready after {timeout:.0f} s:\n{server.log_tail()}")
-
-
 class InterruptedRunError(Exception):
     pass
 
@@ -453,7 +435,7 @@ def measure(args: argparse.Namespace, path: Path, log_dir: Path, t0: float, run:
                                    extra_args=["--device", args.device, *args.extra_args.split()])
         procs.append(server)
         try:
-            wait_ready(server, timeout=600)
+            server.wait_http(server.url + "/health", timeout=600)
             metrics_url = f"http://127.0.0.1:{server.ports['metrics']}/metrics"
             print(f"server ready after {time.monotonic() - t0:.1f} s", file=sys.stderr)
             # Warm-up: first requests pay one-off costs (CUDA context, kernels, allocator).

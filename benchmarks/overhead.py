@@ -99,6 +99,14 @@ class Proc:
                 last = f"HTTP {code} {body[:200]}"
             except OSError as exc:
                 last = repr(exc)
+            else:  # ernie-serve's /health says "failed" when the model cannot load: no point waiting on
+                failed = None
+                with contextlib.suppress(ValueError, AttributeError):
+                    state = json.loads(body)
+                    if state.get("status") == "failed":
+                        failed = state.get("error") or "no reason given"
+                if failed is not None:
+                    raise RuntimeError(f"{self.name}: model load failed: {failed}\n{self.log_tail()}")
             time.sleep(0.25)
         raise RuntimeError(f"{self.name}: {url} not ready after {timeout:.0f}s ({last}):\n{self.log_tail()}")
 
