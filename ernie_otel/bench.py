@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from .ports import DEFAULT_PORTS, HOST
 from .protocol import sse_lines
 
 # Enough distinct words that prompts differ between requests (no accidental prefix-cache wins on
@@ -48,7 +49,7 @@ MAX_ERROR_KINDS = 64  # error keys come partly from the server: cap them like an
 
 @dataclass
 class BenchConfig:
-    url: str = "http://127.0.0.1:8180"
+    url: str = f"http://{HOST}:{DEFAULT_PORTS['serve']}"
     model: str | None = None  # None: the first id from GET /v1/models
     endpoint: str = "chat"  # "chat" | "completions"
     requests: int | None = 64  # None together with duration=None: run until stopped/cancelled
@@ -555,7 +556,7 @@ class ProgressLine:
 # ---------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ernie-otel bench", description="OpenAI-compatible load generator.")
-    p.add_argument("--url", default="http://127.0.0.1:8180", help="server base URL (default: %(default)s)")
+    p.add_argument("--url", default=BenchConfig.url, help="server base URL (default: %(default)s)")
     p.add_argument("--model", default=None, help="model name in requests (default: first id of GET /v1/models)")
     p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     p.add_argument("--requests", type=int, default=None, help="number of requests (default 64 without --duration)")

@@ -29,6 +29,7 @@ from .engine import AsyncDeliverer, Engine, EngineStoppedError, Event, QueueFull
 from .gateway import Gateway
 from .gateway import error_response as gateway_error_response
 from .names import ErrorType, FinishReason, Operation, Status
+from .ports import DEFAULT_PORTS, HOST
 from .protocol import APIError, GenerationRequest, parse_chat, parse_completion, parse_json
 from .stats import EngineStats
 from .telemetry.recorder import Recorder, RequestTelemetry
@@ -43,9 +44,9 @@ DEFAULT_MODEL = "baidu/ERNIE-4.5-0.3B-PT"
 class ServeConfig:
     model: str = DEFAULT_MODEL
     served_model_name: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8180
-    metrics_port: int = 8181
+    host: str = HOST
+    port: int = DEFAULT_PORTS["serve"]
+    metrics_port: int = DEFAULT_PORTS["serve_metrics"]
     max_model_len: int = 2048
     max_num_seqs: int = 8
     max_queue_len: int = 64

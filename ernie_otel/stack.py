@@ -1,4 +1,4 @@
-"""``ernie-otel stack``: the whole pipeline as local processes, on the DESIGN.md ports.
+"""``ernie-otel stack``: the whole pipeline as local processes, on the default ports of ernie_otel/ports.py.
 
     ernie-otel stack up [--load] [--foreground] [--model tiny|DIR] [--state-dir DIR]
     ernie-otel stack status [--state-dir DIR]
@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ports import DEFAULT_PORTS, PORT_PURPOSE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR_ENV = "ERNIE_OTEL_STACK_DIR"
 BUILD_SCRIPT = REPO_ROOT / "collector" / "build.sh"
@@ -52,45 +54,6 @@ JAEGER_CONFIG = REPO_ROOT / "collector" / "jaeger.yaml"
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO_ROOT / "alerts" / "alertmanager.yml"
 STATE_FILE = "stack.json"
-
-# The DESIGN.md port table, plus the secondary listeners each component opens. Keys are what
-# Stack(ports=...) overrides; the text is what the "port taken" message says is expected there.
-DEFAULT_PORTS: dict[str, int] = {
-    "jaeger_otlp_grpc": 14317,
-    "jaeger_otlp_http": 14318,
-    "jaeger_query": 16686,
-    "jaeger_query_grpc": 16685,
-    "jaeger_health": 13134,
-    "jaeger_metrics": 14269,
-    "otlp_grpc": 4317,
-    "otlp_http": 4318,
-    "collector_prometheus": 8889,
-    "collector_health": 13133,
-    "collector_telemetry": 8888,
-    "webhook_sink": 9095,
-    "alertmanager": 9093,
-    "prometheus": 9090,
-    "serve": 8180,
-    "serve_metrics": 8181,
-}
-PORT_PURPOSE: dict[str, str] = {
-    "jaeger_otlp_grpc": "Jaeger OTLP/gRPC receiver (spans from the Collector)",
-    "jaeger_otlp_http": "Jaeger OTLP/HTTP receiver",
-    "jaeger_query": "Jaeger query API and UI",
-    "jaeger_query_grpc": "Jaeger query gRPC API",
-    "jaeger_health": "Jaeger health check",
-    "jaeger_metrics": "Jaeger's own metrics",
-    "otlp_grpc": "Collector OTLP/gRPC receiver (ernie-serve exports here)",
-    "otlp_http": "Collector OTLP/HTTP receiver",
-    "collector_prometheus": "Collector Prometheus exporter (scraped as job otel-collector)",
-    "collector_health": "Collector health check",
-    "collector_telemetry": "Collector's own metrics (job otelcol-internal)",
-    "webhook_sink": "local alert webhook sink (Alertmanager's receivers)",
-    "alertmanager": "Alertmanager web/API",
-    "prometheus": "Prometheus web/API",
-    "serve": "ernie-serve OpenAI API",
-    "serve_metrics": "ernie-serve Prometheus metrics (--metrics-port, job ernie-serve-direct)",
-}
 
 # Start order; `down` goes backwards. The two load processes exist only with --load.
 CORE_COMPONENTS = ("jaeger", "collector", "webhook_sink", "alertmanager", "prometheus", "ernie_serve")

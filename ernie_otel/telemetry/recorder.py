@@ -41,6 +41,7 @@ from opentelemetry.trace import Status as SpanStatus
 from opentelemetry.util.types import Attributes
 
 from .. import names
+from ..ports import DEFAULT_PORTS, HOST
 from ..names import ErrorType, Operation, Status, TokenType
 from ..stats import EngineStats, RequestStats
 
@@ -102,8 +103,8 @@ class Recorder:
         model: str,
         engine_stats: Callable[[], EngineStats | None],
         *,
-        server_address: str = "127.0.0.1",
-        server_port: int = 8180,
+        server_address: str = HOST,
+        server_port: int = DEFAULT_PORTS["serve"],
         bucket_overrides: dict[str, list[float]] | None = None,
         capture_content: bool | None = None,
         flush_interval: float = 0.1,
