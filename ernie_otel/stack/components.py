@@ -3,8 +3,17 @@
 An entry (:class:`Component`) says everything the supervisor needs: the port keys the component
 owns (with their defaults), how to build its command line and environment from the stack's
 ports, its health URL, its place in the start order and how long it may take to become healthy.
-Adding a component is adding one entry to COMPONENTS (or, for N instances of one kind, calling a
-factory that takes the instance index and returns an entry with that instance's ports).
+Adding a component is adding one entry to COMPONENTS. N instances of one kind come from a factory
+that takes the instance index and returns an entry with that instance's port keys, e.g. replica i
+of ernie-serve::
+
+    def replica(i: int) -> Component:
+        api, metrics = ports.replica_ports(i)
+        return Component(f"ernie_serve_{i}", f"ernie-serve {i}", 60 + i, command=...,
+                         ports={f"serve_{i}": api, f"serve_metrics_{i}": metrics},
+                         health=lambda c: f"{c.url(f'serve_{i}')}/health", health_timeout=300.0)
+
+(tests/test_stack.py runs such a factory through the real supervisor).
 
 The Collector's and Jaeger's environment (collector/otelcol.yaml and collector/jaeger.yaml read
 their listen addresses from it) is built here and nowhere else: collector_env() and jaeger_env()
