@@ -22,17 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overhead import find_pipeline_bin, machine, start_collector, start_ernie_serve
+from overhead import find_pipeline_bin, machine, start_collector, start_ernie_serve, status_kib
 
 from ernie_otel.bench import BenchConfig, BenchResult, run_bench
 from ernie_otel.stack.procs import Running, free_port, stopping
-
-
-def status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
 
 
 async def sample_during(pid: int, cfg: BenchConfig, interval: float = 0.05) -> tuple[BenchResult, list[int]]:

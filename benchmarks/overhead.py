@@ -64,6 +64,14 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def status_kib(pid: int, key: str) -> int:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM, RssAnon, ...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
 def spawn_in(log_dir: Path, name: str, args: Sequence[str | os.PathLike[str]],
              env: Mapping[str, str] | None = None) -> Running:
     """spawn() with its log at <log_dir>/<name>.log."""

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overhead import BIN, CACHE, bench, machine, spawn_in, start_ernie_serve
+from overhead import BIN, CACHE, bench, machine, spawn_in, start_ernie_serve, status_kib
 
 from ernie_otel.bench import BenchConfig, BenchResult
 from ernie_otel.stack.procs import Running, free_port, stopping
@@ -51,13 +51,6 @@ def model_dir(size: str) -> Path:
         print(f"building the {size} random-weight model into {target} (once)", file=sys.stderr)
         subprocess.run([BIN / "ernie-otel", "tiny-model", "--size", size, str(target)], check=True)
     return target
-
-
-def vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: str = "cpu") -> Running:
@@ -135,7 +128,7 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
                 "ttft_p50_ms": statistics.median(r.ttft_ms.p50 or 0.0 for r in rs),
                 "tpot_p50_ms": statistics.median(r.tpot_ms.p50 or 0.0 for r in rs),
                 "latency_p50_ms": statistics.median(r.latency_ms.p50 or 0.0 for r in rs),
-                "rss_mib": vm_kib(pid, "VmRSS") / 1024, "peak_rss_mib": vm_kib(pid, "VmHWM") / 1024,
+                "rss_mib": status_kib(pid, "VmRSS") / 1024, "peak_rss_mib": status_kib(pid, "VmHWM") / 1024,
             })
     return rows
 

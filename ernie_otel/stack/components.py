@@ -17,7 +17,8 @@ of ernie-serve::
 
 The Collector's and Jaeger's environment (collector/otelcol.yaml and collector/jaeger.yaml read
 their listen addresses from it) is built here and nowhere else: collector_env() and jaeger_env()
-take a port map, so the stack (default ports), the tests and the benchmarks (free ports) share them.
+take a port map, so the stack (default ports), the tests and the benchmarks (free ports) share them;
+likewise each component's command line (collector_command(), prometheus_command(), ...).
 """
 
 from __future__ import annotations
@@ -205,23 +206,29 @@ def _required(binary: str | None, name: str, package: str) -> str:
 
 
 # -------------------------------------------------------------------------- command builders
-def _alertmanager(ctx: StackContext) -> list[str]:
-    return [_required(find_alertmanager(), "alertmanager", "prometheus-alertmanager"),
-            f"--config.file={render.alertmanager_config(ctx.state_dir, ctx.addr)}",
-            f"--storage.path={ctx.state_dir / 'alertmanager'}",
-            f"--web.listen-address={ctx.addr('alertmanager')}",
+def alertmanager_command(binary: str, config: Path, storage: Path, addr: str) -> list[str]:
+    return [binary, f"--config.file={config}", f"--storage.path={storage}", f"--web.listen-address={addr}",
             # A single local instance: no gossip port (9094) to bind or clash on.
             "--cluster.listen-address="]
 
 
-def _prometheus(ctx: StackContext) -> list[str]:
-    return [_required(shutil.which("prometheus"), "prometheus", "prometheus"),
-            f"--config.file={render.prometheus_config(ctx.state_dir, ctx.addr)}",
-            f"--storage.tsdb.path={ctx.state_dir / 'prometheus'}",
-            f"--web.listen-address={ctx.addr('prometheus')}",
+def prometheus_command(binary: str, config: Path, storage: Path, addr: str) -> list[str]:
+    return [binary, f"--config.file={config}", f"--storage.tsdb.path={storage}", f"--web.listen-address={addr}",
             "--web.enable-lifecycle",
             # Histogram buckets -> trace ids, scraped from the Collector's OpenMetrics endpoint.
             "--enable-feature=exemplar-storage"]
+
+
+def _alertmanager(ctx: StackContext) -> list[str]:
+    return alertmanager_command(_required(find_alertmanager(), "alertmanager", "prometheus-alertmanager"),
+                                render.alertmanager_config(ctx.state_dir, ctx.addr), ctx.state_dir / "alertmanager",
+                                ctx.addr("alertmanager"))
+
+
+def _prometheus(ctx: StackContext) -> list[str]:
+    return prometheus_command(_required(shutil.which("prometheus"), "prometheus", "prometheus"),
+                              render.prometheus_config(ctx.state_dir, ctx.addr), ctx.state_dir / "prometheus",
+                              ctx.addr("prometheus"))
 
 
 def _ernie_serve(ctx: StackContext) -> list[str]:
