@@ -26,12 +26,25 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import httpx
 
+from .config import (
+    Config,
+    ConfigError,
+    above,
+    at_least,
+    http_url,
+    load_or_exit,
+    option,
+    parser_for,
+    to_float,
+    to_int,
+    to_json_object,
+)
 from .ports import DEFAULT_PORTS, HOST
 from .protocol import sse_lines
 
@@ -47,29 +60,48 @@ RESERVOIR_SIZE = 10_000
 MAX_ERROR_KINDS = 64  # error keys come partly from the server: cap them like any label set
 
 
-@dataclass
-class BenchConfig:
-    url: str = f"http://{HOST}:{DEFAULT_PORTS['serve']}"
-    model: str | None = None  # None: the first id from GET /v1/models
-    endpoint: str = "chat"  # "chat" | "completions"
-    requests: int | None = 64  # None together with duration=None: run until stopped/cancelled
-    duration: float | None = None  # seconds; None or 0: no time limit
-    concurrency: int | None = 8  # in-flight cap; None with rate: unbounded
-    rate: float | None = None  # requests/s with Poisson arrivals; None: closed loop at `concurrency`
-    prompt_tokens: int = 32  # approximate: the prompt has this many words
-    max_tokens: int = 32
-    stream: bool = True
-    ignore_eos: bool = False
-    include_usage: bool = True  # ask for usage in the stream (stream_options.include_usage)
-    temperature: float | None = None
-    api_key: str | None = None
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 600.0
-    seed: int = 0
+@dataclass(frozen=True)
+class BenchConfig(Config):
+    url: str = option(f"http://{HOST}:{DEFAULT_PORTS['serve']}", flag="--url", check=http_url,
+                      help="server base URL")
+    model: str | None = option(None, flag="--model",
+                               help="model name in requests (default: first id of GET /v1/models)")
+    endpoint: str = option("chat", flag="--endpoint", choices=("chat", "completions"), help="API to load")
+    # None together with duration=None: run until stopped/cancelled. On the command line, --duration
+    # alone means no request limit.
+    requests: int | None = option(64, flag="--requests", convert=to_int, check=at_least(1),
+                                  help="number of requests; with --duration alone: no limit")
+    duration: float | None = option(None, flag="--duration", convert=to_float, check=at_least(0),
+                                    help="seconds to send for; 0: until Ctrl-C")
+    # In-flight cap; None with rate: unbounded (the command line's default with --rate).
+    concurrency: int | None = option(8, flag="--concurrency", convert=to_int, check=at_least(1),
+                                     help="requests in flight; with --rate: a cap, none unless given")
+    rate: float | None = option(None, flag="--rate", convert=to_float, check=above(0),
+                                help="requests/s with Poisson arrivals (open loop)")
+    prompt_tokens: int = option(32, flag="--prompt-tokens", convert=to_int, check=at_least(1),
+                                help="approximate prompt length, in words (tokens per word depend on the tokenizer)")
+    max_tokens: int = option(32, flag="--max-tokens", convert=to_int, check=at_least(1), help="output limit")
+    stream: bool = option(True, flag="--stream", kind="toggle", help="streamed responses")
+    include_usage: bool = option(True, flag="--include-usage", kind="toggle",
+                                 help="ask for usage in streams (stream_options.include_usage)")
+    ignore_eos: bool = option(False, flag="--ignore-eos", kind="switch",
+                              help="send ignore_eos: true (vLLM-style extension)")
+    temperature: float | None = option(None, flag="--temperature", convert=to_float, check=at_least(0),
+                                       help="sampling temperature (default: the server's)")
+    extra_body: Mapping[str, Any] = option(flag="--extra-body", convert=to_json_object, factory=dict,
+                                           help="JSON object merged into every request body")
+    api_key: str | None = option(None, flag="--api-key", help="bearer token")
+    timeout: float = option(600.0, flag="--timeout", convert=to_float, check=above(0),
+                            help="per-request timeout in seconds")
+    seed: int = option(0, flag="--seed", convert=to_int, help="seed for Poisson arrivals and sampling reservoirs")
     # Prompts are numbered from this offset; None: a random one per run, so that a run never
     # repeats an earlier run's prompts (a server with a prefix cache would serve those from it).
     prompt_offset: int | None = None
     reservoir_size: int = RESERVOIR_SIZE
+
+    def check(self) -> None:
+        if self.rate is None and not self.concurrency:
+            raise ConfigError(f"give {self.label('concurrency')} (closed loop) or {self.label('rate')} (open loop)")
 
     @property
     def unbounded(self) -> bool:
@@ -204,12 +236,6 @@ class Bench:
     ``snapshot()`` reads the figures so far from any coroutine."""
 
     def __init__(self, cfg: BenchConfig, *, progress: Callable[[Bench], None] | None = None) -> None:
-        if cfg.endpoint not in ("chat", "completions"):
-            raise ValueError(f"endpoint must be 'chat' or 'completions', not {cfg.endpoint!r}")
-        if cfg.rate is None and not cfg.concurrency:
-            raise ValueError("give a concurrency (closed loop) or a rate (open loop)")
-        if cfg.rate is not None and cfg.rate <= 0:
-            raise ValueError("rate must be positive")
         self.cfg = cfg
         self.model = cfg.model or ""
         self._progress = progress
@@ -555,46 +581,21 @@ class ProgressLine:
 
 # ---------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ernie-otel bench", description="OpenAI-compatible load generator.")
-    p.add_argument("--url", default=BenchConfig.url, help="server base URL (default: %(default)s)")
-    p.add_argument("--model", default=None, help="model name in requests (default: first id of GET /v1/models)")
-    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
-    p.add_argument("--requests", type=int, default=None, help="number of requests (default 64 without --duration)")
-    p.add_argument("--duration", type=float, default=None, help="seconds to send for; 0: until Ctrl-C")
-    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 8; with --rate: cap)")
-    p.add_argument("--rate", type=float, default=None, help="requests/s with Poisson arrivals (open loop)")
-    p.add_argument("--prompt-tokens", type=int, default=32,
-                   help="approximate prompt length, in words (tokens per word depend on the tokenizer)")
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--include-usage", action=argparse.BooleanOptionalAction, default=True,
-                   help="ask for usage in streams (stream_options.include_usage)")
-    p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos: true (vLLM-style extension)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--extra-body", default=None, help="JSON object merged into every request body")
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
-    p.add_argument("--seed", type=int, default=0, help="seed for Poisson arrivals and sampling reservoirs")
+    p = parser_for(BenchConfig, prog="ernie-otel bench", description="OpenAI-compatible load generator.")
     p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON to this path")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", default=False, help="no progress line")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    requests = args.requests
-    if requests is None and args.duration is None:
-        requests = 64
-    extra = json.loads(args.extra_body) if args.extra_body else {}
-    if not isinstance(extra, dict):
-        raise ValueError("--extra-body must be a JSON object")
-    concurrency = args.concurrency if args.concurrency is not None else (None if args.rate is not None else 8)
-    return BenchConfig(
-        url=args.url, model=args.model, endpoint=args.endpoint, requests=requests,
-        duration=args.duration or None, concurrency=concurrency, rate=args.rate, prompt_tokens=args.prompt_tokens,
-        max_tokens=args.max_tokens, stream=args.stream, ignore_eos=args.ignore_eos,
-        include_usage=args.include_usage, temperature=args.temperature, api_key=args.api_key, extra_body=extra,
-        timeout=args.timeout, seed=args.seed,
-    )
+def _command_line_defaults(given: dict[str, Any]) -> None:
+    """What leaving out a flag means next to another: --duration alone sets no request limit,
+    --rate alone no concurrency cap; --duration 0 is no time limit."""
+    if "duration" in given and "requests" not in given:
+        given["requests"] = None
+    if given.get("duration") == 0:
+        given["duration"] = None
+    if "rate" in given and "concurrency" not in given:
+        given["concurrency"] = None
 
 
 async def _cli(cfg: BenchConfig, quiet: bool) -> BenchResult:
@@ -607,16 +608,7 @@ async def _cli(cfg: BenchConfig, quiet: bool) -> BenchResult:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    for name, value in (("--requests", cfg.requests), ("--concurrency", cfg.concurrency),
-                        ("--max-tokens", cfg.max_tokens)):
-        if value is not None and value < 1:
-            parser.error(f"{name} must be at least 1")
+    cfg, args = load_or_exit(build_parser(), BenchConfig, argv, {}, adjust=_command_line_defaults)
     try:
         result = asyncio.run(_cli(cfg, args.quiet))
     except (httpx.HTTPError, OSError, RuntimeError, ValueError) as exc:
