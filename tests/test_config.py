@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -273,3 +274,35 @@ def test_public_surface() -> None:
         print(sorted({m.split(".")[0] for m in sys.modules} & {"opentelemetry", "torch", "transformers"}))
     """)
     assert out.strip() == "[]", "importing the package alone loads nothing heavy"
+
+
+def test_zero_code_configurator_builds_from_settings_without_environment_defaults() -> None:
+    """opentelemetry-instrument: OTLP to the exporters' default (localhost:4317), service.name,
+    5 s export and the Prometheus reader, all handed over explicitly; the environment gains only
+    the semantic-convention opt-in that instrumentation libraries read from nowhere else."""
+    code = textwrap.dedent("""
+        import json, os
+        from opentelemetry import metrics, trace
+        readers = metrics.get_meter_provider()._metric_readers
+        tracer = trace.get_tracer_provider()
+        print(json.dumps({
+            "env": sorted(k for k in os.environ if k.startswith("OTEL_")),
+            "readers": sorted(type(r).__name__ for r in readers),
+            "interval": [r._export_interval_millis for r in readers if hasattr(r, "_export_interval_millis")],
+            "service": tracer.resource.attributes["service.name"],
+            "sampler": tracer.sampler.get_description(),
+        }))
+    """)
+    env = {k: v for k, v in SUBPROCESS_ENV.items() if not k.startswith("OTEL_")}
+    env.update({"OTEL_PYTHON_DISTRO": "ernie_otel", "OTEL_PYTHON_CONFIGURATOR": "ernie_otel",
+                "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"})
+    bin_dir = Path(sys.executable).parent
+    p = subprocess.run([str(bin_dir / "opentelemetry-instrument"), sys.executable, "-c", code], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["env"] == ["OTEL_PYTHON_CONFIGURATOR", "OTEL_PYTHON_DISTRO", "OTEL_SEMCONV_STABILITY_OPT_IN",
+                          "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"]
+    assert got["readers"] == ["ErniePrometheusReader", "PeriodicExportingMetricReader"]
+    assert got["interval"] == [5000]
+    assert got["service"] == "ernie-serve" and got["sampler"] == "TraceIdRatioBased{0.1}"

@@ -31,18 +31,20 @@ SELF_INSTRUMENTED = frozenset({"fastapi"})
 AUTO_VERSION_ATTRIBUTE = "telemetry.auto.version"
 
 
-def _settings() -> TelemetrySettings | None:
+def _settings(report: bool) -> TelemetrySettings | None:
     try:
         return TelemetrySettings.from_env()
     except ConfigError as exc:
-        # ernie-serve's main reads the same settings and exits 2 with this message.
-        log.error("ernie_otel: telemetry not configured: %s", exc)
+        # ernie-serve's main reads the same settings and exits 2 with this message; the
+        # configurator says it too, for programs other than ernie-serve.
+        if report:
+            log.error("ernie_otel: telemetry not configured: %s", exc)
         return None
 
 
 class ErnieDistro(BaseDistro):  # type: ignore[misc]
     def _configure(self, **kwargs: Any) -> None:
-        settings = _settings()
+        settings = _settings(report=False)
         if settings is not None:
             publish_semconv_opt_in(settings)  # before any instrumentation library reads it
 
@@ -56,7 +58,7 @@ class ErnieConfigurator:
     """Builds the SDK for ``opentelemetry-instrument`` (entry point group opentelemetry_configurator)."""
 
     def configure(self, **kwargs: Any) -> None:
-        settings = _settings()
+        settings = _settings(report=True)
         if settings is None or settings.sdk_disabled:
             return
         from .setup import build_sdk
