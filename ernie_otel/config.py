@@ -287,3 +287,23 @@ def exit_bad_config(prog: str, exc: ConfigError) -> NoReturn:
     """For a config parsed outside argparse (the environment only): one line, exit status 2."""
     print(f"{prog}: error: {exc}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def markdown_table(cls: type[Config]) -> str:
+    """The reference table of a config class (docs/configuration.md is built from these)."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for f in fields(cls):
+        opt = option_of(f)
+        if opt is None:
+            continue
+        default = default_of(f)
+        if opt.kind != "value":
+            shown = "on" if default else "off"
+        elif isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        else:
+            shown = "" if default is None or default == {} else f"`{default}`"
+        choices = f" ({', '.join(opt.choices)})" if opt.choices else ""
+        rows.append(f"| {f'`{opt.flag}`' if opt.flag else ''} | {f'`{opt.env}`' if opt.env else ''} | {shown} "
+                    f"| {opt.help}{choices} |".replace("  ", " "))
+    return "\n".join(rows) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -306,3 +307,12 @@ def test_zero_code_configurator_builds_from_settings_without_environment_default
     assert got["readers"] == ["ErniePrometheusReader", "PeriodicExportingMetricReader"]
     assert got["interval"] == [5000]
     assert got["service"] == "ernie-serve" and got["sampler"] == "TraceIdRatioBased{0.1}"
+
+
+def test_configuration_reference_is_current() -> None:
+    spec = importlib.util.spec_from_file_location("config_reference", REPO / "scripts" / "config_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (REPO / "docs" / "configuration.md").read_text() == module.render(), (
+        "regenerate: python scripts/config_reference.py > docs/configuration.md")
