@@ -316,3 +316,16 @@ def test_configuration_reference_is_current() -> None:
     spec.loader.exec_module(module)
     assert (REPO / "docs" / "configuration.md").read_text() == module.render(), (
         "regenerate: python scripts/config_reference.py > docs/configuration.md")
+
+
+def test_an_exporter_that_is_not_installed_fails_before_anything_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import metrics
+
+    from ernie_otel.telemetry.setup import build_sdk
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http", None)  # import fails
+    settings = TelemetrySettings.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    provider = metrics.get_meter_provider()
+    with pytest.raises(ConfigError, match=r"^OTEL_EXPORTER_OTLP_PROTOCOL: .*opentelemetry-exporter-otlp-proto-http"):
+        build_sdk(settings, prometheus=False, otlp=True)
+    assert metrics.get_meter_provider() is provider  # no global was set

@@ -26,7 +26,9 @@ from .prometheus import ErniePrometheusReader, find_reader
 from .settings import OTLP_EXPORTERS, TelemetrySettings
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler
 
@@ -128,7 +130,8 @@ def _exporter_names(chosen: tuple[str, ...] | None, otlp: bool, endpoint: str | 
 
 
 def build_sdk(settings: TelemetrySettings, *, prometheus: bool, otlp: bool, otlp_endpoint: str | None = None,
-              resource_attributes: dict[str, str] | None = None) -> tuple[Any, Any, ErniePrometheusReader | None]:
+              resource_attributes: dict[str, str] | None = None,
+              ) -> tuple[SdkMeterProvider, SdkTracerProvider, ErniePrometheusReader | None]:
     """Build SDK meter and tracer providers from ``settings`` and make them the global ones.
 
     ``otlp``: export over OTLP when the settings name no exporters (the zero-code default).
@@ -140,16 +143,20 @@ def build_sdk(settings: TelemetrySettings, *, prometheus: bool, otlp: bool, otlp
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    metric_exporters = _exporter_names(settings.metrics_exporter, otlp, otlp_endpoint)
+    span_exporters = _exporter_names(settings.traces_exporter, otlp, otlp_endpoint)
+    for name in (*metric_exporters, *span_exporters):
+        _use_http(name, settings)  # a missing optional exporter fails before anything is built
     # Resource.create merges OTEL_RESOURCE_ATTRIBUTES; service.name was resolved by the settings.
     resource = Resource.create({**(resource_attributes or {}), "service.name": settings.service_name})
     # Only when --metrics-port serves it: every histogram record is aggregated once per reader.
     reader = ErniePrometheusReader() if prometheus else None
     readers: list[MetricReader] = [reader] if reader is not None else []
-    for name in _exporter_names(settings.metrics_exporter, otlp, otlp_endpoint):
+    for name in metric_exporters:
         readers.append(PeriodicExportingMetricReader(_metric_exporter(name, settings, otlp_endpoint),
                                                      export_interval_millis=settings.metric_export_interval_ms))
     tracer = SdkTracerProvider(resource=resource, sampler=build_sampler(settings))
-    for name in _exporter_names(settings.traces_exporter, otlp, otlp_endpoint):
+    for name in span_exporters:
         tracer.add_span_processor(BatchSpanProcessor(_span_exporter(name, settings, otlp_endpoint)))
     meter = SdkMeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter)
