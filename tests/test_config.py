@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 import ernie_otel
-from ernie_otel import bench, serve
+from ernie_otel import serve
 from ernie_otel.bench import BenchConfig
+from ernie_otel.bench import cli as bench_cli
 from ernie_otel.config import Config, ConfigError, load_or_exit, option_of
 from ernie_otel.serve import ServeConfig
 from ernie_otel.telemetry.settings import TelemetrySettings
@@ -44,7 +45,7 @@ BENCH_DEFAULTS: dict[str, Any] = {
 }
 PROGRAMS: dict[str, tuple[type[Config], Callable[[], argparse.ArgumentParser], dict[str, Any]]] = {
     "ernie-serve": (ServeConfig, serve.build_parser, SERVE_DEFAULTS),
-    "ernie-otel bench": (BenchConfig, bench.build_parser, BENCH_DEFAULTS),
+    "ernie-otel bench": (BenchConfig, bench_cli.build_parser, BENCH_DEFAULTS),
 }
 
 
@@ -113,7 +114,7 @@ def test_help_shows_the_dataclass_defaults(program: str) -> None:
 ])
 def test_a_bad_flag_exits_2_with_one_line_naming_it(program: str, argv: list[str], named: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    main = serve.main if program == "ernie-serve" else bench.main
+    main = serve.main if program == "ernie-serve" else bench_cli.main
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
@@ -192,7 +193,7 @@ def test_flag_beats_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -
 
 def test_bench_command_line_keeps_its_contextual_defaults() -> None:
     def parse(*argv: str) -> BenchConfig:
-        return load_or_exit(bench.build_parser(), BenchConfig, argv, {}, adjust=bench._command_line_defaults)[0]
+        return load_or_exit(bench_cli.build_parser(), BenchConfig, argv, {}, adjust=bench_cli._command_line_defaults)[0]
 
     assert (parse().requests, parse().concurrency) == (64, 8)
     assert parse("--duration", "30").requests is None  # --duration alone: no request limit
