@@ -21,6 +21,7 @@ from ernie_otel import serve
 from ernie_otel.bench import BenchConfig
 from ernie_otel.bench import cli as bench_cli
 from ernie_otel.config import Config, ConfigError, load_or_exit, option_of
+from ernie_otel.ports import DEFAULT_PORTS, HOST
 from ernie_otel.serve import ServeConfig
 from ernie_otel.telemetry.settings import TelemetrySettings
 
@@ -31,17 +32,18 @@ SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 # The command lines as they were before the parsers were derived from the configs: every flag
 # keeps its name and its default.
 SERVE_DEFAULTS: dict[str, Any] = {
-    "--model": "baidu/ERNIE-4.5-0.3B-PT", "--served-model-name": None, "--host": "127.0.0.1", "--port": 8180,
-    "--metrics-port": 8181, "--max-model-len": 2048, "--max-num-seqs": 8, "--max-queue-len": 64,
-    "--device": "auto", "--dtype": "auto", "--torch-threads": 0, "--api-key": None, "--default-max-tokens": 256,
-    "--max-request-bytes": 1 << 20, "--otlp-endpoint": None, "--upstream": None, "--upstream-timeout": 120.0,
-    "--upstream-api-key": None, "--access-log": False, "--log-level": "info",
+    "--model": "baidu/ERNIE-4.5-0.3B-PT", "--served-model-name": None, "--host": HOST,
+    "--port": DEFAULT_PORTS["serve"], "--metrics-port": DEFAULT_PORTS["serve_metrics"], "--max-model-len": 2048,
+    "--max-num-seqs": 8, "--max-queue-len": 64, "--device": "auto", "--dtype": "auto", "--torch-threads": 0,
+    "--api-key": None, "--default-max-tokens": 256, "--max-request-bytes": 1 << 20, "--otlp-endpoint": None,
+    "--upstream": None, "--upstream-timeout": 120.0, "--upstream-api-key": None, "--access-log": False,
+    "--log-level": "info",
 }
 BENCH_DEFAULTS: dict[str, Any] = {
-    "--url": "http://127.0.0.1:8180", "--model": None, "--endpoint": "chat", "--requests": 64, "--duration": None,
-    "--concurrency": 8, "--rate": None, "--prompt-tokens": 32, "--max-tokens": 32, "--stream": True,
-    "--include-usage": True, "--ignore-eos": False, "--temperature": None, "--extra-body": {}, "--api-key": None,
-    "--timeout": 600.0, "--seed": 0,
+    "--url": f"http://{HOST}:{DEFAULT_PORTS['serve']}", "--model": None, "--endpoint": "chat", "--requests": 64,
+    "--duration": None, "--concurrency": 8, "--rate": None, "--prompt-tokens": 32, "--max-tokens": 32,
+    "--stream": True, "--include-usage": True, "--ignore-eos": False, "--temperature": None, "--extra-body": {},
+    "--api-key": None, "--timeout": 600.0, "--seed": 0,
 }
 PROGRAMS: dict[str, tuple[type[Config], Callable[[], argparse.ArgumentParser], dict[str, Any]]] = {
     "ernie-serve": (ServeConfig, serve.build_parser, SERVE_DEFAULTS),
@@ -108,7 +110,7 @@ def test_help_shows_the_dataclass_defaults(program: str) -> None:
     ("ernie-otel bench", ["--endpoint", "embeddings"], "--endpoint"),
     ("ernie-otel bench", ["--extra-body", "[1, 2]"], "--extra-body"),
     ("ernie-otel bench", ["--extra-body", "{nope"], "--extra-body"),
-    ("ernie-otel bench", ["--url", "127.0.0.1:8180"], "--url"),
+    ("ernie-otel bench", ["--url", "localhost"], "--url"),
     ("ernie-otel bench", ["--timeout", "0"], "--timeout"),
     ("ernie-otel bench", ["--temperature", "-1"], "--temperature"),
 ])
@@ -188,7 +190,7 @@ def test_flag_beats_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -
     assert (from_env.host, from_env.api_key) == ("127.0.0.2", "from-env")
     from_flag, _ = load_or_exit(parser, ServeConfig, ["--host", "127.0.0.3"], env)
     assert from_flag.host == "127.0.0.3"
-    assert load_or_exit(parser, ServeConfig, [], {"ERNIE_SERVE_HOST": ""})[0].host == "127.0.0.1"  # empty: unset
+    assert load_or_exit(parser, ServeConfig, [], {"ERNIE_SERVE_HOST": ""})[0].host == HOST  # empty: unset
 
 
 def test_bench_command_line_keeps_its_contextual_defaults() -> None:
