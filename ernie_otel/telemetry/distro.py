@@ -1,7 +1,7 @@
 """The ``opentelemetry-instrument`` distro and configurator of ernie-otel.
 
 With no ``OTEL_*`` variable set, ``opentelemetry-instrument ernie-serve`` exports metrics and
-spans over OTLP/gRPC to the exporters' default endpoint, localhost:4317, with
+spans over OTLP/gRPC to the exporters' default endpoint (the local Collector's OTLP/gRPC port), with
 ``service.name=ernie-serve``, and the configurator adds the ``ernie_prometheus`` reader so
 ``--metrics-port`` keeps serving Prometheus. The configurator builds that SDK with the same
 :func:`~.setup.build_sdk` as standalone ``ernie-serve``, from the same settings object; it hands
