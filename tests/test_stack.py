@@ -7,6 +7,7 @@ start order, health URL, port checks, records, status, down.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,3 +89,13 @@ def test_collector_and_jaeger_env_come_from_the_port_map() -> None:
     listened = {value.rsplit(":", 1)[-1] for value in (*otel.values(), *jaeger.values())}
     owned = {str(ports[key]) for comp in COMPONENTS if comp.name in ("collector", "jaeger") for key in comp.ports}
     assert owned <= listened, owned - listened
+
+
+def test_the_stack_package_is_stdlib_only() -> None:
+    """The supervisor and the webhook sink run before (and beside) everything else: importing them
+    must not pull in OpenTelemetry, torch or a web framework."""
+    code = ("import sys, ernie_otel.stack, ernie_otel.stack.webhook_sink, ernie_otel.stack.bad_requests; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'opentelemetry', 'torch', 'transformers', 'fastapi', 'yaml', 'httpx'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
