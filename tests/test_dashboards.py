@@ -14,16 +14,11 @@ import itertools
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
-
-from ernie_otel import names
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboard_queries import (
     COLLECTOR_ONLY_PANELS,
     DASHBOARD_PATH,
@@ -38,6 +33,8 @@ from dashboard_queries import (
     load_generator,
     substitute,
 )
+
+from ernie_otel import names
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 DATASOURCES_YML = DASHBOARDS_DIR / "provisioning" / "datasources" / "ernie.yml"
