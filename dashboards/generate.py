@@ -552,8 +552,10 @@ _CONSOLE_CSS = """
 .ernie-row { clear: both; padding-top: 0.6em; border-top: 1px solid #ddd; }
 .ernie-panel { display: inline-block; vertical-align: top; width: 48%; min-width: 28em; margin: 0 1% 1.2em 0; }
 .ernie-panel h4 { font-size: 1.05em; margin: 0.4em 0 0.1em; }
-.ernie-panel .ernie-desc { font-size: 0.8em; color: #666; margin: 0 0 0.3em; max-height: 3.6em; overflow: hidden; }
+.ernie-panel .ernie-desc { font-size: 0.8em; color: #666; margin: 0 0 0.3em; overflow: hidden;
+  display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; }
 .ernie-number { font-size: 1.6em; font-weight: 600; }
+.ernie-many .ernie-number { display: inline-block; font-size: 1.1em; margin-right: 1.2em; }
 .ernie-number small { font-size: 0.55em; font-weight: normal; color: #666; margin-right: 0.4em; }
 .ernie-absent { color: #666; font-style: italic; padding: 1em 0; }
 .ernie-error { color: #b00; }
@@ -675,6 +677,7 @@ _CONSOLE_JS = r"""
         });
       });
       if (!shown) { body.appendChild(text('div', 'prom_graph_error', 'No data')); setState(el, 'empty'); return; }
+      if (shown > 2) { body.className = 'ernie-many'; }
       setState(el, 'number');
     });
   }
