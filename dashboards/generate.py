@@ -687,7 +687,8 @@ _CONSOLE_JS = r"""
     var graph = new PromConsole.Graph({
       node: body,
       expr: panel.targets.map(function (t) { return fill(t.expr); }),
-      name: panel.targets.map(function (t) { return t.legend || t.ref; }),
+      // Our own interpolation: the library's drops whatever follows the last [[label]].
+      name: panel.targets.map(function (t) { return function (metric) { return legendOf(t, metric); }; }),
       yAxisFormatter: f[0],
       yHoverFormatter: f[0],
       yUnits: f[1],

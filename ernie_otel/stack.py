@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import consoles, jaeger_ui
+from .names import SERVICE_NAME
 from .ports import DEFAULT_PORTS, PORT_PURPOSE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -410,6 +412,10 @@ class Stack:
                 "JAEGER_HEALTH_ENDPOINT": addr("jaeger_health"),
                 "JAEGER_METRICS_HOST": "127.0.0.1",
                 "JAEGER_METRICS_PORT": str(p["jaeger_metrics"]),
+                # The real UI where scripts/setup.sh installed it (else Jaeger's placeholder page), and
+                # the Prometheus its Monitor tab reads span metrics from.
+                "JAEGER_UI_ASSETS": str(jaeger_ui.installed_assets() or ""),
+                "JAEGER_PROMETHEUS_URL": url("prometheus"),
             }
             return Component(name, [str(self._bin() / "jaeger"), "--config", str(JAEGER_CONFIG)], env,
                              f"{url('jaeger_query')}/api/services", COMPONENT_PORTS[name])
@@ -448,7 +454,9 @@ class Stack:
                     f"--web.listen-address={addr('prometheus')}",
                     "--web.enable-lifecycle",
                     # Histogram buckets -> trace ids, scraped from the Collector's OpenMetrics endpoint.
-                    "--enable-feature=exemplar-storage"]
+                    "--enable-feature=exemplar-storage",
+                    # The ERNIE console dashboard at /consoles/ernie.html.
+                    *self._console_flags()]
             return Component(name, argv, {}, f"{url('prometheus')}/-/ready", COMPONENT_PORTS[name],
                              HEALTH_TIMEOUT_S["prometheus"])
         if name == "ernie_serve":
@@ -674,16 +682,30 @@ class Stack:
                          "detail": detail, "log": rec.log}
         return out
 
+    def _console_flags(self) -> list[str]:
+        try:
+            return consoles.prometheus_flags()
+        except consoles.ConsoleLibrariesNotFoundError as exc:
+            raise StackError(str(exc)) from None
+
     def print_urls(self) -> None:
         u = self.urls
+        jaeger = u["jaeger"]
+        ui = (f"{jaeger}/search?service={SERVICE_NAME}" if jaeger_ui.installed_assets()
+              else f"{jaeger}/api/services (no UI: {jaeger_ui.HOW_TO_GET})")
+        # The console page links to Jaeger on its default port unless told otherwise.
+        links_to = None if self.ports["jaeger_query"] == DEFAULT_PORTS["jaeger_query"] else jaeger
         lines = [
+            "open in a browser:",
+            f"  ERNIE dashboard           {consoles.dashboard_url(u['prometheus'], links_to)}",
+            f"  Jaeger UI (traces)        {ui}",
+            f"  Jaeger Monitor (RED)      {jaeger}/monitor",
+            f"  Prometheus                {u['prometheus']}/alerts",
+            f"  Alertmanager              {u['alertmanager']}",
             f"ernie-serve (OpenAI API)    {u['ernie_serve']}   model {self.served_model_name}",
             f"ernie-serve metrics         {u['ernie_serve_metrics']}",
             f"Collector OTLP gRPC / HTTP  {self._addr('otlp_grpc')} / {self._addr('otlp_http')}",
             f"Collector Prometheus        {u['collector_metrics']}",
-            f"Jaeger (API, UI stub)       {u['jaeger']}/api/services, {u['jaeger']}/api/traces/<trace id>",
-            f"Prometheus                  {u['prometheus']}",
-            f"Alertmanager                {u['alertmanager']}",
             f"alert notifications         {self.alerts_file}",
             f"logs                        {self.log_dir}/<component>.log",
             f"stop                        ernie-otel stack down --state-dir {self.state_dir}",
