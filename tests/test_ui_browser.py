@@ -350,6 +350,8 @@ def test_monitor_tab_shows_ernie_serve_in_the_right_unit(
     # metrics holding Jaeger's p95 overlap (both are interpolated inside their own buckets).
     ours_bucket = _bucket(ours, list(names.LATENCY.buckets))
     spm_bucket = _bucket(jaeger_p95, _spm_buckets_s())
+    print(f"p95 of {CHAT_SERVER_SPAN}: Monitor {jaeger_p95 * 1000:.1f} ms (bucket {spm_bucket}), "
+          f"ours {ours * 1000:.1f} ms (bucket {ours_bucket})")
     assert spm_bucket[0] < ours_bucket[1] and ours_bucket[0] < spm_bucket[1], (
         f"Monitor p95 {jaeger_p95:.4f}s in {spm_bucket}, ours {ours:.4f}s in {ours_bucket}")
 
@@ -366,6 +368,7 @@ def test_monitor_tab_shows_ernie_serve_in_the_right_unit(
     m = re.fullmatch(r"([\d.]+)\s*(μs|ms|s)", latency)
     assert m, cells
     shown_s = float(m.group(1)) * {"μs": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+    print(f"Monitor tab row: p95 {latency}, {rate}")
     # The table shows the p95 averaged over its range; the unit is right when it is near ours
     # (the bug this guards against is a factor of 1000).
     assert ours / 5 < shown_s < ours * 5, (cells, ours)
@@ -442,6 +445,7 @@ def test_console_dashboard_under_load(e2e_stack: E2EStack, traffic: dict[str, An
     assert len(links) >= 5 and all(link.startswith(f"{e.jaeger}/search?service={names.SERVICE_NAME}")
                                    for link in links), links
     assert any("minDuration=" in link for link in links), links
+    print(f"console dashboard: {len(states)} panels drawn in {load_s:.2f}s")
     assert load_s < DASHBOARD_LOAD_S, f"dashboard took {load_s:.2f}s to draw every panel"
     browser.screenshot("console-dashboard", height=2000)
     # Debian's prometheus package leaves out two files its own console library loads
