@@ -452,3 +452,22 @@ def test_console_dashboard_under_load(e2e_stack: E2EStack, traffic: dict[str, An
     # (rickshaw's d3.layout.min.js, popper.js): those errors are the package's, not the page's.
     assert browser.console_errors(ignore=("/classic/static/vendor/rickshaw/vendor/d3.layout.min.js",
                                           "/classic/static/popper.js", "/favicon.ico")) == []
+
+
+def test_stack_prints_the_urls_to_open(tmp_path: Path) -> None:
+    """What `make demo` prints once healthy: the four viewers first, on this stack's own ports."""
+    from ernie_otel.stack import Stack
+
+    lines: list[str] = []
+    ports = {"jaeger_query": 40100, "prometheus": 40101, "alertmanager": 40102}
+    Stack(tmp_path, ports=ports, bin_dir=tmp_path, say=lines.append).print_urls()
+    text = "\n".join(lines)
+    head = text.split("ernie-serve (OpenAI API)")[0]
+    assert "http://127.0.0.1:40101/consoles/ernie.html?jaeger=http://127.0.0.1:40100" in head
+    assert "http://127.0.0.1:40100/monitor" in head and "http://127.0.0.1:40102" in head
+    assert "http://127.0.0.1:40101/alerts" in head
+    ui_line = next(line for line in lines if "Jaeger UI" in line)
+    if jaeger_ui.installed_assets():
+        assert ui_line.endswith(f"http://127.0.0.1:40100/search?service={names.SERVICE_NAME}")
+    else:
+        assert jaeger_ui.HOW_TO_GET in ui_line
