@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from .. import consoles, jaeger_ui
 from ..ports import DEFAULT_PORTS, HOST, PORT_PURPOSE
 from . import render
 from .procs import REPO_ROOT
@@ -131,7 +132,7 @@ def collector_env(ports: Mapping[str, int]) -> dict[str, str]:
 
 def jaeger_env(ports: Mapping[str, int]) -> dict[str, str]:
     """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys."""
-    return {
+    env = {
         "JAEGER_OTLP_GRPC_ENDPOINT": _addr(ports, "jaeger_otlp_grpc"),
         "JAEGER_OTLP_HTTP_ENDPOINT": _addr(ports, "jaeger_otlp_http"),
         "JAEGER_QUERY_HTTP_ENDPOINT": _addr(ports, "jaeger_query"),
@@ -139,7 +140,12 @@ def jaeger_env(ports: Mapping[str, int]) -> dict[str, str]:
         "JAEGER_HEALTH_ENDPOINT": _addr(ports, "jaeger_health"),
         "JAEGER_METRICS_HOST": HOST,
         "JAEGER_METRICS_PORT": str(ports["jaeger_metrics"]),
+        # The real UI where scripts/setup.sh installed it (else Jaeger's placeholder page).
+        "JAEGER_UI_ASSETS": str(jaeger_ui.installed_assets() or ""),
     }
+    if "prometheus" in ports:  # the Prometheus the Monitor tab reads span metrics from
+        env["JAEGER_PROMETHEUS_URL"] = f"http://{_addr(ports, 'prometheus')}"
+    return env
 
 
 def collector_command(bin_dir: Path) -> list[str]:
@@ -216,7 +222,16 @@ def prometheus_command(binary: str, config: Path, storage: Path, addr: str) -> l
     return [binary, f"--config.file={config}", f"--storage.tsdb.path={storage}", f"--web.listen-address={addr}",
             "--web.enable-lifecycle",
             # Histogram buckets -> trace ids, scraped from the Collector's OpenMetrics endpoint.
-            "--enable-feature=exemplar-storage"]
+            "--enable-feature=exemplar-storage",
+            # The ERNIE console dashboard at /consoles/ernie.html.
+            *_console_flags()]
+
+
+def _console_flags() -> list[str]:
+    try:
+        return consoles.prometheus_flags()
+    except consoles.ConsoleLibrariesNotFoundError as exc:
+        raise StackError(str(exc)) from None
 
 
 def _alertmanager(ctx: StackContext) -> list[str]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import consoles, jaeger_ui
 from ..ports import DEFAULT_PORTS, HOST
 from . import components as table
 from .components import Component
@@ -277,15 +278,25 @@ class Stack:
         return out
 
     def print_urls(self) -> None:
+        from ..names import SERVICE_NAME  # names imports OpenTelemetry: not at the supervisor's start
+
         u = self.urls
+        jaeger = u["jaeger"]
+        ui = (f"{jaeger}/search?service={SERVICE_NAME}" if jaeger_ui.installed_assets()
+              else f"{jaeger}/api/services (no UI: {jaeger_ui.HOW_TO_GET})")
+        # The console page links to Jaeger on its default port unless told otherwise.
+        links_to = None if self.ports["jaeger_query"] == DEFAULT_PORTS["jaeger_query"] else jaeger
         lines = [
+            "open in a browser:",
+            f"  ERNIE dashboard           {consoles.dashboard_url(u['prometheus'], links_to)}",
+            f"  Jaeger UI (traces)        {ui}",
+            f"  Jaeger Monitor (RED)      {jaeger}/monitor",
+            f"  Prometheus                {u['prometheus']}/alerts",
+            f"  Alertmanager              {u['alertmanager']}",
             f"ernie-serve (OpenAI API)    {u['ernie_serve']}   model {self.served_model_name}",
             f"ernie-serve metrics         {u['ernie_serve_metrics']}",
             f"Collector OTLP gRPC / HTTP  {self.addr('otlp_grpc')} / {self.addr('otlp_http')}",
             f"Collector Prometheus        {u['collector_metrics']}",
-            f"Jaeger (API, UI stub)       {u['jaeger']}/api/services, {u['jaeger']}/api/traces/<trace id>",
-            f"Prometheus                  {u['prometheus']}",
-            f"Alertmanager                {u['alertmanager']}",
             f"alert notifications         {self.alerts_file}",
             f"logs                        {self.log_dir}/<component>.log",
             f"stop                        ernie-otel stack down --state-dir {self.state_dir}",
