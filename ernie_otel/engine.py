@@ -2,8 +2,11 @@
 over a transformers ``Ernie4_5ForCausalLM``.
 
 One background thread owns the model. Each iteration it drops cancelled sequences, admits
-waiting ones up to ``max_num_seqs`` (prefilled together, left-padded), merges their KV cache into
-the running batch and runs one decode step for every running sequence. Finished sequences leave
+waiting ones up to ``max_num_seqs`` (prefilled together, left-padded), runs at most
+``max_num_batched_tokens`` of their prefill (chunked prefill: a long or crowded admission is spread
+over several iterations, so the running streams keep getting a token every iteration instead of
+stalling for the whole prefill), merges their KV cache into the running batch once their prompts
+are in, and runs one decode step for every running sequence. Finished sequences leave
 the batch at once, so a freed slot is reused on the next iteration. Results go back to asyncio
 through ``loop.call_soon_threadsafe``: one call per event loop per step, carrying every sequence's
 event (each call wakes the loop through its self-pipe: a system call and a thread switch, which
@@ -115,6 +118,18 @@ def deliver_all(out: list[tuple[Callable[[Event], None], Event]]) -> None:
             pass
 
 
+@dataclass(eq=False, slots=True)
+class _Prefill:
+    """An admitted group, left-padded to one width, whose prompt columns go in ``done`` at a time."""
+
+    batch: list[Sequence]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: Any
+    done: int = 0  # prompt columns already through the model
+
+
 class Engine:
     def __init__(
         self,
@@ -124,17 +139,21 @@ class Engine:
         max_num_seqs: int = 8,
         max_queue_len: int = 64,
         max_model_len: int = 2048,
+        max_num_batched_tokens: int = 0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.max_model_len = max_model_len
+        # Tokens per iteration, decodes included (vLLM's meaning); 0: a whole prefill at once.
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats(max_num_seqs=max_num_seqs, max_queue_len=max_queue_len)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
         self._cache: Any = None
+        self._admitting: _Prefill | None = None  # the admitted group whose prompts are going in
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="ernie-engine", daemon=True)
@@ -170,7 +189,8 @@ class Engine:
         with self._cond:
             if self._stop:
                 raise EngineStoppedError("engine is shutting down")
-            free_slots = self.stats.max_num_seqs - len(self._running) - len(self._waiting)
+            prefilling = len(self._admitting.batch) if self._admitting else 0
+            free_slots = self.stats.max_num_seqs - len(self._running) - prefilling - len(self._waiting)
             if len(self._waiting) >= self.stats.max_queue_len and free_slots <= 0:
                 raise QueueFullError
             seq.stats.queue_length_at_arrival = len(self._waiting)
@@ -192,16 +212,19 @@ class Engine:
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
-                while not self._stop and not self._waiting and not self._running:
+                while not self._stop and not self._waiting and not self._running and self._admitting is None:
                     self._cond.wait()
                 if self._stop:
                     break
-                admitted = self._admit_locked()
+                # One admitted group at a time: later arrivals join the next group.
+                admitted = self._admit_locked() if self._admitting is None else []
             try:
                 self._drop_cancelled()
                 if admitted:
-                    self._prefill(admitted)
+                    self._admitting = self._start_prefill(admitted)
                     admitted = []
+                if self._admitting is not None:
+                    self._prefill_chunk(self._admitting)
                 if self._running:
                     self._decode_step()
             except Exception as exc:  # the engine survives a failed step; its requests do not
@@ -209,7 +232,15 @@ class Engine:
                 message = f"engine error: {type(exc).__name__}: {exc}"
                 for seq in admitted:
                     self._finish(seq, FinishReason.ERROR.value, error=message)
+                if self._admitting is not None:
+                    for seq in self._admitting.batch:
+                        self._finish(seq, FinishReason.ERROR.value, error=message)
+                    self._admitting = None
                 self._fail_running(message)
+        if self._admitting is not None:
+            for seq in self._admitting.batch:
+                self._finish(seq, FinishReason.CANCELLED.value, error="server shutting down")
+            self._admitting = None
         self._fail_running("server shutting down")
         with self._cond:
             for seq in list(self._waiting):
@@ -229,6 +260,13 @@ class Engine:
         return admitted
 
     def _drop_cancelled(self) -> None:
+        group = self._admitting
+        if group is not None and any(s.cancelled for s in group.batch):
+            for s in group.batch:
+                if s.cancelled:
+                    self._finish(s, FinishReason.CANCELLED.value)  # its row leaves at the merge
+            if all(s.finished for s in group.batch):
+                self._admitting = None
         keep = [i for i, s in enumerate(self._running) if not s.cancelled]
         if len(keep) == len(self._running):
             return
@@ -244,7 +282,7 @@ class Engine:
         self._cache = None
         self.stats.running = 0
 
-    def _prefill(self, batch: list[Sequence]) -> None:
+    def _start_prefill(self, batch: list[Sequence]) -> _Prefill:
         from transformers import DynamicCache
 
         width = max(len(s.prompt_ids) for s in batch)
@@ -257,17 +295,35 @@ class Engine:
             s.pad = width - n
             s.computed = n
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        return _Prefill(batch, ids, mask, positions, DynamicCache(config=self.model.config))
+
+    def _prefill_chunk(self, group: _Prefill) -> None:
+        """Run the next columns of the group's prompts that fit the token budget; once the last
+        column is in, sample each row's first token and merge the rows into the running batch."""
+        width = group.ids.shape[1]
+        end = width
+        if self.max_num_batched_tokens > 0:
+            # Padded columns cost like real ones; the running decodes take their share first.
+            budget = max(self.max_num_batched_tokens - len(self._running), 0)
+            end = min(width, group.done + max(1, budget // len(group.batch)))
+        last = end == width
+        sl = slice(group.done, end)
         out = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
+            input_ids=group.ids[:, sl].to(self.device), attention_mask=group.mask[:, :end].to(self.device),
+            position_ids=group.positions[:, sl].to(self.device), cache=group.cache, use_cache=True,
+            logits_to_keep=1,
         )
+        group.done = end
+        if not last:
+            return
+        self._admitting = None
+        batch = group.batch
         tokens = self._sample(out.logits[:, -1, :], batch)
         now = time.perf_counter()
         for s in batch:
             s.stats.first_token = now
         self._emit(batch, tokens, now)  # marks sequences that finished on their first token
-        self._merge(batch, cache)  # the model filled the cache in place
+        self._merge(batch, group.cache)  # the model filled the cache in place
 
     def _decode_step(self) -> None:
         batch = self._running

@@ -25,6 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .engine import AsyncDeliverer, Engine, EngineStoppedError, Event, QueueFullError, SamplingParams, Sequence
 from .gateway import Gateway
 from .gateway import error_response as gateway_error_response
+from .model_loading import ModelUnavailableError as ModelUnavailableError  # moved; old imports work
+from .model_loading import load_model, resolve_model_path
 from .names import ErrorType, FinishReason, Operation, Status
 from .protocol import APIError, GenerationRequest, parse_chat, parse_completion, parse_json
 from .serve import ServeConfig
@@ -34,68 +36,6 @@ from .telemetry.recorder import Recorder, RequestTelemetry
 from .telemetry.setup import describe_telemetry
 
 log = logging.getLogger("ernie_otel.server")
-
-class ModelUnavailableError(Exception):
-    """Weights are not on this machine; the message says how to get them."""
-
-
-def resolve_model_path(model: str) -> Path:
-    if model == "tiny":
-        from .tiny_model import ensure_tiny_model
-
-        return ensure_tiny_model()
-    path = Path(model).expanduser()
-    if model.startswith(("/", ".", "~")) and not path.exists():
-        raise ModelUnavailableError(f"{model} does not exist (a local model directory was given). "
-                                    "`--model tiny` runs the built-in small random-weight ERNIE-4.5.")
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelUnavailableError(f"{path} is a directory but holds no config.json: not a model directory.")
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception:
-        raise ModelUnavailableError(
-            f"Model weights for {model!r} are not on this machine (ernie-serve loads offline).\n"
-            f"  Get them where there is internet:  hf download {model}   (or huggingface-cli download {model})\n"
-            "  then copy the Hugging Face cache here, or pass --model /path/to/local/dir.\n"
-            "  To try ernie-serve now, `--model tiny` runs the built-in small random-weight ERNIE-4.5."
-        ) from None
-
-
-def default_torch_threads(num_parameters: int) -> int:
-    """Threads for torch when --torch-threads is not given.
-
-    A small model's ops are too short to split: extra OpenMP threads only spin-wait, and on a busy
-    2-core machine the tiny model's latency went bimodal (median 20 ms vs 115-156 ms) with two.
-    A real model needs the cores (0.3B prefill of 118 tokens: 850 ms on one thread, 625 ms on
-    two), but beyond two cores one is left to the event loop that parses and streams.
-    """
-    if num_parameters < 50_000_000:
-        return 1
-    cores = os.cpu_count() or 1
-    return cores if cores <= 2 else cores - 1
-
-
-def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
-    model.to(device).eval()
-    torch.set_num_threads(threads or default_torch_threads(model.num_parameters()))
-    return model, tokenizer
-
 
 # Valid raw in JSON, but line breaks to str.splitlines-based stream readers (httpx's aiter_lines,
 # for one) and to JavaScript before ES2019: escaped, the data line stays one line for every client.
@@ -165,7 +105,8 @@ class ErnieServer:
                             self.config.max_model_len, limit, limit)
                 self.config = dataclasses.replace(self.config, max_model_len=limit)  # the config is frozen
             engine = Engine(model, tokenizer, max_num_seqs=self.config.max_num_seqs,
-                            max_queue_len=self.config.max_queue_len, max_model_len=self.config.max_model_len)
+                            max_queue_len=self.config.max_queue_len, max_model_len=self.config.max_model_len,
+                            max_num_batched_tokens=self.config.max_num_batched_tokens)
             # torch, transformers and the model leave ~450k long-lived objects that every full
             # garbage collection would walk again (~200 ms each, stalling the event loop and the
             # engine); freezing them keeps collections to what requests allocate.
