@@ -1,6 +1,6 @@
 """The roofline of a serving workload on this machine: the tokens/s no engine can beat here.
 
-    .venv/bin/python benchmarks/roofline.py [--model-dir DIR] [--prompt-tokens 45] [--max-tokens 32]
+    .venv/bin/python benchmarks/roofline.py [--model-dir DIR] [--prompt-tokens 118] [--max-tokens 32]
                                             [--concurrency 1,8,32] [--threads 2] [--json PATH]
 
 It measures two numbers per dtype with torch on this machine (the ceilings a transformer forward
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, default=Path.home() / ".cache/ernie-otel/models/bench-0.3b",
                     help="a model directory (its config.json); default: the 0.3B shape benchmarks/serving.py builds")
-    ap.add_argument("--prompt-tokens", type=int, default=45, help="prompt length in tokens (chat template included)")
+    ap.add_argument("--prompt-tokens", type=int, default=118,
+                    help="prompt length in tokens (serving.py's ~32-word chat prompts: 118)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--threads", type=int, default=2)

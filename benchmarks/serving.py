@@ -9,7 +9,8 @@ the directory, which GET /v1/models lists) with and without ``--continuous-batch
 
 Peers (``--peers``, comma-separated): ``ernie-serve`` (its defaults: ``--dtype auto``, chunked
 prefill), ``ernie-serve-fp32`` / ``ernie-serve-bf16`` (``--dtype``), ``ernie-serve-nochunk``
-(``--max-num-batched-tokens 0``; suffixes combine: ``ernie-serve-fp32-nochunk``),
+(``--max-num-batched-tokens 0``), ``ernie-serve-seqs32`` (``--max-num-seqs 32``); suffixes
+combine: ``ernie-serve-fp32-nochunk``,
 ``transformers``, ``transformers-cb`` and ``transformers-cb-bf16`` (``--dtype bfloat16``).
 
 Equal output lengths: ernie-serve takes ``ignore_eos``; ``transformers serve`` rejects unknown
@@ -157,6 +158,8 @@ def ernie_flags(peer: str) -> list[str]:
             flags += ["--dtype", "float32" if part == "fp32" else "bfloat16"]
         elif part == "nochunk":
             flags += ["--max-num-batched-tokens", "0"]
+        elif part.startswith("seqs") and part[4:].isdigit():
+            flags += ["--max-num-seqs", part[4:]]
         else:
             raise SystemExit(f"unknown ernie-serve variant {part!r} in {peer!r}")
     return flags

@@ -61,6 +61,6 @@ def test_serving_peer_names_map_to_flags() -> None:
     serving = _load("serving")
     assert serving.ernie_flags("ernie-serve") == []
     assert serving.ernie_flags("ernie-serve-fp32-nochunk") == ["--dtype", "float32", "--max-num-batched-tokens", "0"]
-    assert serving.ernie_flags("ernie-serve-bf16") == ["--dtype", "bfloat16"]
+    assert serving.ernie_flags("ernie-serve-bf16-seqs32") == ["--dtype", "bfloat16", "--max-num-seqs", "32"]
     with pytest.raises(SystemExit):
         serving.ernie_flags("ernie-serve-fast")
