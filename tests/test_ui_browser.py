@@ -340,13 +340,15 @@ def test_monitor_tab_shows_ernie_serve_in_the_right_unit(
     ours = e.finite(f"histogram_quantile(0.95, sum by (le) (rate({names.LATENCY.prom_name}_bucket"
                     f'{{job="{COLLECTOR_JOB}"}}[{window_ms // 1000}s])))')
     assert ours is not None
-    # Within a bucket: the bucket of our histogram holding our p95 and the bucket of the span
-    # metrics holding Jaeger's p95 overlap (both are interpolated inside their own buckets).
+    # Within a bucket: both are interpolated inside their own histogram's buckets, so they may sit
+    # in neighbouring buckets (one at 0.49 s, the other at 0.52 s across a 0.5 s edge), but never
+    # further apart than the wider of the two buckets holding them (a unit slip is 1000x off).
     ours_bucket = _bucket(ours, list(names.LATENCY.buckets))
     spm_bucket = _bucket(jaeger_p95, _spm_buckets_s())
     print(f"p95 of {CHAT_SERVER_SPAN}: Monitor {jaeger_p95 * 1000:.1f} ms (bucket {spm_bucket}), "
           f"ours {ours * 1000:.1f} ms (bucket {ours_bucket})")
-    assert spm_bucket[0] < ours_bucket[1] and ours_bucket[0] < spm_bucket[1], (
+    width = max(spm_bucket[1] - spm_bucket[0], ours_bucket[1] - ours_bucket[0])
+    assert abs(jaeger_p95 - ours) <= width, (
         f"Monitor p95 {jaeger_p95:.4f}s in {spm_bucket}, ours {ours:.4f}s in {ours_bucket}")
 
     browser.get(f"{e.jaeger}/search")
