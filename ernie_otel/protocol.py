@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .names import ErrorType, Status
+from .kinds import ErrorType, Status
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 

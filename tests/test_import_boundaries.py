@@ -1,0 +1,32 @@
+"""Import rules between the package's layers, checked in a fresh interpreter each.
+
+The engine and the OpenAI protocol layer share their vocabularies (``ernie_otel.kinds``) with
+telemetry but must not pull OpenTelemetry in; gateway mode must not pull torch or transformers in
+(seconds of start-up and hundreds of MB for a process that only forwards HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _modules_after(code: str) -> set[str]:
+    """Top-level package names in ``sys.modules`` after running ``code`` in a new interpreter."""
+    script = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_engine_and_protocol_load_no_opentelemetry() -> None:
+    loaded = _modules_after("import ernie_otel.engine\nimport ernie_otel.protocol\nimport ernie_otel.kinds")
+    assert "ernie_otel" in loaded and "torch" in loaded  # the imports did run
+    assert "opentelemetry" not in loaded
