@@ -425,7 +425,7 @@ def test_a_tracer_provider_that_is_not_the_sdks_gets_the_same_span_tree() -> Non
 
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     recorder = Recorder(meter_provider, PublicOnly(), MODEL, lambda: None)
-    assert not recorder._sdk_spans
+    assert not recorder.uses_sdk_internals
     rt = recorder.start(names.Operation.CHAT.value, "chatcmpl-x")
     st = rt.stats
     st.prompt_tokens, st.output_tokens = 5, 3
