@@ -30,3 +30,22 @@ def test_engine_and_protocol_load_no_opentelemetry() -> None:
     loaded = _modules_after("import ernie_otel.engine\nimport ernie_otel.protocol\nimport ernie_otel.kinds")
     assert "ernie_otel" in loaded and "torch" in loaded  # the imports did run
     assert "opentelemetry" not in loaded
+
+
+def test_gateway_mode_loads_no_torch() -> None:
+    """The server module and the upstream backend, built into an app the way ``ernie-serve
+    --upstream`` builds it, import neither torch nor transformers."""
+    loaded = _modules_after(
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from ernie_otel.server import ErnieServer, ServeConfig\n"
+        "from ernie_otel.backends.upstream import UpstreamBackend\n"
+        "from ernie_otel.telemetry.recorder import Recorder\n"
+        "mp, tp = MeterProvider(), TracerProvider()\n"
+        "config = ServeConfig(upstream='http://127.0.0.1:9/v1', served_model_name='m')\n"
+        "server = ErnieServer(config, lambda model, stats: Recorder(mp, tp, model, stats))\n"
+        "assert isinstance(server.backend, UpstreamBackend)\n"
+        "server.create_app()\n")
+    assert "ernie_otel" in loaded and "fastapi" in loaded  # the imports did run
+    assert "torch" not in loaded
+    assert "transformers" not in loaded
