@@ -13,6 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import free_port
+from serve_helpers import run_server
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -49,3 +52,12 @@ def test_gateway_mode_loads_no_torch() -> None:
     assert "ernie_otel" in loaded and "fastapi" in loaded  # the imports did run
     assert "torch" not in loaded
     assert "transformers" not in loaded
+
+
+def test_ernie_serve_upstream_runs_without_torch(tmp_path: Path) -> None:
+    """The real ``ernie-serve --upstream ...`` process, serving: no torch library is mapped into it."""
+    upstream = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: a gateway starts all the same
+    with run_server(tmp_path, "--upstream", upstream, "--served-model-name", "ernie-upstream") as served:
+        maps = Path(f"/proc/{served.proc.pid}/maps").read_text()
+        assert "libpython" in maps or "python" in maps  # the right process
+        assert "libtorch" not in maps, "gateway mode loaded torch"
