@@ -15,6 +15,8 @@ down:
 lint: setup
 	.venv/bin/ruff check .
 
+# mypy: --strict on ernie_otel/, as [tool.mypy] in pyproject.toml says.
 test: setup
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest -q -ra

@@ -136,8 +136,12 @@ def spawn(name: str, args: Sequence[str | os.PathLike[str]], log_dir: Path,
     return Proc(name, proc, log_path)
 
 
-# ernie-serve from another checkout (a git worktree), with this virtual environment.
-_SERVE_FROM_TREE = "import sys; sys.path.insert(0, {path!r}); from ernie_otel.server import main; sys.exit(main())"
+# ernie-serve from another checkout (a git worktree), with this virtual environment. Older
+# checkouts have the entry point in ernie_otel.server, newer ones in ernie_otel.serve.
+_SERVE_FROM_TREE = ("import sys; sys.path.insert(0, {path!r}); from importlib import import_module; "
+                    "from importlib.util import find_spec; "
+                    "entry = 'ernie_otel.serve' if find_spec('ernie_otel.serve') else 'ernie_otel.server'; "
+                    "sys.exit(import_module(entry).main())")
 
 
 def start_ernie_serve(name: str, model: str, log_dir: Path, *, env: Mapping[str, str] | None = None,

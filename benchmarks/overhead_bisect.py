@@ -43,7 +43,7 @@ def serve(variant: str, argv: list[str]) -> int:
         Recorder.finish = finish_nothing  # type: ignore[method-assign]
     if variant in ("prom-noasgi", "prom-neither"):
         os.environ["OTEL_PYTHON_FASTAPI_EXCLUDED_URLS"] = "health,metrics,v1"
-    from ernie_otel.server import main
+    from ernie_otel.serve import main
 
     return main(argv)
 

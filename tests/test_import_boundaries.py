@@ -41,7 +41,8 @@ def test_gateway_mode_loads_no_torch() -> None:
     loaded = _modules_after(
         "from opentelemetry.sdk.metrics import MeterProvider\n"
         "from opentelemetry.sdk.trace import TracerProvider\n"
-        "from ernie_otel.server import ErnieServer, ServeConfig\n"
+        "from ernie_otel.serve import ServeConfig\n"
+        "from ernie_otel.server import ErnieServer\n"
         "from ernie_otel.backends.upstream import UpstreamBackend\n"
         "from ernie_otel.telemetry.recorder import Recorder\n"
         "mp, tp = MeterProvider(), TracerProvider()\n"

@@ -28,7 +28,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from serve_helpers import run_server
 
 from ernie_otel import names
-from ernie_otel.server import ErnieServer, ServeConfig
+from ernie_otel.serve import ServeConfig
+from ernie_otel.server import ErnieServer
 from ernie_otel.stats import ThroughputWindow
 from ernie_otel.telemetry.gpu import NvmlSampler, load_nvml, register_gpu_metrics
 from ernie_otel.telemetry.recorder import Recorder
