@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .names import FinishReason
+from .kinds import FinishReason
 from .stats import EngineStats, RequestStats
 
 log = logging.getLogger(__name__)

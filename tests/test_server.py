@@ -308,7 +308,7 @@ def test_missing_weights_exit_with_one_clear_message(tmp_path: Path) -> None:
 
 def test_sse_data_lines_escape_unicode_line_separators() -> None:
     """A token holding U+2028/U+2029/U+0085 stays inside one ``data:`` line for every client."""
-    from ernie_otel.server import _sse
+    from ernie_otel.protocol import sse_event as _sse
 
     text = "a\u2028b\u2029c\x85d é 文"
     body = _sse({"choices": [{"delta": {"content": text}}]})

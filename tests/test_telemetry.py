@@ -292,11 +292,12 @@ def test_rejected_and_cancelled_requests(env: Env) -> None:
         before[names.REQUESTS.otel_name], status="rejected") + 1
     qf = {names.ATTR_ERROR_TYPE: "queue_full"}
     assert _value(after[names.ERRORS.otel_name], **qf) == _value(before[names.ERRORS.otel_name], **qf) + 1
-    assert env.server.engine is not None
+    engine = env.server.backend.stats
+    assert engine is not None
     deadline = time.monotonic() + 10
-    while env.server.engine.stats.running and time.monotonic() < deadline:
+    while engine.running and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert env.server.engine.stats.running == 0
+    assert engine.running == 0
 
 
 def test_throughput_is_a_sliding_window_over_all_requests() -> None:
@@ -446,7 +447,7 @@ def test_a_tracer_provider_that_is_not_the_sdks_gets_the_same_span_tree() -> Non
 
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     recorder = Recorder(meter_provider, PublicOnly(), MODEL, lambda: None)
-    assert not recorder._sdk_spans
+    assert not recorder.uses_sdk_internals
     rt = recorder.start(names.Operation.CHAT.value, "chatcmpl-x")
     st = rt.stats
     st.prompt_tokens, st.output_tokens = 5, 3
