@@ -1,0 +1,245 @@
+"""Fleet metrics path with the real binaries: two Prometheus 2.42 shards (deploy/prometheus-shard.yml)
+scraping fake ernie-serve targets split by hashmod, remote-writing to a routing Thanos receiver in
+front of three ingesting receivers (replication factor 2), read back through Thanos Query with
+replica deduplication. Everything on 127.0.0.1 and free ports; every process is stopped at the end.
+
+Takes about a minute once the Thanos binary is cached (deploy/thanos/build.sh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from conftest import RunningProcess, free_port, http_get, run_process, wait_http
+from thanos_fleet import (
+    HOST,
+    REPLICA_LABEL,
+    CounterTarget,
+    Load,
+    ReceivePorts,
+    build_thanos,
+    hashmod,
+    hashring_config,
+    instant,
+    metric_value,
+    prometheus_args,
+    query_args,
+    receive_args,
+    scalar_or_none,
+    shard_config,
+)
+
+from ernie_otel import names
+
+SHARDS = 2
+INGESTERS = 3
+TARGETS = 4
+REQUESTS = names.REQUESTS.prom_name
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except AssertionError as err:  # a query that fails while a component starts
+            value, last = None, err
+        if value is not None and value is not False:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last})")
+
+
+@dataclass
+class Fleet:
+    tmp: Path
+    thanos: Path
+    targets: list[CounterTarget]
+    load: Load
+    ingester_ports: list[ReceivePorts]
+    ingesters: list[RunningProcess]
+    router_ports: ReceivePorts
+    shard_ports: list[int]
+    query_http: int
+    stack: contextlib.ExitStack
+
+    @property
+    def query(self) -> str:
+        return f"http://{HOST}:{self.query_http}"
+
+    def shard(self, index: int) -> str:
+        return f"http://{HOST}:{self.shard_ports[index]}"
+
+    def expected_total(self) -> int:
+        return sum(t.total() for t in self.targets)
+
+    def query_total(self) -> float | None:
+        return scalar_or_none(self.query, f"sum({REQUESTS})")
+
+    def wait_query_equals_targets(self, timeout: float = 90) -> float:
+        """Query's deduplicated sum catches up with the targets' own counters (load paused)."""
+        expected = self.expected_total()
+        return wait_for(lambda: self.query_total() == expected or None, timeout,
+                        f"sum({REQUESTS}) through Thanos Query == {expected} (last {self.query_total()})")
+
+    def start_ingester(self, index: int) -> RunningProcess:
+        args = receive_args(self.thanos, self.ingester_ports[index], self.tmp / f"receive-{index}",
+                            replica=f"r{index}")
+        running = self.stack.enter_context(run_process(args, self.tmp / f"receive-{index}.log"))
+        wait_http(f"http://{HOST}:{self.ingester_ports[index].http}/-/ready", timeout=60, proc=running.proc)
+        return running
+
+
+def _split_targets(count: int) -> list[CounterTarget]:
+    """`count` targets whose addresses hash to every shard (each shard gets at least one)."""
+    targets: list[CounterTarget] = []
+    spare: list[CounterTarget] = []
+    while len(targets) < count:
+        target = CounterTarget()
+        have = {hashmod(t.address, SHARDS) for t in targets}
+        missing = set(range(SHARDS)) - have
+        if len(targets) + len(missing) < count or hashmod(target.address, SHARDS) in missing:
+            targets.append(target)
+        else:
+            spare.append(target)
+    for target in spare:
+        target.close()
+    return targets
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    thanos = build_thanos()
+    tmp = tmp_path_factory.mktemp("thanos-fleet")
+    with contextlib.ExitStack() as stack:
+        targets = _split_targets(TARGETS)
+        for target in targets:
+            stack.callback(target.close)
+        load = Load(targets)
+        stack.callback(load.stop)
+
+        ingester_ports = [ReceivePorts() for _ in range(INGESTERS)]
+        router_ports = ReceivePorts()
+        shard_ports = [free_port() for _ in range(SHARDS)]
+        fleet = Fleet(tmp, thanos, targets, load, ingester_ports, [], router_ports, shard_ports,
+                      free_port(), stack)
+        fleet.ingesters = [fleet.start_ingester(i) for i in range(INGESTERS)]
+
+        router = stack.enter_context(run_process(
+            receive_args(thanos, router_ports, tmp / "router", hashring=hashring_config(tmp, ingester_ports)),
+            tmp / "router.log"))
+        wait_http(f"http://{HOST}:{router_ports.http}/-/ready", timeout=60, proc=router.proc)
+
+        query = stack.enter_context(run_process(
+            query_args(thanos, fleet.query_http, free_port(), [p.grpc for p in ingester_ports]),
+            tmp / "query.log"))
+        wait_http(f"{fleet.query}/-/ready", timeout=60, proc=query.proc)
+
+        meta = {
+            "prometheus-shard": [f"{HOST}:{p}" for p in shard_ports],
+            "thanos": [f"{HOST}:{p.http}" for p in [*ingester_ports, router_ports]],
+        }
+        for index, port in enumerate(shard_ports):
+            config = shard_config(tmp, index, remote_write_port=router_ports.remote_write,
+                                  alertmanager_port=free_port(), targets=[t.address for t in targets],
+                                  meta_targets=meta)
+            shard = stack.enter_context(run_process(
+                prometheus_args(config, port, tmp / f"shard-{index}"), tmp / f"shard-{index}.log"))
+            wait_http(f"http://{HOST}:{port}/-/ready", timeout=60, proc=shard.proc)
+        yield fleet
+
+
+def test_each_target_scraped_by_exactly_one_shard_and_query_sums_them(fleet: Fleet) -> None:
+    fleet.load.resume()
+    time.sleep(8)
+    fleet.load.pause()
+    total = fleet.wait_query_equals_targets()
+    assert total == fleet.expected_total() > 0
+
+    # Each shard's own TSDB holds `up` for its hashmod share of the targets, and only that.
+    expected_shard = {t.address: hashmod(t.address, SHARDS) for t in fleet.targets}
+    for index in range(SHARDS):
+        local = instant(fleet.shard(index), 'up{job="ernie-serve-direct"}')
+        scraped = {s["metric"]["instance"] for s in local}
+        assert scraped == {a for a, k in expected_shard.items() if k == index}, (index, local)
+        assert all(s["value"][1] == "1" for s in local), local
+
+    # Through Query: one `up` series per target (after dedup), labelled with the shard that
+    # scraped it -- every target exactly once, none twice.
+    up = instant(fleet.query, 'up{job="ernie-serve-direct"}')
+    seen = sorted((s["metric"]["instance"], s["metric"]["prometheus_shard"]) for s in up)
+    assert seen == sorted((a, str(k)) for a, k in expected_shard.items()), up
+
+    # Each target's own counter, through Query, equals what it serves.
+    for target in fleet.targets:
+        got = scalar_or_none(fleet.query, f'sum({REQUESTS}{{instance="{target.address}"}})')
+        assert got == target.total(), (target.address, got)
+
+    # Replication factor 2: without deduplication every series is there twice, from two
+    # different ingesting receivers.
+    raw = instant(fleet.query, f"{REQUESTS}", dedup="false")
+    deduped = instant(fleet.query, f"{REQUESTS}")
+    assert len(raw) == 2 * len(deduped) == 2 * len(CounterTarget.STATUSES) * len(fleet.targets)
+    for series in deduped:
+        copies = [s for s in raw if {k: v for k, v in s["metric"].items() if k != REPLICA_LABEL} == series["metric"]]
+        assert len({c["metric"][REPLICA_LABEL] for c in copies}) == 2, copies
+
+    # The shards evaluate the per-instance recording rules on their own targets and ship the
+    # results too: one recorded rate per target, through Query.
+    def recorded() -> list[dict[str, Any]] | None:
+        result = instant(fleet.query, "job_instance_model:ernie_inference_requests:rate5m")
+        return result if len(result) == len(fleet.targets) else None
+    rates = wait_for(recorded, 60, "per-instance recording rule via Query")
+    assert {s["metric"]["instance"] for s in rates} == set(expected_shard)
+
+
+def test_receiver_killed_mid_load_loses_nothing(fleet: Fleet) -> None:
+    victim = 1
+    fleet.load.resume()
+    time.sleep(3)
+    fleet.ingesters[victim].proc.kill()  # SIGKILL: no flush, no goodbye
+    fleet.ingesters[victim].proc.wait(timeout=10)
+    time.sleep(10)
+
+    # With one of three receivers dead, every series still has a live copy (RF 2): the query
+    # result is complete, not just "partial".
+    fleet.load.pause()
+    during = fleet.wait_query_equals_targets()
+    assert during == fleet.expected_total()
+
+    fleet.load.resume()
+    time.sleep(5)
+    fleet.ingesters[victim] = fleet.start_ingester(victim)
+    victim_metrics = f"http://{HOST}:{fleet.ingester_ports[victim].http}/metrics"
+    time.sleep(8)
+    fleet.load.pause()
+    after = fleet.wait_query_equals_targets()
+    assert after == fleet.expected_total()
+
+    # The restarted receiver takes writes again (its head grows) and Query reads from it.
+    def appended() -> float:
+        return metric_value(http_get(victim_metrics)[1], "prometheus_tsdb_head_samples_appended_total")
+    first = appended()
+    fleet.load.resume()
+    wait_for(lambda: appended() > first or None, 30, "the restarted receiver to append samples")
+    fleet.load.pause()
+    stores = wait_for(
+        lambda: [s for s in instant(fleet.query, f"count by ({REPLICA_LABEL}) ({REQUESTS})", dedup="false")
+                 if s["metric"].get(REPLICA_LABEL) == f"r{victim}"] or None,
+        30, "Query to read the restarted receiver")
+    assert stores
+
+    # Nothing was given up at the writers: 5xx while the hashring had a dead member would have
+    # been retried, never dropped.
+    for index in range(SHARDS):
+        text = http_get(f"{fleet.shard(index)}/metrics")[1]
+        assert metric_value(text, "prometheus_remote_storage_samples_failed_total") == 0, index
+        assert metric_value(text, "prometheus_remote_storage_samples_total") > 0, index
