@@ -36,4 +36,5 @@ fi
 
 log "building/reusing the Collector and Jaeger binaries"
 bash collector/build.sh >/dev/null
+log "building/reusing the Thanos binary (fleet metrics store)"; bash deploy/thanos/build.sh >/dev/null
 log "done"

@@ -23,6 +23,7 @@ from thanos_fleet import (
     CounterTarget,
     Load,
     ReceivePorts,
+    api,
     build_thanos,
     hashmod,
     hashring_config,
@@ -31,6 +32,7 @@ from thanos_fleet import (
     prometheus_args,
     query_args,
     receive_args,
+    rule_args,
     scalar_or_none,
     shard_config,
 )
@@ -69,6 +71,7 @@ class Fleet:
     router_ports: ReceivePorts
     shard_ports: list[int]
     query_http: int
+    rule_http: int
     stack: contextlib.ExitStack
 
     @property
@@ -87,8 +90,11 @@ class Fleet:
     def wait_query_equals_targets(self, timeout: float = 90) -> float:
         """Query's deduplicated sum catches up with the targets' own counters (load paused)."""
         expected = self.expected_total()
-        return wait_for(lambda: self.query_total() == expected or None, timeout,
-                        f"sum({REQUESTS}) through Thanos Query == {expected} (last {self.query_total()})")
+
+        def caught_up() -> float | None:
+            total = self.query_total()
+            return total if total == expected else None
+        return wait_for(caught_up, timeout, f"sum({REQUESTS}) through Thanos Query == {expected}")
 
     def start_ingester(self, index: int) -> RunningProcess:
         args = receive_args(self.thanos, self.ingester_ports[index], self.tmp / f"receive-{index}",
@@ -130,7 +136,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         router_ports = ReceivePorts()
         shard_ports = [free_port() for _ in range(SHARDS)]
         fleet = Fleet(tmp, thanos, targets, load, ingester_ports, [], router_ports, shard_ports,
-                      free_port(), stack)
+                      free_port(), free_port(), stack)
         fleet.ingesters = [fleet.start_ingester(i) for i in range(INGESTERS)]
 
         router = stack.enter_context(run_process(
@@ -138,10 +144,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             tmp / "router.log"))
         wait_http(f"http://{HOST}:{router_ports.http}/-/ready", timeout=60, proc=router.proc)
 
+        # The ruler reads through Query and Query reads the ruler's recorded series back.
+        rule_grpc = free_port()
         query = stack.enter_context(run_process(
-            query_args(thanos, fleet.query_http, free_port(), [p.grpc for p in ingester_ports]),
+            query_args(thanos, fleet.query_http, free_port(), [*(p.grpc for p in ingester_ports), rule_grpc]),
             tmp / "query.log"))
         wait_http(f"{fleet.query}/-/ready", timeout=60, proc=query.proc)
+        rule = stack.enter_context(run_process(
+            rule_args(thanos, tmp, http=fleet.rule_http, grpc=rule_grpc, query_http=fleet.query_http,
+                      alertmanager_port=free_port()), tmp / "rule.log"))
+        wait_http(f"http://{HOST}:{fleet.rule_http}/-/ready", timeout=60, proc=rule.proc)
 
         meta = {
             "prometheus-shard": [f"{HOST}:{p}" for p in shard_ports],
@@ -201,6 +213,26 @@ def test_each_target_scraped_by_exactly_one_shard_and_query_sums_them(fleet: Fle
     assert {s["metric"]["instance"] for s in rates} == set(expected_shard)
 
 
+def test_ruler_evaluates_the_global_rules_once_over_query(fleet: Fleet) -> None:
+    """alerts/fleet-global.yml on the Thanos ruler: every rule healthy against Query, and the
+    fleet-wide request rate it records (read back through Query) covers every target."""
+    fleet.load.resume()
+    try:
+        def fleet_rate() -> list[dict[str, Any]] | None:
+            return instant(fleet.query, 'model:ernie_inference_requests:rate5m{tier="1m"}') or None
+        (recorded,) = wait_for(fleet_rate, 60, "the ruler's fleet-wide rate through Query")
+        per_target = scalar_or_none(fleet.query, f'sum(rate({REQUESTS}[5m]))')
+        assert per_target is not None and float(recorded["value"][1]) > 0
+        rules = api(f"http://{HOST}:{fleet.rule_http}", "/api/v1/rules")
+        evaluated = [r for g in rules["groups"] for r in g["rules"]]
+        assert len(evaluated) == 10
+        wait_for(lambda: all(r["health"] == "ok" for g in api(f"http://{HOST}:{fleet.rule_http}", "/api/v1/rules")
+                             ["groups"] for r in g["rules"] if g["name"] != "fleet-1m-tier") or None,
+                 30, "every fleet-global rule evaluated without error")
+    finally:
+        fleet.load.pause()
+
+
 def test_receiver_killed_mid_load_loses_nothing(fleet: Fleet) -> None:
     victim = 1
     fleet.load.resume()
@@ -226,7 +258,8 @@ def test_receiver_killed_mid_load_loses_nothing(fleet: Fleet) -> None:
 
     # The restarted receiver takes writes again (its head grows) and Query reads from it.
     def appended() -> float:
-        return metric_value(http_get(victim_metrics)[1], "prometheus_tsdb_head_samples_appended_total")
+        return metric_value(http_get(victim_metrics)[1], "prometheus_tsdb_head_samples_appended_total",
+                            required=False)
     first = appended()
     fleet.load.resume()
     wait_for(lambda: appended() > first or None, 30, "the restarted receiver to append samples")

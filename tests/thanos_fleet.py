@@ -93,8 +93,8 @@ def receive_args(thanos: Path, ports: ReceivePorts, data: Path, *, replica: str 
         f"--tsdb.path={data}",
         "--log.level=warn",
     ]
-    if replica is not None:
-        args.append(f'--label={REPLICA_LABEL}="{replica}"')
+    # Receive refuses to start without an external label, even routing-only (it stores nothing).
+    args.append(f'--label={REPLICA_LABEL}="{replica or "router"}"')
     if hashring is not None:
         args += [
             f"--receive.hashrings-file={hashring}",
@@ -115,6 +115,34 @@ def query_args(thanos: Path, http: int, grpc: int, endpoints: list[int]) -> list
         "--log.level=warn",
         *[f"--endpoint={HOST}:{port}" for port in endpoints],
     ]
+
+
+def rule_args(thanos: Path, tmp: Path, *, http: int, grpc: int, query_http: int, alertmanager_port: int,
+              objstore: Path | None = None, eval_interval: str = "2s") -> list[str]:
+    """The Thanos ruler of the fleet: alerts/fleet-global.yml over Query, to Alertmanager, its
+    blocks labelled tier="1m" (the 1 min tier) -- deploy/thanos/rule-*.yml with this test's ports."""
+    query = yaml.safe_load((THANOS_DIR / "rule-query.yml").read_text())
+    query[0]["static_configs"] = [f"{HOST}:{query_http}"]
+    (tmp / "rule-query.yml").write_text(yaml.safe_dump(query))
+    alertmanagers = yaml.safe_load((THANOS_DIR / "rule-alertmanagers.yml").read_text())
+    alertmanagers["alertmanagers"][0]["static_configs"] = [f"{HOST}:{alertmanager_port}"]
+    (tmp / "rule-alertmanagers.yml").write_text(yaml.safe_dump(alertmanagers))
+    args = [
+        str(thanos), "rule",
+        f"--http-address={HOST}:{http}",
+        f"--grpc-address={HOST}:{grpc}",
+        f"--data-dir={tmp / 'rule'}",
+        f"--rule-file={REPO_ROOT / 'alerts' / 'fleet-global.yml'}",
+        f"--query.config-file={tmp / 'rule-query.yml'}",
+        f"--alertmanagers.config-file={tmp / 'rule-alertmanagers.yml'}",
+        '--label=tier="1m"',
+        "--alert.label-drop=tier",
+        f"--eval-interval={eval_interval}",
+        "--log.level=warn",
+    ]
+    if objstore is not None:
+        args.append(f"--objstore.config-file={objstore}")
+    return args
 
 
 # ---------------------------------------------------------------------- Prometheus shards
@@ -264,15 +292,16 @@ def scalar_or_none(base: str, expr: str, **params: Any) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def metric_value(metrics_text: str, name: str) -> float:
-    """Sum of every sample of `name` in a Prometheus text exposition (0 if it has none)."""
+def metric_value(metrics_text: str, name: str, *, required: bool = True) -> float:
+    """Sum of every sample of `name` in a Prometheus text exposition. A family that is absent is
+    an error unless not `required` (labelled counters appear only at their first increment)."""
     total = 0.0
     found = False
     for line in metrics_text.splitlines():
         if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
             total += float(line.rsplit(" ", 1)[1])
             found = True
-    assert found, f"{name} not in the exposition"
+    assert found or not required, f"{name} not in the exposition"
     return total
 
 
