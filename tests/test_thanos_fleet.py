@@ -9,6 +9,10 @@ Takes about a minute once the Thanos binary is cached (deploy/thanos/build.sh).
 from __future__ import annotations
 
 import contextlib
+import json
+import re
+import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, RunningProcess, free_port, http_get, run_process, wait_http
 from dashboard_queries import iter_queries, load_dashboard
+from test_alerts import alertmanager_config_for_test
 from thanos_fleet import (
     HOST,
     REPLICA_LABEL,
@@ -40,6 +45,7 @@ from thanos_fleet import (
 )
 
 from ernie_otel import names
+from ernie_otel.webhook_sink import make_server
 
 SHARDS = 2
 INGESTERS = 3
@@ -74,11 +80,20 @@ class Fleet:
     shard_ports: list[int]
     query_http: int
     rule_http: int
+    alertmanager_port: int
+    notifications: Path
     stack: contextlib.ExitStack
 
     @property
     def query(self) -> str:
         return f"http://{HOST}:{self.query_http}"
+
+    def delivered(self, alertname: str) -> list[dict[str, Any]]:
+        """Every alert named `alertname` in every webhook POST Alertmanager made so far."""
+        if not self.notifications.exists():
+            return []
+        posts = [json.loads(line) for line in self.notifications.read_text().splitlines() if line.strip()]
+        return [a for p in posts for a in p.get("alerts", []) if a["labels"].get("alertname") == alertname]
 
     def shard(self, index: int) -> str:
         return f"http://{HOST}:{self.shard_ports[index]}"
@@ -123,6 +138,41 @@ def _split_targets(count: int) -> list[CounterTarget]:
     return targets
 
 
+def _start_alertmanager(stack: contextlib.ExitStack, tmp: Path, sink_url: str) -> int:
+    """alerts/alertmanager.yml (webhooks pointed at the sink, short group timings, and a repeat
+    interval longer than the test so that a second notification can only be a duplicate)."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        pytest.fail("Alertmanager is not installed (Debian package prometheus-alertmanager)")
+    secrets = tmp / "secrets"
+    secrets.mkdir()
+    config = alertmanager_config_for_test(sink_url, secrets,
+                                          {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"})
+    for receiver in config["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            token = webhook.get("http_config", {}).get("authorization", {}).get("credentials_file")
+            if token:
+                Path(token).write_text("test-token\n")
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    am = stack.enter_context(run_process(
+        [binary, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
+         f"--web.listen-address={HOST}:{port}", "--cluster.listen-address="], tmp / "alertmanager.log"))
+    wait_http(f"http://{HOST}:{port}/-/ready", timeout=30, proc=am.proc)
+    return port
+
+
+def _short_hold_copy(tmp: Path) -> Path:
+    """alerts/fleet-global.yml with every alert's `for:` at 2 s (nothing else changed), so the
+    fleet alerts fire within the test."""
+    shipped = (REPO_ROOT / "alerts" / "fleet-global.yml").read_text()
+    copy = re.sub(r"^(\s+for:\s*)\S+$", r"\g<1>2s", shipped, flags=re.M)
+    assert copy.count("for: 2s") == shipped.count("for:") == 2
+    path = tmp / "fleet-global.yml"
+    path.write_text(copy)
+    return path
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     thanos = build_thanos()
@@ -134,11 +184,19 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         load = Load(targets)
         stack.callback(load.stop)
 
+        # The notification path: the package's webhook sink behind the shipped Alertmanager config.
+        notifications = tmp / "notifications.jsonl"
+        sink = make_server(HOST, 0, notifications)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        stack.callback(sink.server_close)
+        stack.callback(sink.shutdown)
+        am_port = _start_alertmanager(stack, tmp, f"http://{HOST}:{sink.server_address[1]}")
+
         ingester_ports = [ReceivePorts() for _ in range(INGESTERS)]
         router_ports = ReceivePorts()
         shard_ports = [free_port() for _ in range(SHARDS)]
         fleet = Fleet(tmp, thanos, targets, load, ingester_ports, [], router_ports, shard_ports,
-                      free_port(), free_port(), stack)
+                      free_port(), free_port(), am_port, notifications, stack)
         fleet.ingesters = [fleet.start_ingester(i) for i in range(INGESTERS)]
 
         router = stack.enter_context(run_process(
@@ -154,7 +212,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         wait_http(f"{fleet.query}/-/ready", timeout=60, proc=query.proc)
         rule = stack.enter_context(run_process(
             rule_args(thanos, tmp, http=fleet.rule_http, grpc=rule_grpc, query_http=fleet.query_http,
-                      alertmanager_port=free_port()), tmp / "rule.log"))
+                      alertmanager_port=am_port, rule_file=_short_hold_copy(tmp)), tmp / "rule.log"))
         wait_http(f"http://{HOST}:{fleet.rule_http}/-/ready", timeout=60, proc=rule.proc)
 
         meta = {
@@ -163,7 +221,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         }
         for index, port in enumerate(shard_ports):
             config = shard_config(tmp, index, remote_write_port=router_ports.remote_write,
-                                  alertmanager_port=free_port(), targets=[t.address for t in targets],
+                                  alertmanager_port=am_port, targets=[t.address for t in targets],
                                   meta_targets=meta)
             shard = stack.enter_context(run_process(
                 prometheus_args(config, port, tmp / f"shard-{index}"), tmp / f"shard-{index}.log"))
@@ -233,6 +291,25 @@ def test_ruler_evaluates_the_global_rules_once_over_query(fleet: Fleet) -> None:
                  30, "every fleet-global rule evaluated without error")
     finally:
         fleet.load.pause()
+
+
+def test_fleet_alert_reaches_alertmanager_exactly_once(fleet: Fleet) -> None:
+    """An error burst (two of the four targets fail 1 request in 3-5): FleetHighErrorRate, evaluated
+    once by the ruler over the global view, reaches Alertmanager and is notified exactly once,
+    without the ruler's tier label and without any shard label."""
+    fleet.load.resume()
+    try:
+        wait_for(lambda: fleet.delivered("FleetHighErrorRate") or None, 90,
+                 "FleetHighErrorRate at the webhook sink")
+        time.sleep(6)  # several more ruler evaluations and Alertmanager group intervals
+    finally:
+        fleet.load.pause()
+    delivered = fleet.delivered("FleetHighErrorRate")
+    assert len(delivered) == 1, delivered
+    (alert,) = delivered
+    assert alert["status"] == "firing"
+    assert alert["labels"]["severity"] == "warning" and alert["labels"]["model"] == "ernie-4.5-0.3b"
+    assert "tier" not in alert["labels"] and "prometheus_shard" not in alert["labels"], alert["labels"]
 
 
 def test_dashboards_and_alerts_answer_through_query(fleet: Fleet) -> None:

@@ -118,7 +118,8 @@ def query_args(thanos: Path, http: int, grpc: int, endpoints: list[int]) -> list
 
 
 def rule_args(thanos: Path, tmp: Path, *, http: int, grpc: int, query_http: int, alertmanager_port: int,
-              objstore: Path | None = None, eval_interval: str = "2s") -> list[str]:
+              rule_file: Path = REPO_ROOT / "alerts" / "fleet-global.yml", objstore: Path | None = None,
+              eval_interval: str = "2s") -> list[str]:
     """The Thanos ruler of the fleet: alerts/fleet-global.yml over Query, to Alertmanager, its
     blocks labelled tier="1m" (the 1 min tier) -- deploy/thanos/rule-*.yml with this test's ports."""
     query = yaml.safe_load((THANOS_DIR / "rule-query.yml").read_text())
@@ -132,7 +133,7 @@ def rule_args(thanos: Path, tmp: Path, *, http: int, grpc: int, query_http: int,
         f"--http-address={HOST}:{http}",
         f"--grpc-address={HOST}:{grpc}",
         f"--data-dir={tmp / 'rule'}",
-        f"--rule-file={REPO_ROOT / 'alerts' / 'fleet-global.yml'}",
+        f"--rule-file={rule_file}",
         f"--query.config-file={tmp / 'rule-query.yml'}",
         f"--alertmanagers.config-file={tmp / 'rule-alertmanagers.yml'}",
         '--label=tier="1m"',
@@ -225,6 +226,12 @@ class CounterTarget:
                 f'{name}{{{names.ATTR_MODEL}="{MODEL}",{names.ATTR_OPERATION}="chat",'
                 f'{names.ATTR_STATUS}="{status}"}} {value}'
             )
+        # Like ernie-serve, the errors counter exists only from the first error on.
+        if counts["error"]:
+            model, operation, error_type = names.ERRORS.prom_labels
+            lines += [f"# TYPE {names.ERRORS.prom_name} counter",
+                      f'{names.ERRORS.prom_name}{{{model}="{MODEL}",{operation}="chat",{error_type}="internal"}} '
+                      f'{counts["error"]}']
         return "\n".join(lines) + "\n"
 
     def add(self, ok: int, error: int = 0) -> None:
