@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +83,7 @@ class Fleet:
     alertmanager_port: int
     notifications: Path
     stack: contextlib.ExitStack
+    shards: list[RunningProcess] = field(default_factory=list)
 
     @property
     def query(self) -> str:
@@ -226,6 +227,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             shard = stack.enter_context(run_process(
                 prometheus_args(config, port, tmp / f"shard-{index}"), tmp / f"shard-{index}.log"))
             wait_http(f"http://{HOST}:{port}/-/ready", timeout=60, proc=shard.proc)
+            fleet.shards.append(shard)
         yield fleet
 
 
@@ -381,3 +383,30 @@ def test_receiver_killed_mid_load_loses_nothing(fleet: Fleet) -> None:
         text = http_get(f"{fleet.shard(index)}/metrics")[1]
         assert metric_value(text, "prometheus_remote_storage_samples_failed_total") == 0, index
         assert metric_value(text, "prometheus_remote_storage_samples_total") > 0, index
+
+
+def test_one_shard_down_loses_only_its_own_targets(fleet: Fleet) -> None:
+    """Last (it stops a shard for good): with shard 1 dead, shard 0's targets keep arriving in
+    Thanos, and shard 0 reports shard 1 down (the input of PrometheusShardDown)."""
+    dead = 1
+    fleet.shards[dead].proc.terminate()
+    fleet.shards[dead].proc.wait(timeout=30)
+    mine = [t for t in fleet.targets if hashmod(t.address, SHARDS) != dead]
+    theirs = [t for t in fleet.targets if hashmod(t.address, SHARDS) == dead]
+    assert mine and theirs
+    before = {t.address: scalar_or_none(fleet.query, f'sum({REQUESTS}{{instance="{t.address}"}})') for t in theirs}
+    fleet.load.resume()
+    time.sleep(6)
+    fleet.load.pause()
+    for target in mine:
+        expected = target.total()
+
+        def caught_up(address: str = target.address, want: int = expected) -> bool | None:
+            return scalar_or_none(fleet.query, f'sum({REQUESTS}{{instance="{address}"}})') == want or None
+        wait_for(caught_up, 60, f"{target.address} (live shard) through Query")
+    for target in theirs:  # frozen at what the dead shard last shipped
+        assert scalar_or_none(fleet.query, f'sum({REQUESTS}{{instance="{target.address}"}})') == before[target.address]
+        assert target.total() > (before[target.address] or 0)
+    dead_address = f"{HOST}:{fleet.shard_ports[dead]}"
+    wait_for(lambda: instant(fleet.shard(1 - dead), f'up{{job="prometheus-shard",instance="{dead_address}"}} == 0')
+             or None, 30, "the live shard to see the dead one down")
