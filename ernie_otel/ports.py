@@ -83,6 +83,12 @@ FLEET_PORTS: dict[str, int] = {
     "thanos_receive_http": 10912,
     "thanos_receive_remote_write": 19291,
     "thanos_receive_capnproto": 19391,
+    # The routing-only receiver in front of them (no TSDB): the one remote-write URL the
+    # Prometheus shards use, so that a dead ingesting receiver costs no failed writes.
+    "thanos_router_remote_write": 19281,
+    "thanos_router_grpc": 10981,
+    "thanos_router_http": 10982,
+    "thanos_router_capnproto": 19381,
     "thanos_store_grpc": 10941,
     "thanos_store_http": 10942,
     "thanos_compact_http": 10952,

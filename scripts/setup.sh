@@ -83,4 +83,6 @@ else
   [ -z "$ui_src" ] || log "ERNIE_OTEL_JAEGER_UI=$ui_src holds no $JAEGER_UI_ARCHIVE or assets.tar.gz"
   PYTHONPATH=. .venv/bin/python -c 'from ernie_otel.jaeger_ui import HOW_TO_GET; print("[setup] " + HOW_TO_GET)' >&2
 fi
+
+log "building/reusing the Thanos binary (fleet metrics store)"; bash deploy/thanos/build.sh >/dev/null
 log "done"
