@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from serve_helpers import run_server
 
 from ernie_otel import names
+from ernie_otel.backends.local import LocalBackend
 from ernie_otel.serve import ServeConfig
 from ernie_otel.server import ErnieServer
 from ernie_otel.stats import ThroughputWindow
@@ -258,8 +259,9 @@ def test_error_request_lands_in_error_series_with_error_span(env: Env) -> None:
 
 def test_rejected_and_cancelled_requests(env: Env) -> None:
     before = env.metrics()
-    engine = env.server.engine
-    assert engine is not None
+    backend = env.server.backend
+    assert isinstance(backend, LocalBackend) and backend.engine is not None
+    engine = backend.engine
     release = threading.Event()
 
     def pause() -> None:  # engine thread, between steps: the long request cannot finish meanwhile

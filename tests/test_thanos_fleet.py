@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from helpers import REPO_ROOT, RunningProcess, free_port, http_get, run_process, wait_http
 from dashboard_queries import iter_queries, load_dashboard
+from helpers import REPO_ROOT, RunningProcess, free_port, http_get, run_process, wait_http
 from test_alerts import alertmanager_config_for_test
 from thanos_fleet import (
     HOST,
