@@ -36,4 +36,5 @@ fi
 
 log "building/reusing the Collector and Jaeger binaries"
 bash collector/build.sh >/dev/null
+bash scripts/build-k8s-tools.sh >/dev/null  # helm, controller-gen, CRDs, docker-compose for tests/test_k8s.py
 log "done"
