@@ -243,11 +243,16 @@ def test_misspelt_values_are_caught(k8s_tools: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"serve": {"mode": "turbo"}}, "serve.mode must be engine or gateway"),
+    # values.schema.json: misspelt keys, unknown modes, too few samplers.
+    ({"serve": {"maxNumSeq": 4}}, "at '/serve': additional properties 'maxNumSeq' not allowed"),
+    ({"serve": {"mode": "turbo"}}, "at '/serve/mode': value must be one of 'engine', 'gateway'"),
+    ({"collector": {"sampler": {"replicas": 1}}}, "at '/collector/sampler/replicas': minimum: got 1, want 2"),
+    ({"autoscaling": {"mode": "vpa"}}, "at '/autoscaling/mode': value must be one of"),
+    ({"ports": {"serve": 70000}}, "at '/ports/serve': maximum"),
+    # The templates' `required`: values that only matter in one mode.
     ({"serve": {"mode": "gateway"}}, "needs serve.gateway.upstream"),
-    ({"collector": {"sampler": {"replicas": 1}}}, "must be at least 2"),
     ({"jaeger": {"enabled": False}}, "needs externalTraces.otlpGrpcEndpoint"),
-    ({"autoscaling": {"mode": "vpa"}}, "autoscaling.mode must be"),
+    ({"jaeger": {"storage": "opensearch"}}, "needs jaeger.opensearch.urls"),
 ])
 def test_bad_values_fail_with_one_clear_message(k8s_tools: Path, tmp_path: Path, values: dict[str, Any],
                                                 message: str) -> None:
