@@ -49,11 +49,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overhead import Proc, bench, http_get, machine, start_ernie_serve, stopping
+from overhead import bench, machine, start_ernie_serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from ernie_otel import names
 from ernie_otel.bench import BenchConfig, BenchResult
+from ernie_otel.stack.procs import Running, http_get, stopping
 
 SMI_FIELDS = ("index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu", "temperature.gpu",
               "power.draw")
@@ -429,7 +430,7 @@ class Run:
 
 def measure(args: argparse.Namespace, path: Path, log_dir: Path, t0: float, run: Run) -> None:
     """Start the server, warm it up, scrape idle / under load / after; fills ``run`` as it goes."""
-    procs: list[Proc] = []
+    procs: list[Running] = []
     with stopping(procs):
         server = start_ernie_serve("ernie-serve-gpu", str(path), log_dir,
                                    extra_args=["--device", args.device, *args.extra_args.split()])

@@ -22,16 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overhead import Proc, find_pipeline_bin, free_port, machine, start_collector, start_ernie_serve, stopping
+from overhead import find_pipeline_bin, machine, start_collector, start_ernie_serve, status_kib
 
 from ernie_otel.bench import BenchConfig, BenchResult, run_bench
-
-
-def status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
+from ernie_otel.stack.procs import Running, free_port, stopping
 
 
 async def sample_during(pid: int, cfg: BenchConfig, interval: float = 0.05) -> tuple[BenchResult, list[int]]:
@@ -50,7 +44,7 @@ async def sample_during(pid: int, cfg: BenchConfig, interval: float = 0.05) -> t
     return result, samples
 
 
-def measure(name: str, server: Proc, args: argparse.Namespace) -> dict[str, Any]:
+def measure(name: str, server: Running, args: argparse.Namespace) -> dict[str, Any]:
     pid = server.proc.pid
     time.sleep(2)  # let start-up allocations settle
     idle = status_kib(pid, "VmRSS")
@@ -92,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="ernie-memory-"))
     print(f"machine: {machine()}\nlogs: {log_dir}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
-    procs: list[Proc] = []
+    procs: list[Running] = []
     with stopping(procs):
         otlp = f"http://127.0.0.1:{free_port()}"
         bin_dir = find_pipeline_bin()

@@ -25,7 +25,7 @@ distance from ``off`` is the noise floor of the figures.
 into a temporary git worktree, run with this virtual environment), in the same rounds as this
 tree's ``prom``/``full``: what a change bought, measured side by side.
 
-This module also holds the process helpers the other benchmark scripts import.
+This module also holds the ernie-serve/Collector starters the other benchmark scripts import.
 """
 
 from __future__ import annotations
@@ -36,21 +36,19 @@ import contextlib
 import glob
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ernie_otel.bench import BenchConfig, BenchResult, run_bench
+from ernie_otel.ports import HOST
+from ernie_otel.stack import components
+from ernie_otel.stack.procs import Running, free_port, free_ports, http_get, spawn, stopping
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -58,97 +56,45 @@ CACHE = Path(os.environ.get("ERNIE_OTEL_CACHE", Path.home() / ".cache" / "ernie-
 
 
 # ------------------------------------------------------------------------ process helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode("utf-8", "replace")
-
-
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    url: str = ""
-    ports: dict[str, int] = field(default_factory=dict)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def wait_http(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                code, body = http_get(url, timeout=2.0)
-                if code == 200:
-                    return
-                last = f"HTTP {code} {body[:200]}"
-            except OSError as exc:
-                last = repr(exc)
-            else:  # ernie-serve's /health says "failed" when the model cannot load: no point waiting on
-                failed = None
-                with contextlib.suppress(ValueError, AttributeError):
-                    state = json.loads(body)
-                    if state.get("status") == "failed":
-                        failed = state.get("error") or "no reason given"
-                if failed is not None:
-                    raise RuntimeError(f"{self.name}: model load failed: {failed}\n{self.log_tail()}")
-            time.sleep(0.25)
-        raise RuntimeError(f"{self.name}: {url} not ready after {timeout:.0f}s ({last}):\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
+# Spawning, waiting for health and stopping are ernie_otel.stack.procs' (the stack and the tests
+# run on the same ones); what is here is only what the benchmarks add.
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all threads (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def spawn(name: str, args: Sequence[str | os.PathLike[str]], log_dir: Path,
-          env: Mapping[str, str] | None = None) -> Proc:
-    log_path = log_dir / f"{name}.log"
-    full_env = {**os.environ, **(env or {})}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(a) for a in args], cwd=REPO, env=full_env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
-    return Proc(name, proc, log_path)
+def status_kib(pid: int, key: str) -> int:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM, RssAnon, ...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
 
 
-# ernie-serve from another checkout (a git worktree), with this virtual environment.
-_SERVE_FROM_TREE = "import sys; sys.path.insert(0, {path!r}); from ernie_otel.server import main; sys.exit(main())"
+def spawn_in(log_dir: Path, name: str, args: Sequence[str | os.PathLike[str]],
+             env: Mapping[str, str] | None = None) -> Running:
+    """spawn() with its log at <log_dir>/<name>.log."""
+    return spawn(name, args, log_dir / f"{name}.log", env)
+
+
+# ernie-serve from another checkout (a git worktree), with this virtual environment. Older
+# checkouts have the entry point in ernie_otel.server, newer ones in ernie_otel.serve.
+_SERVE_FROM_TREE = ("import sys; sys.path.insert(0, {path!r}); from importlib import import_module; "
+                    "from importlib.util import find_spec; "
+                    "entry = 'ernie_otel.serve' if find_spec('ernie_otel.serve') else 'ernie_otel.server'; "
+                    "sys.exit(import_module(entry).main())")
 
 
 def start_ernie_serve(name: str, model: str, log_dir: Path, *, env: Mapping[str, str] | None = None,
-                      extra_args: Sequence[str] = (), metrics: bool = True, tree: Path | None = None) -> Proc:
+                      extra_args: Sequence[str] = (), metrics: bool = True, tree: Path | None = None) -> Running:
     """``tree``: run the ernie_otel of that checkout instead of the installed one."""
     port = free_port()
     metrics_port = free_port() if metrics else 0
     command: list[str | Path] = [BIN / "ernie-serve"] if tree is None else [
         sys.executable, "-c", _SERVE_FROM_TREE.format(path=str(tree))]
-    p = spawn(name, [*command, "--model", model, "--port", str(port), "--metrics-port", str(metrics_port),
-                     "--log-level", "warning", *extra_args], log_dir, env)
+    p = spawn_in(log_dir, name, [*command, "--model", model, "--port", str(port), "--metrics-port", str(metrics_port),
+                     "--log-level", "warning", *extra_args], env)
     p.url = f"http://127.0.0.1:{port}"
     p.ports = {"api": port, "metrics": metrics_port}
     return p
@@ -162,55 +108,26 @@ def find_pipeline_bin() -> Path | None:
     return None
 
 
-def start_collector(bin_dir: Path, log_dir: Path, gomaxprocs: int = 0) -> tuple[Proc, Proc | None]:
+def start_collector(bin_dir: Path, log_dir: Path, gomaxprocs: int = 0) -> tuple[Running, Running | None]:
     """Collector on free ports, exporting spans to a Jaeger on free ports (if jaeger is built), so
     that the full variant pays for a real export rather than for a failing, retrying one.
     ``gomaxprocs``: GOMAXPROCS for both (0: Go's default, every core)."""
-    jaeger: Proc | None = None
-    go_env = {"GOMAXPROCS": str(gomaxprocs)} if gomaxprocs else {}
-    otel_env = {
-        **go_env,
-        "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "OTELCOL_TELEMETRY_PORT": str(free_port()),
-        "OTELCOL_LOG_LEVEL": "warn",
-    }
+    ports = free_ports()
+    quiet = {"GOMAXPROCS": str(gomaxprocs)} if gomaxprocs else {}
+    jaeger: Running | None = None
     if os.access(bin_dir / "jaeger", os.X_OK):
-        jaeger_env = {
-            **go_env,
-            "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-            "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-            "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-            "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-            "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
-            "JAEGER_METRICS_PORT": str(free_port()),
-            "JAEGER_LOG_LEVEL": "warn",
-        }
-        jaeger = spawn("jaeger", [bin_dir / "jaeger", "--config", REPO / "collector" / "jaeger.yaml"], log_dir,
-                       jaeger_env)
-        jaeger.url = f"http://{jaeger_env['JAEGER_QUERY_HTTP_ENDPOINT']}"
-        otel_env["OTELCOL_JAEGER_ENDPOINT"] = jaeger_env["JAEGER_OTLP_GRPC_ENDPOINT"]
-    else:
-        otel_env["OTELCOL_JAEGER_ENDPOINT"] = f"127.0.0.1:{free_port()}"  # nothing there: spans are dropped
-    col = spawn("otelcol", [bin_dir / "otelcol-ernie", "--config", REPO / "collector" / "otelcol.yaml"], log_dir,
-                otel_env)
-    col.url = f"http://{otel_env['OTELCOL_OTLP_GRPC_ENDPOINT']}"
-    col.ports = {"prometheus": int(otel_env["OTELCOL_PROMETHEUS_ENDPOINT"].rsplit(":", 1)[1])}
-    col.wait_http(f"http://{otel_env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=60)
+        jaeger = spawn_in(log_dir, "jaeger", components.jaeger_command(bin_dir),
+                          {**components.jaeger_env(ports), **quiet, "JAEGER_LOG_LEVEL": "warn"})
+        jaeger.url = f"http://{HOST}:{ports['jaeger_query']}"
+    # Without a Jaeger nothing listens on the Collector's Jaeger target: spans are dropped.
+    col = spawn_in(log_dir, "otelcol", components.collector_command(bin_dir),
+                   {**components.collector_env(ports), **quiet, "OTELCOL_LOG_LEVEL": "warn"})
+    col.url = f"http://{HOST}:{ports['otlp_grpc']}"
+    col.ports = {"prometheus": ports["collector_prometheus"]}
+    col.wait_http(components.collector_health_url(ports), timeout=60)
     if jaeger is not None:
-        jaeger.wait_http(f"{jaeger.url}/api/services", timeout=60)
+        jaeger.wait_http(components.jaeger_health_url(ports), timeout=60)
     return col, jaeger
-
-
-@contextlib.contextmanager
-def stopping(procs: list[Proc]) -> Iterator[list[Proc]]:
-    try:
-        yield procs
-    finally:
-        for p in reversed(procs):
-            p.stop()
 
 
 def workload(url: str, args: argparse.Namespace, requests: int | None = None,
@@ -297,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, variants: list[str], log_dir: Path, old_tree: Path | None, t_start: float) -> int:
 
     bin_dir = find_pipeline_bin()
-    procs: list[Proc] = []
+    procs: list[Running] = []
     with stopping(procs):
-        collector: Proc | None = None
-        jaeger: Proc | None = None
+        collector: Running | None = None
+        jaeger: Running | None = None
         if bin_dir is not None:
             collector, jaeger = start_collector(bin_dir, log_dir, args.collector_cpus)
             procs += [p for p in (jaeger, collector) if p is not None]
@@ -327,7 +244,7 @@ def run(args: argparse.Namespace, variants: list[str], log_dir: Path, old_tree: 
         device = ["--device", args.device] if args.device else []
         if args.torch_threads:  # ernie-serve sets torch's thread count itself; OMP_NUM_THREADS alone is overridden
             device += ["--torch-threads", str(args.torch_threads)]
-        servers: dict[str, Proc] = {}
+        servers: dict[str, Running] = {}
 
         def start_servers(generation: int) -> None:
             for p in servers.values():
@@ -378,7 +295,7 @@ def run(args: argparse.Namespace, variants: list[str], log_dir: Path, old_tree: 
     return 0
 
 
-def verify_export(full: Proc, collector: Proc, jaeger: Proc | None) -> dict[str, Any]:
+def verify_export(full: Running, collector: Running, jaeger: Running | None) -> dict[str, Any]:
     """Evidence that the full variant really exported: its series at the Collector's Prometheus
     endpoint and its service in Jaeger (the OTLP metric interval is 5 s, so poll a little)."""
     found: dict[str, Any] = {}

@@ -24,10 +24,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
 
-from overhead import BIN, free_port, proc_cpu_s
+from overhead import BIN, proc_cpu_s
+
+from ernie_otel.stack.procs import free_port, wait_http
 
 VARIANTS = ("off", "prom", "prom-norecorder", "prom-noasgi", "prom-neither")
 
@@ -43,20 +43,9 @@ def serve(variant: str, argv: list[str]) -> int:
         Recorder.finish = finish_nothing  # type: ignore[method-assign]
     if variant in ("prom-noasgi", "prom-neither"):
         os.environ["OTEL_PYTHON_FASTAPI_EXCLUDED_URLS"] = "health,metrics,v1"
-    from ernie_otel.server import main
+    from ernie_otel.serve import main
 
     return main(argv)
-
-
-def wait_healthy(port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"ernie-serve on {port} not healthy")
 
 
 def bench(port: int, requests: int) -> None:
@@ -86,8 +75,8 @@ def main() -> int:
                 [sys.executable, __file__, "--serve", variant, "--model", "tiny", "--port", str(port),
                  "--metrics-port", str(free_port()), "--torch-threads", "1"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        for port in ports.values():
-            wait_healthy(port)
+        for variant, port in ports.items():
+            wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=procs[variant])
             bench(port, 16)  # one-off costs (allocator, lazy imports) before measuring
         cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for rnd in range(args.rounds):

@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overhead import BIN, CACHE, Proc, bench, free_port, machine, spawn, start_ernie_serve, stopping
+from overhead import BIN, CACHE, bench, machine, spawn_in, start_ernie_serve, status_kib
 
 from ernie_otel.bench import BenchConfig, BenchResult
+from ernie_otel.stack.procs import Running, free_port, stopping
 
 # Requests per run by model and concurrency: enough for a p50, small enough for 10 minutes on 2 CPUs.
 REQUESTS = {"tiny": {1: 16, 8: 64}, "0.3b": {1: 3, 8: 16}}
@@ -52,14 +53,7 @@ def model_dir(size: str) -> Path:
     return target
 
 
-def vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: str = "cpu") -> Proc:
+def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: str = "cpu") -> Running:
     port = free_port()
     args: list[str] = ["serve", "--host", "127.0.0.1", "--port", str(port), "--device", device,
                        "--log-level", "warning"]
@@ -68,7 +62,7 @@ def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: s
         # 8 requests of ~100 tokens many times over.
         args += ["--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", "128",
                  "--cb-max-batch-tokens", "512"]
-    p = spawn(name, [BIN / "transformers", *args, str(path)], log_dir)
+    p = spawn_in(log_dir, name, [BIN / "transformers", *args, str(path)])
     p.url = f"http://127.0.0.1:{port}"
     return p
 
@@ -85,10 +79,10 @@ def peer_extra(kind: str, max_tokens: int) -> tuple[bool, dict[str, Any]]:
 def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[str, Any]]:
     path = model_dir(size)
     peers = [p for p in args.peers.split(",") if p]
-    procs: list[Proc] = []
+    procs: list[Running] = []
     rows: list[dict[str, Any]] = []
     with stopping(procs):
-        servers: dict[str, Proc] = {}
+        servers: dict[str, Running] = {}
         for peer in peers:
             if peer == "ernie-serve":
                 servers[peer] = start_ernie_serve(f"ernie-serve-{size}", str(path), log_dir,
@@ -134,7 +128,7 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
                 "ttft_p50_ms": statistics.median(r.ttft_ms.p50 or 0.0 for r in rs),
                 "tpot_p50_ms": statistics.median(r.tpot_ms.p50 or 0.0 for r in rs),
                 "latency_p50_ms": statistics.median(r.latency_ms.p50 or 0.0 for r in rs),
-                "rss_mib": vm_kib(pid, "VmRSS") / 1024, "peak_rss_mib": vm_kib(pid, "VmHWM") / 1024,
+                "rss_mib": status_kib(pid, "VmRSS") / 1024, "peak_rss_mib": status_kib(pid, "VmHWM") / 1024,
             })
     return rows
 

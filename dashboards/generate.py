@@ -1,14 +1,17 @@
-"""Generate the Grafana dashboard ``dashboards/ernie-inference.json`` (uid ``ernie-monitor``).
+"""Generate the ERNIE dashboard twice from one specification: the Grafana dashboard
+``dashboards/ernie-inference.json`` (uid ``ernie-monitor``) and the Prometheus console page
+``dashboards/consoles/ernie.html`` (served by Prometheus itself at ``/consoles/ernie.html``).
 
 Every metric name in a query comes from ``ernie_otel/names.py``, as do the model/status/error_type
-labels. Edit this file (or names.py), never the JSON, then regenerate from the repository root:
+labels. Edit this file (or names.py), never the outputs, then regenerate from the repository root:
 
-    python dashboards/generate.py            # rewrite dashboards/ernie-inference.json
-    python dashboards/generate.py --check    # exit 1 if the JSON is not what this file builds
+    python dashboards/generate.py            # rewrite both files
+    python dashboards/generate.py --check    # exit 1 if either is not what this file builds
 
-``tests/test_dashboards.py`` fails when the JSON and :func:`build_dashboard` disagree. The output
-is deterministic: panels, targets and keys keep the order they are built in (not sorted, so the
-JSON reads like a Grafana export), ``indent=2``, one trailing newline.
+``tests/test_dashboards.py`` fails when the files and :func:`build_dashboard` /
+:func:`render_console` disagree, and when a panel query of one is missing from the other. The
+output is deterministic: panels, targets and keys keep the order they are built in (not sorted, so
+the JSON reads like a Grafana export), ``indent=2``, one trailing newline.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_PATH = REPO_ROOT / "dashboards" / "ernie-inference.json"
+CONSOLE_PATH = REPO_ROOT / "dashboards" / "consoles" / "ernie.html"
 
 if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:
     # Run as a script (`python dashboards/generate.py`): make ernie_otel importable without an install.
     sys.path.insert(0, str(REPO_ROOT))
 
 from ernie_otel import names as n  # noqa: E402
+from ernie_otel.ports import DEFAULT_PORTS, HOST  # noqa: E402
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 JI = 'job=~"$job", instance=~"$instance"'
@@ -39,6 +44,7 @@ RI = "[$__rate_interval]"
 ENGINE_JI = 'job=~"$engine_job", instance=~"$engine_instance"'
 
 ENGINE_ROW = "Engine (native metrics)"
+JAEGER_URL = f"http://{HOST}:{DEFAULT_PORTS['jaeger_query']}"
 
 _PROM_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
@@ -438,7 +444,7 @@ def build_dashboard() -> dict:
         "graphTooltip": 1,
         "id": None,
         "links": [{"title": "Jaeger (traces)", "type": "link",
-                   "url": "http://127.0.0.1:16686/search?service=" + n.SERVICE_NAME, "targetBlank": True,
+                   "url": f"{JAEGER_URL}/search?service={n.SERVICE_NAME}", "targetBlank": True,
                    "icon": "external link", "tooltip": "Search ernie-serve traces in Jaeger", "asDropdown": False,
                    "includeVars": False, "keepTime": False, "tags": []}],
         "liveNow": False,
@@ -457,6 +463,353 @@ def build_dashboard() -> dict:
     }
 
 
+# ---------------------------------------------------------------------------- console page
+# The same panels as a Prometheus console template (Prometheus serves it at /consoles/ernie.html with
+# --web.console.templates=dashboards/consoles and --web.console.libraries=<the package's console
+# libraries>). The page carries the panels as JSON (exactly the Grafana targets' PromQL, variables
+# still in) and a small script that fills the variables from the URL and the same label_values
+# look-ups Grafana makes, then draws each panel with the console library's PromConsole.Graph, or as
+# numbers for stat/gauge/pie panels. No Go template action touches the PromQL, so nothing is escaped
+# or rewritten between the Grafana JSON and what the browser sends to Prometheus.
+
+# What Grafana's $__rate_interval becomes on the console page: 4x the 5 s scrape interval of
+# deploy/prometheus.yml would be 20 s; 1m keeps the lines as smooth as Grafana's at its default range.
+CONSOLE_RATE_INTERVAL = "1m"
+# The SERVER span of the chat endpoint (FastAPI instrumentation: method and route template).
+CHAT_SERVER_SPAN = "POST /v1/chat/completions"
+# Latency panels link to the slow traces behind them: the Jaeger search of the panel's span, from
+# the panel's current p95 up. Values: (Jaeger operation or None for all, refId of the p95 target).
+TRACE_LINKS: dict[str, tuple[str | None, str]] = {
+    "End-to-end latency": (CHAT_SERVER_SPAN, "B"),
+    "Time to first token": (None, "B"),
+    "Time per output token": (n.SPAN_DECODE, "B"),
+    "Queue time": (n.SPAN_QUEUE, "B"),
+    "Span duration p95": (None, "A"),
+}
+# Panels that stay empty on a healthy local stack because the hardware or add-on that feeds them is
+# not there: the page says why instead of drawing an empty graph.
+ABSENT_NOTES = {
+    "gpu": "No GPU series for this selection: NVML reports none on a host without an NVIDIA GPU.",
+    "engine": "No engine series: they exist only in gateway mode with collector/engine-metrics.yaml.",
+    "spanmetrics": "No span metrics for this job: they come only through the Collector (job ernie-serve).",
+}
+_LEGEND_VAR_RE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def _absent_note(row_title: str, panel: dict) -> str | None:
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    if row_title == ENGINE_ROW:
+        return ABSENT_NOTES["engine"]
+    if any(spec.prom_name in exprs for spec in n.GPU_METRICS):
+        return ABSENT_NOTES["gpu"]
+    if n.SPANMETRICS_CALLS_PROM in exprs or n.SPANMETRICS_DURATION_PROM in exprs:
+        return ABSENT_NOTES["spanmetrics"]
+    return None
+
+
+def console_panels(dashboard: dict | None = None) -> list[dict]:
+    """The dashboard's panels as the console page draws them, in dashboard order, each with its
+    row, its Grafana targets (expr unchanged; the legend in the console library's [[label]] form)."""
+    dashboard = build_dashboard() if dashboard is None else dashboard
+    out: list[dict] = []
+    row_title = ""
+    for p in dashboard["panels"]:
+        if p["type"] == "row":
+            row_title = p["title"]
+            continue
+        targets = [{"ref": t["refId"], "expr": t["expr"],
+                    "legend": "" if t["legendFormat"] == "__auto" else _LEGEND_VAR_RE.sub(r"[[\1]]", t["legendFormat"]),
+                    "instant": bool(t["instant"])} for t in p["targets"]]
+        link = TRACE_LINKS.get(p["title"])
+        out.append({
+            "id": f"panel-{p['id']}", "row": row_title, "title": p["title"], "description": p["description"],
+            "type": p["type"], "unit": p["fieldConfig"]["defaults"]["unit"], "targets": targets,
+            "absent": _absent_note(row_title, p),
+            "jaeger": None if link is None else {"operation": link[0], "quantileRef": link[1]},
+        })
+    return out
+
+
+def console_variables(dashboard: dict | None = None) -> list[dict]:
+    """Grafana's query variables as (name, label, metric selector, label name): the page asks
+    Prometheus for ``/api/v1/label/<label>/values?match[]=<selector>``, which is label_values()."""
+    dashboard = build_dashboard() if dashboard is None else dashboard
+    out = []
+    for v in dashboard["templating"]["list"]:
+        if v["type"] != "query":
+            continue
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", v["definition"])
+        assert m, v["definition"]
+        out.append({"name": v["name"], "label": v["label"], "match": m.group(1), "labelName": m.group(2),
+                    "multi": v["multi"]})
+    return out
+
+
+_CONSOLE_CSS = """
+.ernie-vars { margin: 0.5em 0 1em; }
+.ernie-vars label { margin-right: 1.2em; }
+.ernie-vars select { max-width: 22em; }
+.ernie-row { clear: both; padding-top: 0.6em; border-top: 1px solid #ddd; }
+.ernie-panel { display: inline-block; vertical-align: top; width: 48%; min-width: 28em; margin: 0 1% 1.2em 0; }
+.ernie-panel h4 { font-size: 1.05em; margin: 0.4em 0 0.1em; }
+.ernie-panel .ernie-desc { font-size: 0.8em; color: #666; margin: 0 0 0.3em; overflow: hidden;
+  display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; }
+.ernie-number { font-size: 1.6em; font-weight: 600; }
+.ernie-many .ernie-number { display: inline-block; font-size: 1.1em; margin-right: 1.2em; }
+.ernie-number small { font-size: 0.55em; font-weight: normal; color: #666; margin-right: 0.4em; }
+.ernie-absent { color: #666; font-style: italic; padding: 1em 0; }
+.ernie-error { color: #b00; }
+"""
+
+# Plain ES5 (the console library's own level); no "{{" anywhere, so Go's template parser leaves it be.
+_CONSOLE_JS = r"""
+(function () {
+  var PANELS = JSON.parse(document.getElementById('ernie-panels').textContent);
+  var VARIABLES = JSON.parse(document.getElementById('ernie-variables').textContent);
+  var DEFAULTS = JSON.parse(document.getElementById('ernie-defaults').textContent);
+  var params = new URLSearchParams(window.location.search);
+  var values = {};
+
+  function api(path, args, done) {
+    var q = [];
+    for (var k in args) { q.push(encodeURIComponent(k) + '=' + encodeURIComponent(args[k])); }
+    var xhr = new XMLHttpRequest();
+    xhr.open('GET', PATH_PREFIX + path + '?' + q.join('&'));
+    xhr.responseType = 'json';
+    xhr.onload = function () { done(xhr.response || {status: 'error', error: 'HTTP ' + xhr.status}); };
+    xhr.onerror = function () { done({status: 'error', error: 'network error'}); };
+    xhr.send();
+  }
+
+  // Grafana's variable syntax: $name and ${name}.
+  function fill(text) {
+    return text.replace(/\$\{?(\w+)\}?/g, function (all, name) {
+      return name in values ? values[name] : all;
+    });
+  }
+
+  function regexQuote(s) { return s.replace(/[.*+?^$()|[\]\\]/g, '\\$&'); }
+
+  function loadVariable(i, done) {
+    if (i >= VARIABLES.length) { done(); return; }
+    var v = VARIABLES[i];
+    api('/api/v1/label/' + v.labelName + '/values', {'match[]': fill(v.match)}, function (body) {
+      var options = body.status === 'success' ? body.data.slice().sort() : [];
+      var chosen = params.get(v.name);
+      if (chosen === null) { chosen = v.multi ? '' : (options[0] || ''); }
+      // Like Grafana: a regex (the queries use =~), its backslashes doubled inside the PromQL string.
+      values[v.name] = chosen === '' ? '.*' : regexQuote(chosen).replace(/\\/g, '\\\\');
+      var select = document.createElement('select');
+      select.name = v.name;
+      var all = v.multi ? ['', 'All'] : null;
+      if (all) { select.appendChild(new Option('All', '')); }
+      options.forEach(function (o) { select.appendChild(new Option(o, o)); });
+      if (chosen !== '' && options.indexOf(chosen) < 0) { select.appendChild(new Option(chosen, chosen)); }
+      select.value = chosen;
+      select.onchange = function () { document.getElementById('ernie-vars').submit(); };
+      var label = document.createElement('label');
+      label.appendChild(document.createTextNode(v.label + ' '));
+      label.appendChild(select);
+      document.getElementById('ernie-vars').appendChild(label);
+      loadVariable(i + 1, done);
+    });
+  }
+
+  var FORMATS = {
+    'reqps': [PromConsole.NumberFormatter.humanizeNoSmallPrefix, ' req/s'],
+    'ops': [PromConsole.NumberFormatter.humanizeNoSmallPrefix, ' /s'],
+    's': [PromConsole.NumberFormatter.humanize, 's'],
+    'percentunit': [function (v) { return (v * 100).toFixed(1); }, '%'],
+    'percent': [function (v) { return v.toFixed(1); }, '%'],
+    'bytes': [PromConsole.NumberFormatter.humanize1024, 'B'],
+    'celsius': [function (v) { return v.toFixed(0); }, ' \u00b0C'],
+    'watt': [PromConsole.NumberFormatter.humanizeNoSmallPrefix, ' W'],
+    'short': [PromConsole.NumberFormatter.humanizeNoSmallPrefix, '']
+  };
+  function format(unit) {
+    if (unit.indexOf('suffix:') === 0) {
+      return [PromConsole.NumberFormatter.humanizeNoSmallPrefix, ' ' + unit.slice(7)];
+    }
+    return FORMATS[unit] || FORMATS.short;
+  }
+
+  function legendOf(target, metric) {
+    if (!target.legend) { return target.ref; }
+    return target.legend.replace(/\[\[\s*(\w+)\s*\]\]/g, function (all, name) { return metric[name] || ''; });
+  }
+
+  function setState(el, state, detail) {
+    el.setAttribute('data-state', state);
+    if (detail) { el.setAttribute('data-detail', detail); }
+  }
+
+  function instantAll(panel, done) {
+    var results = new Array(panel.targets.length), pending = panel.targets.length, failed = null;
+    panel.targets.forEach(function (t, i) {
+      api('/api/v1/query', {query: fill(t.expr)}, function (body) {
+        if (body.status !== 'success') {
+          failed = failed || (t.ref + ': ' + body.error);
+        } else {
+          results[i] = body.data.result;
+        }
+        pending -= 1;
+        if (pending === 0) { done(failed, results); }
+      });
+    });
+  }
+
+  function drawNumbers(panel, el, body) {
+    instantAll(panel, function (failed, results) {
+      if (failed) {
+        body.appendChild(text('div', 'ernie-error', failed));
+        setState(el, 'error', failed);
+        return;
+      }
+      var f = format(panel.unit), shown = 0;
+      results.forEach(function (series, i) {
+        series.forEach(function (s) {
+          var v = parseFloat(s.value[1]);
+          var line = text('div', 'ernie-number', '');
+          line.appendChild(text('small', '', legendOf(panel.targets[i], s.metric)));
+          line.appendChild(document.createTextNode(isFinite(v) ? f[0](v) + f[1] : String(v)));
+          body.appendChild(line);
+          shown += 1;
+        });
+      });
+      if (!shown) { body.appendChild(text('div', 'prom_graph_error', 'No data')); setState(el, 'empty'); return; }
+      if (shown > 2) { body.className = 'ernie-many'; }
+      setState(el, 'number');
+    });
+  }
+
+  function drawGraph(panel, el, body) {
+    var f = format(panel.unit);
+    var graph = new PromConsole.Graph({
+      node: body,
+      expr: panel.targets.map(function (t) { return fill(t.expr); }),
+      // Our own interpolation: the library's drops whatever follows the last [[label]].
+      name: panel.targets.map(function (t) { return function (metric) { return legendOf(t, metric); }; }),
+      yAxisFormatter: f[0],
+      yHoverFormatter: f[0],
+      yUnits: f[1],
+      min: 0
+    });
+    // PromConsole.Graph draws an <svg> or says why not; the state is what the tests wait for.
+    var waited = 0;
+    (function watch() {
+      if (body.querySelector('svg')) { setState(el, 'graph'); return; }
+      var err = body.querySelector('.prom_graph_error');
+      if (err) { setState(el, 'empty', err.textContent); return; }
+      waited += 100;
+      if (waited < 30000) { setTimeout(watch, 100); } else { setState(el, 'timeout'); }
+    })();
+    return graph;
+  }
+
+  function addTraceLink(panel, el) {
+    var target = panel.targets.filter(function (t) { return t.ref === panel.jaeger.quantileRef; })[0];
+    var a = text('a', 'ernie-trace-link', 'Traces in Jaeger');
+    a.target = '_blank';
+    el.querySelector('h4').appendChild(document.createTextNode(' '));
+    el.querySelector('h4').appendChild(a);
+    var base = (params.get('jaeger') || DEFAULTS.jaeger) + '/search?service=' +
+      encodeURIComponent(DEFAULTS.service) + '&lookback=1h&limit=20' +
+      (panel.jaeger.operation ? '&operation=' + encodeURIComponent(panel.jaeger.operation) : '');
+    a.href = base;
+    api('/api/v1/query', {query: fill(target.expr)}, function (body) {
+      var vs = body.status === 'success' ? body.data.result.map(function (s) { return parseFloat(s.value[1]); }) : [];
+      vs = vs.filter(function (v) { return isFinite(v); });
+      if (vs.length) {
+        var ms = Math.floor(Math.max.apply(null, vs) * 1000);
+        a.href = base + '&minDuration=' + ms + 'ms';
+        a.textContent = 'Traces \u2265 p95 (' + ms + ' ms) in Jaeger';
+      }
+    });
+  }
+
+  function text(tag, cls, content) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    e.textContent = content;
+    return e;
+  }
+
+  function draw() {
+    var root = document.getElementById('ernie-panels-root'), row = null;
+    values.__rate_interval = DEFAULTS.rateInterval;
+    values.__range = Math.round(PromConsole.TimeControl._initialValues.duration) + 's';
+    values.__interval = DEFAULTS.rateInterval;
+    PANELS.forEach(function (panel) {
+      if (panel.row !== row) { row = panel.row; root.appendChild(text('h3', 'ernie-row', row)); }
+      var el = document.createElement('div');
+      el.className = 'ernie-panel';
+      el.id = panel.id;
+      el.setAttribute('data-title', panel.title);
+      setState(el, 'loading');
+      el.appendChild(text('h4', '', panel.title));
+      el.appendChild(text('p', 'ernie-desc', panel.description));
+      var body = document.createElement('div');
+      el.appendChild(body);
+      root.appendChild(el);
+      if (panel.jaeger) { addTraceLink(panel, el); }
+      var numbers = panel.type === 'stat' || panel.type === 'gauge' || panel.type === 'piechart';
+      var drawIt = numbers ? drawNumbers : drawGraph;
+      if (!panel.absent) { drawIt(panel, el, body); return; }
+      instantAll(panel, function (failed, results) {
+        var any = !failed && results.some(function (r) { return r.length > 0; });
+        if (failed || any) { drawIt(panel, el, body); return; }
+        body.appendChild(text('div', 'ernie-absent', panel.absent));
+        setState(el, 'absent');
+      });
+    });
+  }
+
+  if (params.get('jaeger')) {
+    // Kept across selector changes (the form submits only its own fields).
+    var hidden = document.createElement('input');
+    hidden.type = 'hidden';
+    hidden.name = 'jaeger';
+    hidden.value = params.get('jaeger');
+    document.getElementById('ernie-vars').appendChild(hidden);
+  }
+  loadVariable(0, draw);
+})();
+"""
+
+
+def render_console(dashboard: dict | None = None) -> str:
+    """The console template's exact text (Go template + HTML), one trailing newline."""
+    dashboard = build_dashboard() if dashboard is None else dashboard
+
+    def data(obj: object) -> str:
+        text = json.dumps(obj, indent=1, ensure_ascii=False)
+        # Go's template parser must see no action, and the browser no end of the script element.
+        assert "{{" not in text and "</" not in text, "console data would break the template"
+        return text
+
+    defaults = {"jaeger": JAEGER_URL, "service": n.SERVICE_NAME, "rateInterval": CONSOLE_RATE_INTERVAL}
+    assert "{{" not in _CONSOLE_JS and "</" not in _CONSOLE_JS
+    title = dashboard["title"]
+    return "\n".join([
+        "{{/* Generated by dashboards/generate.py from the panels of dashboards/ernie-inference.json: "
+        "do not edit. */}}",
+        '{{ template "head" . }}',
+        f"<style>{_CONSOLE_CSS}</style>",
+        '{{ template "prom_content_head" . }}',
+        f"<h1>{title}</h1>",
+        f"<p>{dashboard['description']} Same panels and PromQL as the Grafana dashboard "
+        "<code>dashboards/ernie-inference.json</code>.</p>",
+        '<form id="ernie-vars" class="ernie-vars" method="get"></form>',
+        '<div id="ernie-panels-root"></div>',
+        f'<script type="application/json" id="ernie-panels">{data(console_panels(dashboard))}</script>',
+        f'<script type="application/json" id="ernie-variables">{data(console_variables(dashboard))}</script>',
+        f'<script type="application/json" id="ernie-defaults">{data(defaults)}</script>',
+        f"<script>{_CONSOLE_JS}</script>",
+        '{{ template "prom_content_tail" . }}',
+        '{{ template "tail" }}',
+    ]) + "\n"
+
+
 def render(dashboard: dict | None = None) -> str:
     """The file's exact text: build order kept, indent 2, one trailing newline."""
     return json.dumps(build_dashboard() if dashboard is None else dashboard, indent=2) + "\n"
@@ -464,17 +817,22 @@ def render(dashboard: dict | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--output", type=Path, default=DASHBOARD_PATH, help="where to write (default: %(default)s)")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is out of date")
+    parser.add_argument("--output", type=Path, default=DASHBOARD_PATH, help="the Grafana JSON (default: %(default)s)")
+    parser.add_argument("--console-output", type=Path, default=CONSOLE_PATH,
+                        help="the Prometheus console page (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
     args = parser.parse_args(argv)
-    text = render()
+    dashboard = build_dashboard()
+    outputs = {args.output: render(dashboard), args.console_output: render_console(dashboard)}
     if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
-        if current != text:
-            print(f"{args.output} is out of date: run python dashboards/generate.py", file=sys.stderr)
-            return 1
-        return 0
-    args.output.write_text(text, encoding="utf-8", newline="\n")
+        stale = [path for path, text in outputs.items()
+                 if not path.exists() or path.read_text(encoding="utf-8") != text]
+        for path in stale:
+            print(f"{path} is out of date: run python dashboards/generate.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8", newline="\n")
     return 0
 
 

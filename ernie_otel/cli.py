@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from .config import OneLineParser
 
 SUBCOMMANDS = {
     "tiny-model": "build the small random-weight ERNIE-4.5 into DIR",
@@ -13,11 +14,11 @@ SUBCOMMANDS = {
 
 
 def tiny_model_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ernie-otel tiny-model", description=SUBCOMMANDS["tiny-model"])
+    parser = OneLineParser(prog="ernie-otel tiny-model", description=SUBCOMMANDS["tiny-model"])
     parser.add_argument("dir", nargs="?", help="output directory (default: print the cached built-in model's path)")
     parser.add_argument("--size", default="tiny", choices=["tiny", "0.3b"],
                         help="tiny: demo/test sizes; 0.3b: the real ERNIE-4.5-0.3B configuration, random weights")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     args = parser.parse_args(argv)
     from .tiny_model import build_tiny_model, ensure_tiny_model
 

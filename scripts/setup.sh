@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs, idempotent and fast when already done:
-# Debian packages (Prometheus, Alertmanager, promtool, amtool), the Python venv with the package,
-# and the Collector + Jaeger binaries (built from Go modules, cached outside the repo).
+# Debian packages (Prometheus, Alertmanager, promtool, amtool, Chromium and its WebDriver for the
+# browser tests), the Python venv with the package, the Collector + Jaeger binaries (built from Go
+# modules, cached outside the repo) and the Jaeger UI's built assets (unpacked from an archive given
+# in ERNIE_OTEL_JAEGER_UI into the same cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,9 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 # Debian names the binary prometheus-alertmanager.
 { command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null 2>&1 \
   && command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# The browser tests (tests/test_ui_browser.py) drive Debian's Chromium through its chromedriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if ((${#need[@]})); then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -36,5 +41,47 @@ fi
 
 log "building/reusing the Collector and Jaeger binaries"
 bash collector/build.sh >/dev/null
+
+# Jaeger UI: the Go module embeds none, so the built UI of the matching release is unpacked into the
+# cache and served through jaeger_query.ui.assets_path (the stack sets JAEGER_UI_ASSETS). The archive
+# comes from ERNIE_OTEL_JAEGER_UI (the archive itself, or a folder holding it); nothing is downloaded.
+JAEGER_UI_VERSION="v1.76.0"  # = ernie_otel/jaeger_ui.py JAEGER_UI_VERSION
+JAEGER_UI_ARCHIVE="jaeger-ui-${JAEGER_UI_VERSION}-assets.tar.gz"
+# sha256 of the built v1.76.0 UI that CI is given; another build of the same release (e.g. the
+# release's own assets.tar.gz) has another checksum: pass it in ERNIE_OTEL_JAEGER_UI_SHA256.
+JAEGER_UI_SHA256="${ERNIE_OTEL_JAEGER_UI_SHA256:-c6a065f7b64f47935cd8aeebb3ecc978329b3624be6ab5f91af64e32ddc5f9fd}"
+ui_dest="${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}/jaeger-ui/${JAEGER_UI_VERSION}"
+ui_src="${ERNIE_OTEL_JAEGER_UI:-}"
+if [ -d "$ui_src" ]; then
+  for candidate in "$ui_src/$JAEGER_UI_ARCHIVE" "$ui_src/assets.tar.gz"; do
+    if [ -f "$candidate" ]; then ui_src="$candidate"; break; fi
+  done
+fi
+ui_stamp="$ui_dest/.sha256"
+if [ -f "$ui_dest/index.html" ] && [ "$(cat "$ui_stamp" 2>/dev/null)" = "$JAEGER_UI_SHA256" ]; then
+  log "Jaeger UI ${JAEGER_UI_VERSION} up to date in $ui_dest"
+elif [ -f "$ui_src" ]; then
+  got="$(sha256sum "$ui_src" | cut -c1-64)"
+  if [ "$got" != "$JAEGER_UI_SHA256" ]; then
+    log "ERROR: $ui_src has sha256 $got, expected $JAEGER_UI_SHA256 (set ERNIE_OTEL_JAEGER_UI_SHA256 for another build)"
+    exit 2
+  fi
+  # Unpacked next to the destination and moved into place whole: a killed set-up leaves no half UI.
+  mkdir -p "${ui_dest%/*}"
+  tmp="$(mktemp -d "${ui_dest%/*}/.tmp-XXXXXX")"
+  tar -xzf "$ui_src" -C "$tmp"
+  index="$(find "$tmp" -name index.html -not -path '*/node_modules/*' | awk '{ print length, $0 }' | sort -n | head -1 | cut -d' ' -f2-)"
+  if [ -z "$index" ]; then
+    rm -rf "$tmp"; log "ERROR: no index.html in $ui_src: not a built Jaeger UI"; exit 2
+  fi
+  rm -rf "$ui_dest"
+  mv "$(dirname "$index")" "$ui_dest"
+  rm -rf "$tmp"
+  printf '%s\n' "$JAEGER_UI_SHA256" > "$ui_stamp"
+  log "Jaeger UI ${JAEGER_UI_VERSION} unpacked into $ui_dest"
+else
+  [ -z "$ui_src" ] || log "ERNIE_OTEL_JAEGER_UI=$ui_src holds no $JAEGER_UI_ARCHIVE or assets.tar.gz"
+  PYTHONPATH=. .venv/bin/python -c 'from ernie_otel.jaeger_ui import HOW_TO_GET; print("[setup] " + HOW_TO_GET)' >&2
+fi
 bash scripts/build-k8s-tools.sh >/dev/null  # helm, controller-gen, CRDs, docker-compose for tests/test_k8s.py
 log "done"

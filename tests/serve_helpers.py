@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import RunningProcess, free_port, run_process, wait_http
+from helpers import RunningProcess, free_port, http_get, run_process
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -35,12 +34,16 @@ class Served:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def stats(self) -> dict:
-        with urllib.request.urlopen(self.base + "/stats", timeout=5) as r:
-            return json.load(r)
+        return json.loads(self._ok(self.base + "/stats"))
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
-            return r.read().decode()
+        return self._ok(self.metrics_url)
+
+    @staticmethod
+    def _ok(url: str) -> str:
+        status, body = http_get(url)
+        assert status == 200, f"{url}: HTTP {status}: {body[:300]}"
+        return body
 
     def log(self) -> str:
         return self.running.log_tail(100_000)
@@ -55,8 +58,6 @@ def run_server(tmp: Path, *args: str, env: Mapping[str, str | None] | None = Non
     if instrument:
         cmd = [str(BIN_DIR / "opentelemetry-instrument"), *cmd]
     with run_process(cmd, tmp / f"{name}-{port}.log", env=env) as running:
-        try:
-            wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=running.proc)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{running.log_tail()}") from None
+        # Fails at once, with the log's last lines, if the server exits or cannot load the model.
+        running.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
         yield Served(running, port, metrics_port)

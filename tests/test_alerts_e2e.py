@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from conftest import free_port, http_get, run_process, wait_http
+from e2e_client import direct_scrape_job
+from helpers import free_port, http_get, run_process, wait_http
 from serve_helpers import Served, run_server
-from stack_fixture import direct_scrape_job
 from test_alerts import (
     ALERT_RULES,
     ALERTMANAGER_CONFIG,

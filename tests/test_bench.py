@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run_process, wait_http
+from helpers import free_port, run_process, wait_http
 
 from ernie_otel.bench import BenchConfig, BenchResult, Percentiles, build_prompt, percentile, run_bench
 

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-
-from ernie_otel import names
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboard_queries import (
     COLLECTOR_ONLY_PANELS,
     DASHBOARD_PATH,
@@ -38,6 +35,9 @@ from dashboard_queries import (
     load_generator,
     substitute,
 )
+
+from ernie_otel import names
+from ernie_otel.ports import DEFAULT_PORTS
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 DATASOURCES_YML = DASHBOARDS_DIR / "provisioning" / "datasources" / "ernie.yml"
@@ -337,13 +337,126 @@ def test_json_is_what_the_generator_builds(dashboard: dict) -> None:
 
 def test_generator_check_mode(tmp_path: Path) -> None:
     generator = load_generator()
-    target = tmp_path / "dashboard.json"
-    assert generator.main(["--output", str(target), "--check"]) == 1  # missing
-    assert generator.main(["--output", str(target)]) == 0
+    target, console = tmp_path / "dashboard.json", tmp_path / "consoles" / "ernie.html"
+    both = ["--output", str(target), "--console-output", str(console)]
+    assert generator.main([*both, "--check"]) == 1  # missing
+    assert generator.main(both) == 0
     assert target.read_text(encoding="utf-8") == DASHBOARD_PATH.read_text(encoding="utf-8")
-    assert generator.main(["--output", str(target), "--check"]) == 0
+    assert console.read_text(encoding="utf-8") == CONSOLE_PATH.read_text(encoding="utf-8")
+    assert generator.main([*both, "--check"]) == 0
     target.write_text(target.read_text(encoding="utf-8").replace('"10s"', '"5s"'), encoding="utf-8")
-    assert generator.main(["--output", str(target), "--check"]) == 1
+    assert generator.main([*both, "--check"]) == 1
+    assert generator.main(both) == 0
+    console.write_text(console.read_text(encoding="utf-8").replace("rate(", "irate(", 1), encoding="utf-8")
+    assert generator.main([*both, "--check"]) == 1
+
+
+# ------------------------------------------------------------------------ the console page
+# dashboards/consoles/ernie.html: the same panels as a Prometheus console template. Read here from
+# the file (as Prometheus serves it), never from the generator, so a stale or hand-edited page fails.
+CONSOLE_PATH = DASHBOARDS_DIR / "consoles" / "ernie.html"
+
+
+def console_data(text: str, element_id: str) -> Any:
+    m = re.search(rf'<script type="application/json" id="{element_id}">(.*?)</script>', text, re.S)
+    assert m, f"no {element_id} block in the console page"
+    return json.loads(m.group(1))
+
+
+def grafana_queries(dashboard: dict) -> set[tuple[str, str, str]]:
+    return {(p["title"], t["refId"], t["expr"]) for p in iter_panels(dashboard) for t in p.get("targets", [])}
+
+
+def console_queries(text: str) -> set[tuple[str, str, str]]:
+    return {(p["title"], t["ref"], t["expr"]) for p in console_data(text, "ernie-panels") for t in p["targets"]}
+
+
+def query_drift(dashboard: dict, text: str) -> list[str]:
+    """Every panel query of one that the other lacks, as readable lines (empty: no drift)."""
+    grafana, console = grafana_queries(dashboard), console_queries(text)
+    return ([f"only in the Grafana JSON: {q}" for q in sorted(grafana - console)]
+            + [f"only on the console page: {q}" for q in sorted(console - grafana)])
+
+
+def test_console_page_is_what_the_generator_builds() -> None:
+    generator = load_generator()
+    text = CONSOLE_PATH.read_text(encoding="utf-8")
+    expected = generator.render_console()
+    if text != expected:
+        diff = difflib.unified_diff(text.splitlines(), expected.splitlines(), "consoles/ernie.html",
+                                    "render_console()", lineterm="", n=2)
+        pytest.fail("dashboards/consoles/ernie.html is stale: run `python dashboards/generate.py`\n"
+                    + "\n".join(itertools.islice(diff, 60)))
+
+
+def test_console_page_has_every_grafana_query_and_no_other(dashboard: dict) -> None:
+    text = CONSOLE_PATH.read_text(encoding="utf-8")
+    assert query_drift(dashboard, text) == []
+    # Same panels, same order, same rows, units and kinds.
+    panels = console_data(text, "ernie-panels")
+    grafana_panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert [p["title"] for p in panels] == [p["title"] for p in grafana_panels]
+    for ours, theirs in zip(panels, grafana_panels, strict=True):
+        assert (ours["type"], ours["unit"]) == (theirs["type"], theirs["fieldConfig"]["defaults"]["unit"])
+        assert ours["description"] == theirs["description"]
+    assert [p["row"] for p in panels if p["row"]] and set(p["row"] for p in panels) == set(REQUIRED_ROWS)
+
+
+def test_query_drift_is_caught(dashboard: dict) -> None:
+    """The comparison above can fail both ways: a query dropped from either side is named."""
+    text = CONSOLE_PATH.read_text(encoding="utf-8")
+    panels = console_data(text, "ernie-panels")
+    dropped = panels[0]["targets"].pop()
+    start = text.index('id="ernie-panels">') + len('id="ernie-panels">')
+    edited = text[:start] + json.dumps(panels) + text[text.index("</script>", start):]
+    lost = (panels[0]["title"], dropped["ref"], dropped["expr"])
+    assert query_drift(dashboard, edited) == [f"only in the Grafana JSON: {lost}"]
+    extra = json.loads(json.dumps(dashboard))
+    extra["panels"][1]["targets"].append({"refId": "Z", "expr": "up"})
+    assert query_drift(extra, text) == [f"only in the Grafana JSON: {(extra['panels'][1]['title'], 'Z', 'up')}"]
+
+
+def test_console_variables_are_grafanas(dashboard: dict) -> None:
+    """The page's selectors ask Prometheus the label_values() look-ups of the Grafana variables."""
+    text = CONSOLE_PATH.read_text(encoding="utf-8")
+    variables = {v["name"]: v for v in console_data(text, "ernie-variables")}
+    grafana = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "query"}
+    assert set(variables) == set(grafana) >= {"job", "instance", "model"}
+    for name, v in variables.items():
+        assert grafana[name]["definition"] == f"label_values({v['match']}, {v['labelName']})"
+        assert v["multi"] == grafana[name]["multi"]
+    # Every variable a query uses is one the page fills (the rest are Grafana's built-ins).
+    used = set(re.findall(r"\$\{?(\w+)", " ".join(e for _, _, e in console_queries(text))))
+    assert used - set(variables) <= {"__rate_interval", "__range"}
+
+
+def test_console_latency_panels_link_to_jaeger() -> None:
+    text = CONSOLE_PATH.read_text(encoding="utf-8")
+    panels = {p["title"]: p for p in console_data(text, "ernie-panels")}
+    linked = {title for title, p in panels.items() if p["jaeger"]}
+    assert linked >= QUANTILE_PANELS | {"Span duration p95"}
+    for title in linked:
+        link = panels[title]["jaeger"]
+        refs = {t["ref"]: t["expr"] for t in panels[title]["targets"]}
+        # The link's threshold is the panel's own p95 target.
+        assert refs[link["quantileRef"]].startswith("histogram_quantile(0.95,"), title
+    assert panels["End-to-end latency"]["jaeger"]["operation"] == "POST /v1/chat/completions"
+    defaults = console_data(text, "ernie-defaults")
+    assert defaults["service"] == names.SERVICE_NAME
+    assert defaults["jaeger"] == f"http://127.0.0.1:{DEFAULT_PORTS['jaeger_query']}"
+
+
+def test_console_page_says_why_hardware_panels_are_empty() -> None:
+    text = CONSOLE_PATH.read_text(encoding="utf-8")
+    panels = {p["title"]: p for p in console_data(text, "ernie-panels")}
+    noted = {title for title, p in panels.items() if p["absent"]}
+    assert noted == set(GPU_PANELS) | set(ENGINE_PANELS) | set(COLLECTOR_ONLY_PANELS)
+    # The only Go template actions are the console library's frame: panel data and legends (in the
+    # library's [[label]] form) are never template text.
+    actions = re.findall(r"\{\{.*?\}\}", text, re.S)
+    assert actions[0].startswith("{{/*")
+    assert actions[1:] == ['{{ template "head" . }}', '{{ template "prom_content_head" . }}',
+                           '{{ template "prom_content_tail" . }}', '{{ template "tail" }}']
 
 
 # ------------------------------------------------------------------------------ the model

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, collector_env, free_port, http_get, run_process, wait_http
+from helpers import REPO_ROOT, collector_env, free_port, http_get, run_process, wait_http
 
 from ernie_otel import names
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import free_port
+from helpers import free_port
 from serve_helpers import Served, run_server
 
 from ernie_otel import names
@@ -191,7 +191,7 @@ def transformers_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     import subprocess
     import sys
 
-    from conftest import wait_http
+    from helpers import wait_http
 
     from ernie_otel.tiny_model import ensure_tiny_model
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e_client import E2EStack, wait_for
 from serve_helpers import Served, run_server
-from stack_fixture import E2EStack, e2e_stack_fixture, wait_for  # noqa: F401 - the fixture
 
 from ernie_otel import names
 

@@ -433,6 +433,12 @@ def test_collector_tiers(rendered: dict[str, list[dict[str, Any]]]) -> None:
     traces = agent["service"]["pipelines"]["traces"]
     assert "k8s_attributes" in traces["processors"]
     assert all(e in agent["exporters"] or e in agent.get("connectors", {}) for e in traces["exporters"])
+    # Every connector the overlay's pipelines feed is still read, and the other way round.
+    pipelines = agent["service"]["pipelines"].values()
+    fed = {e for p in pipelines for e in p["exporters"] if e in agent["connectors"]}
+    read = {r for p in pipelines for r in p["receivers"] if r in agent["connectors"]}
+    assert fed == read == set(agent["connectors"])
+    assert "otlp_grpc/jaeger" not in traces["exporters"]
     lb_exporter = agent["exporters"]["otlp_grpc/lb"]["endpoint"]
     lb_service = _by_name(docs, "Service", "-lb")
     assert lb_exporter == f"{lb_service['metadata']['name']}:{FLEET_PORTS['lb_otlp_grpc']}"

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT
 from dashboard_queries import (
     COLLECTOR_ONLY_PANELS,
     ENGINE_PANELS,
@@ -33,17 +32,13 @@ from dashboard_queries import (
     iter_queries,
     load_dashboard,
 )
-from stack_fixture import (  # noqa: F401 - the fixture
-    COLLECTOR_JOB,
-    DIRECT_JOB,
-    E2EStack,
-    e2e_stack_fixture,
-    free_ports,
-    wait_for,
-)
+from e2e_client import COLLECTOR_JOB, DIRECT_JOB, E2EStack, wait_for
+from helpers import REPO_ROOT, free_ports
 
 from ernie_otel import names
-from ernie_otel.stack import DEFAULT_PORTS, Record, Stack, StackError, _proc_stat, main
+from ernie_otel.ports import DEFAULT_PORTS
+from ernie_otel.stack import Record, Stack, StackError, main
+from ernie_otel.stack.records import proc_stat as _proc_stat
 from ernie_otel.telemetry.gpu import NvmlSampler, load_nvml
 
 SERVER_SPAN = "POST /v1/chat/completions"  # FastAPI instrumentation: "{method} {route}"
@@ -435,7 +430,8 @@ def test_cli_reports_taken_port(tmp_path: Path, capsys: pytest.CaptureFixture[st
             holder.listen()
         except OSError:
             pass  # taken by something else: just as good for this test
-        monkeypatch.setattr("ernie_otel.stack.build_binaries", lambda say: pytest.fail("built before port check"))
+        monkeypatch.setattr("ernie_otel.stack.components.build_binaries",
+                            lambda say: pytest.fail("built before port check"))
         assert main(["up", "--state-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{DEFAULT_PORTS['serve']} is already in use" in err and "ernie-serve OpenAI API" in err, err
@@ -469,7 +465,7 @@ def test_down_never_kills_a_reused_pid(tmp_path: Path) -> None:
 
 
 def test_webhook_sink_appends_one_line_per_payload(tmp_path: Path) -> None:
-    from ernie_otel.webhook_sink import make_server
+    from ernie_otel.stack.webhook_sink import make_server
 
     out = tmp_path / "alerts.jsonl"
     server = make_server("127.0.0.1", 0, out)

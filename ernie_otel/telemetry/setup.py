@@ -1,44 +1,38 @@
-"""SDK set-up for the ``ernie-serve`` entry point -- the only place that touches global providers.
+"""SDK set-up for the ``ernie-serve`` entry point -- the only place that builds SDK providers.
 
 Two ways to run:
-1. ``opentelemetry-instrument ernie-serve``: the ernie_otel distro/configurator built SDK
-   providers before our code ran; we use them as they are (exactly one SDK) and find the
-   Prometheus reader the configurator added.
-2. ``ernie-serve`` alone: we build the SDK here -- a Prometheus reader for ``--metrics-port``,
-   and OTLP export of metrics and spans only when configured (``--otlp-endpoint`` or the
-   standard ``OTEL_*`` variables).
-``OTEL_SDK_DISABLED=true`` switches all of it off.
+1. ``opentelemetry-instrument ernie-serve``: the ernie_otel configurator built the SDK with
+   :func:`build_sdk` before our code ran (OTLP export on by default); we use those providers as
+   they are (exactly one SDK) and find the Prometheus reader in them.
+2. ``ernie-serve`` alone: :func:`configure` builds the SDK here -- a Prometheus reader for
+   ``--metrics-port``, and OTLP export of metrics and spans only when asked for
+   (``--otlp-endpoint``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_*_EXPORTER``).
+``OTEL_SDK_DISABLED=true`` switches all of it off. Every value comes from a
+:class:`~.settings.TelemetrySettings`; nothing here reads or writes ``os.environ``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
-from .. import names
+from ..config import ConfigError
 from .prometheus import ErniePrometheusReader, find_reader
+from .settings import OTLP_EXPORTERS, TelemetrySettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 log = logging.getLogger(__name__)
-
-# Defaults for both modes; an explicit OTEL_* variable always wins.
-ENV_DEFAULTS = {
-    "OTEL_SERVICE_NAME": names.SERVICE_NAME,
-    # Seconds, not the old milliseconds histogram (promtool rejects the latter).
-    "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
-    "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "health,metrics",
-    # The SDK default (60 s) makes dashboards lag a minute behind; 5 s matches the scrape interval.
-    "OTEL_METRIC_EXPORT_INTERVAL": "5000",
-}
-
-
-def sdk_disabled() -> bool:
-    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
 @dataclass
@@ -47,6 +41,7 @@ class Telemetry:
     tracer_provider: TracerProvider
     prometheus: ErniePrometheusReader | None
     mode: str  # "disabled" | "instrumented" | "standalone"
+    settings: TelemetrySettings | None = None
 
     def shutdown(self) -> None:
         for provider in (self.meter_provider, self.tracer_provider):
@@ -63,12 +58,116 @@ def _is_sdk(provider: Any, kind: str) -> bool:
     return module.startswith(f"opentelemetry.sdk.{kind}")
 
 
-def configure(otlp_endpoint: str | None = None, prometheus: bool = True) -> Telemetry:
+def build_sampler(settings: TelemetrySettings) -> Sampler:
+    from opentelemetry.sdk.trace import sampling
+
+    ratio = sampling.TraceIdRatioBased(settings.ratio)
+    return {
+        "always_on": sampling.ALWAYS_ON,
+        "always_off": sampling.ALWAYS_OFF,
+        "traceidratio": ratio,
+        "parentbased_always_on": sampling.ParentBased(sampling.ALWAYS_ON),
+        "parentbased_always_off": sampling.ParentBased(sampling.ALWAYS_OFF),
+        "parentbased_traceidratio": sampling.ParentBased(ratio),
+    }[settings.sampler]
+
+
+def _span_exporter(name: str, settings: TelemetrySettings, endpoint: str | None) -> SpanExporter:
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if _use_http(name, settings):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+        http_span: SpanExporter = HttpSpanExporter(endpoint=endpoint)
+        return http_span
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=endpoint)
+
+
+def _metric_exporter(name: str, settings: TelemetrySettings, endpoint: str | None) -> MetricExporter:
+    if name == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        return ConsoleMetricExporter()
+    if _use_http(name, settings):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+
+        http_metric: MetricExporter = HttpMetricExporter(endpoint=endpoint)
+        return http_metric
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    return OTLPMetricExporter(endpoint=endpoint)
+
+
+def _use_http(name: str, settings: TelemetrySettings) -> bool:
+    http = name == "otlp_proto_http" or (name == "otlp" and settings.otlp_protocol == "http/protobuf")
+    if http:
+        try:
+            import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+        except ImportError:
+            raise ConfigError("OTEL_EXPORTER_OTLP_PROTOCOL: OTLP/HTTP needs the opentelemetry-exporter-otlp-proto-http "
+                              "package; install it or use grpc") from None
+    return http
+
+
+def _exporter_names(chosen: tuple[str, ...] | None, otlp: bool, endpoint: str | None) -> tuple[str, ...]:
+    """The configured exporters (unset: OTLP when ``otlp``); an --otlp-endpoint adds OTLP to any list.
+    The OTLP names stand for one exporter."""
+    names = list(chosen if chosen is not None else (("otlp",) if otlp else ()))
+    if endpoint:
+        names.append("otlp")
+    out: list[str] = []
+    for name in names:
+        if name == "ernie_prometheus" or name in out:
+            continue
+        if name in OTLP_EXPORTERS and any(n in OTLP_EXPORTERS for n in out):
+            continue
+        out.append(name)
+    return tuple(out)
+
+
+def build_sdk(settings: TelemetrySettings, *, prometheus: bool, otlp: bool, otlp_endpoint: str | None = None,
+              resource_attributes: dict[str, str] | None = None,
+              ) -> tuple[SdkMeterProvider, SdkTracerProvider, ErniePrometheusReader | None]:
+    """Build SDK meter and tracer providers from ``settings`` and make them the global ones.
+
+    ``otlp``: export over OTLP when the settings name no exporters (the zero-code default).
+    ``otlp_endpoint`` (the --otlp-endpoint flag) wins over the exporters' own variables.
+    """
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    metric_exporters = _exporter_names(settings.metrics_exporter, otlp, otlp_endpoint)
+    span_exporters = _exporter_names(settings.traces_exporter, otlp, otlp_endpoint)
+    for name in (*metric_exporters, *span_exporters):
+        _use_http(name, settings)  # a missing optional exporter fails before anything is built
+    # Resource.create merges OTEL_RESOURCE_ATTRIBUTES; service.name was resolved by the settings.
+    resource = Resource.create({**(resource_attributes or {}), "service.name": settings.service_name})
+    # Only when --metrics-port serves it: every histogram record is aggregated once per reader.
+    reader = ErniePrometheusReader() if prometheus else None
+    readers: list[MetricReader] = [reader] if reader is not None else []
+    for name in metric_exporters:
+        readers.append(PeriodicExportingMetricReader(_metric_exporter(name, settings, otlp_endpoint),
+                                                     export_interval_millis=settings.metric_export_interval_ms))
+    tracer = SdkTracerProvider(resource=resource, sampler=build_sampler(settings))
+    for name in span_exporters:
+        tracer.add_span_processor(BatchSpanProcessor(_span_exporter(name, settings, otlp_endpoint)))
+    meter = SdkMeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(meter)
+    trace.set_tracer_provider(tracer)
+    return meter, tracer, reader
+
+
+def configure(settings: TelemetrySettings, *, otlp_endpoint: str | None = None, prometheus: bool = True) -> Telemetry:
     """Return the providers ernie-serve uses, building an SDK only if none exists yet."""
-    for key, value in ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if sdk_disabled():
-        return Telemetry(NoOpMeterProvider(), NoOpTracerProvider(), None, "disabled")
+    if settings.sdk_disabled:
+        return Telemetry(NoOpMeterProvider(), NoOpTracerProvider(), None, "disabled", settings)
 
     meter_provider = metrics.get_meter_provider()
     tracer_provider = trace.get_tracer_provider()
@@ -77,34 +176,11 @@ def configure(otlp_endpoint: str | None = None, prometheus: bool = True) -> Tele
         if reader is None:
             log.warning("the SDK was configured without the ernie_prometheus reader; --metrics-port is off "
                         "(set OTEL_PYTHON_CONFIGURATOR=ernie_otel)")
-        return Telemetry(meter_provider, tracer_provider, reader, "instrumented")
+        return Telemetry(meter_provider, tracer_provider, reader, "instrumented", settings)
 
-    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    resource = Resource.create({})
-    # Only when --metrics-port serves it: every histogram record is aggregated once per reader.
-    reader = ErniePrometheusReader() if prometheus else None
-    readers: list[Any] = [reader] if reader is not None else []
-    tracer = SdkTracerProvider(resource=resource)
-    if otlp_endpoint:
-        os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
-    otlp_wanted = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if otlp_wanted or "otlp" in os.environ.get("OTEL_METRICS_EXPORTER", ""):
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-    if otlp_wanted or "otlp" in os.environ.get("OTEL_TRACES_EXPORTER", ""):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        tracer.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    meter = SdkMeterProvider(resource=resource, metric_readers=readers)
-    metrics.set_meter_provider(meter)
-    trace.set_tracer_provider(tracer)
-    return Telemetry(meter, tracer, reader, "standalone")
+    meter, tracer, reader = build_sdk(settings, prometheus=prometheus, otlp=settings.otlp_endpoint is not None,
+                                      otlp_endpoint=otlp_endpoint)
+    return Telemetry(meter, tracer, reader, "standalone", settings)
 
 
 def _exporter_endpoint(exporter: Any) -> str | None:

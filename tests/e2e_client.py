@@ -1,8 +1,7 @@
-"""The whole local pipeline (ernie_otel.stack.Stack) as a pytest fixture, plus thin clients for
-ernie-serve, Prometheus and Jaeger that the end-to-end tests share.
-
-Every listener gets a free port, so the tests never collide with a developer's running
-`ernie-otel stack up` (default ports) or with another test session.
+"""Thin clients for ernie-serve, Prometheus and Jaeger of a running local pipeline
+(ernie_otel.stack.Stack), which the end-to-end tests share. The `e2e_stack` fixture (the plugin
+tests/plugins/ernie_pipeline.py) gives one on free ports, so the tests never collide with a
+developer's running `ernie-otel stack up` (default ports) or with another test session.
 
 Facts the selectors below rely on (checked by the tests, see docs/pipeline.md):
 - direct scrape:  job="ernie-serve-direct" (the job name in deploy/prometheus.yml),
@@ -18,20 +17,17 @@ import json
 import math
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import yaml
-from conftest import free_port
 
 from ernie_otel import names
-from ernie_otel.stack import DEFAULT_PORTS, PROMETHEUS_CONFIG, Stack, StackError, log_tail, process_matches
+from ernie_otel.ports import DEFAULT_PORTS
+from ernie_otel.stack import PROMETHEUS_CONFIG, Stack, log_tail
+from ernie_otel.stack.procs import http_request
 
 T = TypeVar("T")
 
@@ -71,13 +67,7 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
 
 def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
              timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+    return http_request(url, data, {"Content-Type": "application/json", **(headers or {})}, timeout)
 
 
 @dataclass
@@ -221,7 +211,7 @@ class E2EStack:
         return "\n".join(parts)
 
 
-def _warm_up(e: E2EStack) -> None:
+def warm_up(e: E2EStack) -> None:
     """One request, then wait until its histogram series are in Prometheus on both paths.
 
     A histogram series is born with its first observation already counted, and rate() never
@@ -233,33 +223,3 @@ def _warm_up(e: E2EStack) -> None:
         for spec in (names.LATENCY, names.GENAI_TTFT):
             match = f"{spec.prom_name}_bucket{{{selector}}}"
             wait_for(lambda match=match: e.series(match), 40, f"{match} in Prometheus")
-
-
-def free_ports() -> dict[str, int]:
-    ports: dict[str, int] = {}
-    while len(ports) < len(DEFAULT_PORTS):
-        port = free_port()
-        if port not in ports.values():
-            ports[list(DEFAULT_PORTS)[len(ports)]] = port
-    return ports
-
-
-@pytest.fixture(scope="module", name="e2e_stack")
-def e2e_stack_fixture(pipeline_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EStack]:
-    """The stack (no --load) on free ports in a temporary state dir; torn down after the module."""
-    state = tmp_path_factory.mktemp("stack")
-    stack = Stack(state, ports=free_ports(), bin_dir=pipeline_bin, say=lambda line: print(f"[stack] {line}"))
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"stack did not come up: {exc}")
-    try:
-        e2e = E2EStack(stack)
-        _warm_up(e2e)
-        yield e2e
-    finally:
-        records = stack.read_records()
-        stack.down()
-    leftovers = {name: rec.pid for name, rec in records.items() if process_matches(rec)}
-    assert not leftovers, f"stack down left processes running: {leftovers}"

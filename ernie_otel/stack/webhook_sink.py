@@ -1,6 +1,6 @@
 """A local stand-in for the notification relay Alertmanager's webhooks point at.
 
-``python -m ernie_otel.webhook_sink --port 9095 --out STATE/alerts.jsonl``
+``python -m ernie_otel.stack.webhook_sink [--port PORT] --out STATE/alerts.jsonl``
 
 Every POST (any path: alerts/alertmanager.yml uses one path per channel, /pager, /email-slack,
 /slack) whose body is JSON is appended to ``--out`` as one line, exactly as Alertmanager sent it
@@ -18,6 +18,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from ..ports import DEFAULT_PORTS, HOST
 
 # Alertmanager payloads are a few KiB; anything far larger is not an Alertmanager webhook.
 MAX_BODY_BYTES = 4 << 20
@@ -66,9 +68,9 @@ def make_server(host: str, port: int, out: Path) -> ThreadingHTTPServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ernie_otel.webhook_sink", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9095)
+    parser = argparse.ArgumentParser(prog="python -m ernie_otel.stack.webhook_sink", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default=HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORTS["webhook_sink"])
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append payloads to")
     args = parser.parse_args(argv)
     try:

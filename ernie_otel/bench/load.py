@@ -1,39 +1,21 @@
-"""``ernie-otel bench``: an OpenAI-compatible load generator (httpx + asyncio, no other dependency).
-
-Works against any OpenAI-compatible server (ernie-serve, ``transformers serve``, vLLM, FastDeploy):
-requests carry only standard fields, plus ``ignore_eos`` when asked and whatever ``extra_body``
-adds. Client-side figures:
-
-- TTFT: request sent -> first chunk carrying content (non-stream: the whole latency);
-- TPOT: ``(latency - ttft) / (tokens - 1)`` per streamed request with at least two tokens;
-- latency: request sent -> last byte;
-- output tokens from ``usage`` (streams ask for ``stream_options.include_usage``), else the number
-  of content chunks.
-
-``run_bench`` / ``Bench`` are the Python API; with ``requests=None`` and ``duration=None`` a run
-lasts until it is stopped or cancelled (steady background load), and memory stays bounded because
-latencies go into fixed-size reservoirs rather than growing lists.
-"""
+"""The load generator: closed or open (Poisson) loop, one httpx client, figures per request."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
-import math
 import random
-import signal
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from .ports import DEFAULT_PORTS, HOST
-from .protocol import sse_lines
+from ..protocol import sse_lines
+from .config import BenchConfig
+from .results import BenchResult, Reservoir
 
 # Enough distinct words that prompts differ between requests (no accidental prefix-cache wins on
 # servers that have one), few enough that most are single tokens in any vocabulary.
@@ -43,122 +25,7 @@ _WORDS = (
     "per output token so operators can tell prefill from decode when a dashboard turns red"
 ).split()
 
-RESERVOIR_SIZE = 10_000
 MAX_ERROR_KINDS = 64  # error keys come partly from the server: cap them like any label set
-
-
-@dataclass
-class BenchConfig:
-    url: str = f"http://{HOST}:{DEFAULT_PORTS['serve']}"
-    model: str | None = None  # None: the first id from GET /v1/models
-    endpoint: str = "chat"  # "chat" | "completions"
-    requests: int | None = 64  # None together with duration=None: run until stopped/cancelled
-    duration: float | None = None  # seconds; None or 0: no time limit
-    concurrency: int | None = 8  # in-flight cap; None with rate: unbounded
-    rate: float | None = None  # requests/s with Poisson arrivals; None: closed loop at `concurrency`
-    prompt_tokens: int = 32  # approximate: the prompt has this many words
-    max_tokens: int = 32
-    stream: bool = True
-    ignore_eos: bool = False
-    include_usage: bool = True  # ask for usage in the stream (stream_options.include_usage)
-    temperature: float | None = None
-    api_key: str | None = None
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 600.0
-    seed: int = 0
-    # Prompts are numbered from this offset; None: a random one per run, so that a run never
-    # repeats an earlier run's prompts (a server with a prefix cache would serve those from it).
-    prompt_offset: int | None = None
-    reservoir_size: int = RESERVOIR_SIZE
-
-    @property
-    def unbounded(self) -> bool:
-        return self.requests is None and not self.duration
-
-
-@dataclass
-class Percentiles:
-    """Milliseconds for times; ``None`` when there were no samples."""
-
-    count: int = 0
-    mean: float | None = None
-    p50: float | None = None
-    p90: float | None = None
-    p95: float | None = None
-    p99: float | None = None
-    max: float | None = None
-
-
-@dataclass
-class BenchResult:
-    url: str
-    model: str
-    endpoint: str
-    stream: bool
-    concurrency: int | None
-    rate: float | None
-    max_tokens: int
-    prompt_tokens_requested: int
-    requests_sent: int
-    requests_ok: int
-    requests_failed: int
-    wall_s: float
-    output_tokens: int
-    prompt_tokens: int
-    output_tokens_per_s: float
-    requests_per_s: float
-    ttft_ms: Percentiles
-    tpot_ms: Percentiles
-    latency_ms: Percentiles
-    errors: dict[str, int]
-    tokens_from_usage: int  # successful requests whose token count came from `usage`
-    tokens_from_chunks: int  # ... from counting content chunks (server sent no usage)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Reservoir:
-    """Uniform sample of at most ``size`` values (Algorithm R): exact up to ``size`` samples,
-    bounded memory for unbounded runs."""
-
-    def __init__(self, size: int, rng: random.Random) -> None:
-        self.size = size
-        self.values: list[float] = []
-        self.count = 0
-        self.total = 0.0
-        self.max = -math.inf
-        self._rng = rng
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        self.max = max(self.max, value)
-        if len(self.values) < self.size:
-            self.values.append(value)
-        else:
-            j = self._rng.randrange(self.count)
-            if j < self.size:
-                self.values[j] = value
-
-    def summary(self, scale: float = 1000.0) -> Percentiles:
-        if not self.values:
-            return Percentiles()
-        ordered = sorted(self.values)
-        return Percentiles(count=self.count, mean=self.total / self.count * scale,
-                           p50=percentile(ordered, 50) * scale, p90=percentile(ordered, 90) * scale,
-                           p95=percentile(ordered, 95) * scale, p99=percentile(ordered, 99) * scale,
-                           max=self.max * scale)
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default) over a sorted list."""
-    if not ordered:
-        raise ValueError("no samples")
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def build_prompt(words: int, index: int) -> str:
@@ -204,12 +71,6 @@ class Bench:
     ``snapshot()`` reads the figures so far from any coroutine."""
 
     def __init__(self, cfg: BenchConfig, *, progress: Callable[[Bench], None] | None = None) -> None:
-        if cfg.endpoint not in ("chat", "completions"):
-            raise ValueError(f"endpoint must be 'chat' or 'completions', not {cfg.endpoint!r}")
-        if cfg.rate is None and not cfg.concurrency:
-            raise ValueError("give a concurrency (closed loop) or a rate (open loop)")
-        if cfg.rate is not None and cfg.rate <= 0:
-            raise ValueError("rate must be positive")
         self.cfg = cfg
         self.model = cfg.model or ""
         self._progress = progress
@@ -485,147 +346,3 @@ async def fetch_model(client: httpx.AsyncClient) -> str:
 async def run_bench(cfg: BenchConfig, *, progress: Callable[[Bench], None] | None = None) -> BenchResult:
     """Run one benchmark. With ``requests=None`` and no duration it runs until cancelled."""
     return await Bench(cfg, progress=progress).run()
-
-
-# ---------------------------------------------------------------------------------------- output
-def _fmt(v: float | None, digits: int = 1) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def format_result(r: BenchResult) -> str:
-    mode = f"concurrency {r.concurrency}" if r.rate is None else f"rate {r.rate}/s (cap {r.concurrency or '-'})"
-    lines = [
-        f"ernie-otel bench: {r.url}  model={r.model}  {r.endpoint} {'stream' if r.stream else 'no-stream'}  "
-        f"{mode}  prompt~{r.prompt_tokens_requested} words  max_tokens={r.max_tokens}",
-        f"requests: {r.requests_ok} ok, {r.requests_failed} failed, {r.requests_sent} sent in {r.wall_s:.2f} s",
-        "",
-        f"| {'metric':<16} | {'p50':>9} | {'p90':>9} | {'p95':>9} | {'p99':>9} | {'mean':>9} |",
-        f"|{'-' * 18}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 11}|",
-    ]
-    for name, p in (("TTFT (ms)", r.ttft_ms), ("TPOT (ms)", r.tpot_ms), ("latency (ms)", r.latency_ms)):
-        lines.append(f"| {name:<16} | {_fmt(p.p50):>9} | {_fmt(p.p90):>9} | {_fmt(p.p95):>9} | {_fmt(p.p99):>9} "
-                     f"| {_fmt(p.mean):>9} |")
-    lines += [
-        "",
-        f"output tokens/s: {r.output_tokens_per_s:.1f}   ({r.output_tokens} output tokens; "
-        f"{r.tokens_from_usage} counted from usage, {r.tokens_from_chunks} from chunks)",
-        f"requests/s:      {r.requests_per_s:.2f}",
-    ]
-    if r.errors:
-        lines.append("errors:")
-        lines += [f"  {count:>6}  {key}" for key, count in r.errors.items()]
-    else:
-        lines.append("errors:          none")
-    return "\n".join(lines)
-
-
-class ProgressLine:
-    """One self-overwriting status line on a terminal; a plain line every few seconds otherwise."""
-
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._last_plain = 0.0
-
-    def __call__(self, bench: Bench) -> None:
-        cfg = bench.cfg
-        done = bench.ok + bench.failed
-        elapsed = bench.elapsed
-        rps = done / elapsed if elapsed > 0 else 0.0
-        if cfg.requests is not None:
-            frac, total = min(1.0, done / cfg.requests), str(cfg.requests)
-        elif cfg.duration:
-            frac, total = min(1.0, elapsed / cfg.duration), "?"
-        else:
-            frac, total = 0.0, "∞"
-        width = 24
-        filled = int(frac * width)
-        bar = "#" * filled + "-" * (width - filled)
-        text = (f"[{bar}] {done}/{total} done  {rps:6.2f} req/s  {bench.output_tokens / max(elapsed, 1e-9):8.1f} "
-                f"tok/s  errors {bench.failed}  {elapsed:6.1f}s")
-        if self.tty:
-            end = "\n" if bench.ended is not None else ""
-            self.stream.write("\r" + text + end)
-            self.stream.flush()
-        elif bench.ended is not None or time.monotonic() - self._last_plain >= 5.0:
-            self._last_plain = time.monotonic()
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-
-# ---------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ernie-otel bench", description="OpenAI-compatible load generator.")
-    p.add_argument("--url", default=BenchConfig.url, help="server base URL (default: %(default)s)")
-    p.add_argument("--model", default=None, help="model name in requests (default: first id of GET /v1/models)")
-    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
-    p.add_argument("--requests", type=int, default=None, help="number of requests (default 64 without --duration)")
-    p.add_argument("--duration", type=float, default=None, help="seconds to send for; 0: until Ctrl-C")
-    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 8; with --rate: cap)")
-    p.add_argument("--rate", type=float, default=None, help="requests/s with Poisson arrivals (open loop)")
-    p.add_argument("--prompt-tokens", type=int, default=32,
-                   help="approximate prompt length, in words (tokens per word depend on the tokenizer)")
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--include-usage", action=argparse.BooleanOptionalAction, default=True,
-                   help="ask for usage in streams (stream_options.include_usage)")
-    p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos: true (vLLM-style extension)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--extra-body", default=None, help="JSON object merged into every request body")
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
-    p.add_argument("--seed", type=int, default=0, help="seed for Poisson arrivals and sampling reservoirs")
-    p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON to this path")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    requests = args.requests
-    if requests is None and args.duration is None:
-        requests = 64
-    extra = json.loads(args.extra_body) if args.extra_body else {}
-    if not isinstance(extra, dict):
-        raise ValueError("--extra-body must be a JSON object")
-    concurrency = args.concurrency if args.concurrency is not None else (None if args.rate is not None else 8)
-    return BenchConfig(
-        url=args.url, model=args.model, endpoint=args.endpoint, requests=requests,
-        duration=args.duration or None, concurrency=concurrency, rate=args.rate, prompt_tokens=args.prompt_tokens,
-        max_tokens=args.max_tokens, stream=args.stream, ignore_eos=args.ignore_eos,
-        include_usage=args.include_usage, temperature=args.temperature, api_key=args.api_key, extra_body=extra,
-        timeout=args.timeout, seed=args.seed,
-    )
-
-
-async def _cli(cfg: BenchConfig, quiet: bool) -> BenchResult:
-    bench = Bench(cfg, progress=None if quiet else ProgressLine())
-    loop = asyncio.get_running_loop()
-    # Ctrl-C ends the run and still prints what was measured (the way to end `--duration 0`).
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, bench.stop)
-    return await bench.run()
-
-
-def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    for name, value in (("--requests", cfg.requests), ("--concurrency", cfg.concurrency),
-                        ("--max-tokens", cfg.max_tokens)):
-        if value is not None and value < 1:
-            parser.error(f"{name} must be at least 1")
-    try:
-        result = asyncio.run(_cli(cfg, args.quiet))
-    except (httpx.HTTPError, OSError, RuntimeError, ValueError) as exc:
-        # Only the model lookup can get here; request failures are counted, never raised.
-        print(f"ernie-otel bench: cannot start against {cfg.url}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    print(format_result(result))
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
-            f.write("\n")
-    return 0 if result.requests_failed == 0 else 1

@@ -1,0 +1,187 @@
+"""``ernie-serve``: the entry point -- its configuration, its command line and ``main``.
+
+Kept apart from the server so that ``ernie-serve --help`` and a bad flag answer at once: this
+module imports neither torch, transformers, the engine nor the server; ``main`` imports the server
+only after the command line and the telemetry settings are parsed and valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .config import (
+    Config,
+    ConfigError,
+    OneLineParser,
+    above,
+    at_least,
+    exit_bad_config,
+    http_url,
+    load_or_exit,
+    option,
+    parser_for,
+    port_number,
+    to_float,
+    to_int,
+    to_lower,
+)
+from .ports import DEFAULT_PORTS, HOST
+
+if TYPE_CHECKING:
+    from .telemetry.recorder import Recorder
+
+log = logging.getLogger("ernie_otel.serve")
+
+PROG = "ernie-serve"
+DEFAULT_MODEL = "baidu/ERNIE-4.5-0.3B-PT"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
+class ServeConfig(Config):
+    model: str = option(DEFAULT_MODEL, flag="--model", help="local model directory, Hugging Face id (loaded offline "
+                        "from the HF cache), or 'tiny' for the built-in small random-weight ERNIE-4.5")
+    served_model_name: str | None = option(None, flag="--served-model-name",
+                                           help="model name in the API and in metric labels")
+    host: str = option(HOST, flag="--host", env="ERNIE_SERVE_HOST", help="address to bind")
+    port: int = option(DEFAULT_PORTS["serve"], flag="--port", convert=to_int, check=port_number,
+                       help="OpenAI API port")
+    metrics_port: int = option(DEFAULT_PORTS["serve_metrics"], flag="--metrics-port", convert=to_int,
+                               check=port_number, help="Prometheus /metrics port (0: off)")
+    max_model_len: int = option(2048, flag="--max-model-len", convert=to_int, check=at_least(1),
+                                help="prompt + output token limit")
+    max_num_seqs: int = option(8, flag="--max-num-seqs", convert=to_int, check=at_least(1),
+                               help="requests running at once")
+    max_queue_len: int = option(64, flag="--max-queue-len", convert=to_int, check=at_least(0),
+                                help="requests waiting; beyond: 429")
+    device: str = option("auto", flag="--device", choices=("auto", "cpu", "cuda"), help="where the model runs")
+    dtype: str = option("auto", flag="--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights' dtype (auto: bfloat16 on CUDA, else float32)")
+    torch_threads: int = option(0, flag="--torch-threads", convert=to_int, check=at_least(0),
+                                help="CPU threads for inference (0: 1 for small models, else all cores, "
+                                "leaving one to the server beyond two)")
+    api_key: str | None = option(None, flag="--api-key", env="ERNIE_SERVE_API_KEY",
+                                 help="require this bearer token")
+    default_max_tokens: int = option(256, flag="--default-max-tokens", convert=to_int, check=at_least(1),
+                                     help="output limit when a request names none")
+    max_request_bytes: int = option(1 << 20, flag="--max-request-bytes", convert=to_int, check=at_least(1),
+                                    help="request body limit (413)")
+    otlp_endpoint: str | None = option(None, flag="--otlp-endpoint", help="export metrics and spans over OTLP/gRPC "
+                                       "to this endpoint (standalone mode; the OTEL_* variables work too)")
+    upstream: str | None = option(None, flag="--upstream", check=http_url, help="gateway mode: forward the OpenAI "
+                                  "API to this OpenAI-compatible server (FastDeploy, vLLM, ...) instead of loading "
+                                  "a model")
+    upstream_timeout: float = option(120.0, flag="--upstream-timeout", convert=to_float, check=above(0),
+                                     help="seconds to wait for the upstream (504 beyond)")
+    upstream_api_key: str | None = option(None, flag="--upstream-api-key", env="ERNIE_UPSTREAM_API_KEY",
+                                          help="bearer token for the upstream")
+    access_log: bool = option(False, flag="--access-log", kind="switch", help="log every request")
+    log_level: str = option("info", flag="--log-level", convert=to_lower, choices=LOG_LEVELS, help="log level")
+
+
+def build_parser() -> OneLineParser:
+    return parser_for(ServeConfig, prog=PROG,
+                      description="OpenAI-compatible ERNIE-4.5 server with OpenTelemetry metrics and traces.")
+
+
+def discover_upstream_model(upstream: str, api_key: str | None, timeout: float = 30.0) -> str:
+    import httpx
+
+    base = upstream.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = httpx.get(base + "/v1/models", headers=headers, timeout=5)
+            r.raise_for_status()
+            return str(r.json()["data"][0]["id"])
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, _ = load_or_exit(build_parser(), ServeConfig, argv, os.environ)
+    from .telemetry.settings import TelemetrySettings, publish_semconv_opt_in
+
+    try:
+        settings = TelemetrySettings.from_env(os.environ)
+    except ConfigError as exc:
+        exit_bad_config(PROG, exc)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
+    if config.upstream is None and config.model != "tiny":
+        from .backends.loading import ModelUnavailableError, resolve_model_path
+
+        try:
+            resolve_model_path(config.model)  # fail before binding ports, with one clear message
+        except ModelUnavailableError as exc:
+            return _fail(str(exc))
+
+    if config.upstream is not None and config.served_model_name is None:
+        try:
+            name = discover_upstream_model(config.upstream, config.upstream_api_key)
+        except Exception as exc:
+            return _fail(f"cannot ask the upstream {config.upstream} for its model ({exc!r}); start it first "
+                         "or pass --served-model-name")
+        config = dataclasses.replace(config, served_model_name=name)
+
+    from .telemetry.setup import configure
+
+    publish_semconv_opt_in(settings)
+    try:
+        telemetry = configure(settings, otlp_endpoint=config.otlp_endpoint, prometheus=bool(config.metrics_port))
+    except ValueError as exc:
+        return _fail(f"bad telemetry configuration: {exc}")
+
+    from . import names
+    from .server import ErnieServer
+    from .telemetry.recorder import Recorder
+
+    bucket_overrides = {key: list(bounds) for key, bounds in settings.bucket_overrides.items()}
+
+    def recorder_factory(model_name: str, engine_stats: Any) -> Recorder:
+        return Recorder(telemetry.meter_provider, telemetry.tracer_provider, model_name, engine_stats,
+                        server_address=config.host, server_port=config.port, bucket_overrides=bucket_overrides,
+                        capture_content=settings.capture_content)
+
+    server = ErnieServer(config, recorder_factory)
+    if telemetry.prometheus is not None and config.metrics_port:
+        from .telemetry.prometheus import serve_metrics
+
+        try:
+            serve_metrics(telemetry.prometheus, config.host, config.metrics_port)
+        except OSError as exc:
+            return _fail(f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}")
+    if telemetry.mode != "disabled":
+        from .telemetry.gpu import register_gpu_metrics
+
+        register_gpu_metrics(telemetry.meter_provider.get_meter(names.METER_NAME))
+    app = server.create_app(telemetry)
+
+    import uvicorn
+
+    uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                               access_log=config.access_log, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(uv_config).run()
+    finally:
+        server.recorder.close()  # what the telemetry thread has not recorded yet, before the exporters go
+        telemetry.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""``ernie-otel stack``: the whole pipeline as local processes, on the default ports of ernie_otel/ports.py.
+
+    ernie-otel stack up [--load] [--foreground] [--model tiny|DIR] [--state-dir DIR]
+    ernie-otel stack status [--state-dir DIR]
+    ernie-otel stack down [--state-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import bad_requests
+from .core import STACK_DIR_ENV, Stack
+from .procs import log_tail
+from .records import StackError, process_matches
+
+
+def _print_status(stack: Stack) -> int:
+    status = stack.status()
+    if not status:
+        print(f"no stack recorded in {stack.state_dir}")
+        return 3
+    print(f"stack in {stack.state_dir}:")
+    for name, st in status.items():
+        state = "running" if st["alive"] else "NOT RUNNING"
+        health = {True: "healthy", False: f"UNHEALTHY {st['detail']}", None: ""}[st["healthy"]]
+        print(f"  {stack.title(name):<14} pid {st['pid']:<8} {state:<12} {health}")
+    ok = all(st["alive"] and st["healthy"] for st in status.values())
+    if ok:
+        for key, url in stack.urls.items():
+            print(f"  {key:<20} {url}")
+    return 0 if ok else 1
+
+
+def _foreground(stack: Stack) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stack.say("running in the foreground; Ctrl-C stops everything")
+    reported: set[str] = set()
+    while not stop.wait(2.0):
+        for name, rec in stack.read_records().items():
+            if name not in reported and not process_matches(rec):
+                reported.add(name)
+                stack.say(f"{stack.title(name)} exited unexpectedly; last lines of {rec.log}:\n"
+                          f"{log_tail(Path(rec.log))}")
+    stack.say("stopping ...")
+    stack.down()
+    stack.say("stopped")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ernie-otel stack", description=(__doc__ or "").split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    state_help = f"state, logs and pids (default ${STACK_DIR_ENV} or <repo>/.stack)"
+    up = sub.add_parser("up", help="start the whole stack and leave it running")
+    up.add_argument("--load", action="store_true", help="also drive steady load (plus some bad requests)")
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C or SIGTERM stops it all")
+    up.add_argument("--model", default="tiny", help="'tiny' (built-in random-weight ERNIE-4.5) or a model dir")
+    up.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    for name, text in (("status", "what runs, and whether it is healthy"), ("down", "stop what `up` started")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["bad-requests"]:
+        # Internal (the --load helper); argparse's REMAINDER would not pass its --options through.
+        return bad_requests.main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "status":
+            return _print_status(Stack.from_state(args.state_dir))
+        if args.command == "down":
+            stack = Stack.from_state(args.state_dir)
+            if not stack.read_records():
+                print(f"nothing recorded in {stack.state_dir}; nothing to stop")
+                return 0
+            stack.down()
+            stack.say("stopped")
+            return 0
+        stack = Stack(args.state_dir, model=args.model, load=args.load)
+        stack.say(f"state, logs and pids in {stack.state_dir}")
+        try:
+            stack.up()
+        except KeyboardInterrupt:
+            return 130
+        stack.print_urls()
+        if args.foreground:
+            return _foreground(stack)
+        return 0
+    except StackError as exc:
+        print(f"ernie-otel stack: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,308 @@
+"""The component table: every process the stack runs, one entry each.
+
+An entry (:class:`Component`) says everything the supervisor needs: the port keys the component
+owns (with their defaults), how to build its command line and environment from the stack's
+ports, its health URL, its place in the start order and how long it may take to become healthy.
+Adding a component is adding one entry to COMPONENTS. N instances of one kind come from a factory
+that takes the instance index and returns an entry with that instance's port keys, e.g. replica i
+of ernie-serve::
+
+    def replica(i: int) -> Component:
+        api, metrics = ports.replica_ports(i)
+        return Component(f"ernie_serve_{i}", f"ernie-serve {i}", 60 + i, command=...,
+                         ports={f"serve_{i}": api, f"serve_metrics_{i}": metrics},
+                         health=lambda c: f"{c.url(f'serve_{i}')}/health", health_timeout=300.0)
+
+(tests/test_stack.py runs such a factory through the real supervisor).
+
+The Collector's and Jaeger's environment (collector/otelcol.yaml and collector/jaeger.yaml read
+their listen addresses from it) is built here and nowhere else: collector_env() and jaeger_env()
+take a port map, so the stack (default ports), the tests and the benchmarks (free ports) share them;
+likewise each component's command line (collector_command(), prometheus_command(), ...).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .. import consoles, jaeger_ui
+from ..ports import DEFAULT_PORTS, HOST, PORT_PURPOSE
+from . import render
+from .procs import REPO_ROOT
+from .records import StackError
+
+BUILD_SCRIPT = REPO_ROOT / "collector" / "build.sh"
+DEFAULT_HEALTH_TIMEOUT_S = 30.0
+
+# --load: modest, so the demo leaves CPU for the rest of the stack on a small machine: Poisson
+# arrivals at a few requests/s (a closed loop would saturate ernie-serve), at most 2 in flight.
+LOAD_RATE = 3.0
+LOAD_CONCURRENCY = 2
+LOAD_MAX_TOKENS = 32
+# One bad request every 20 s against ~3 good ones a second is ~1.6% errors: the error panels
+# get data while HighErrorRate (5%) stays quiet unless something is really wrong (every 7 s put
+# the ratio near 4.5% and the alert flapped between pending and firing in the demo).
+BAD_REQUEST_INTERVAL_S = 20.0
+
+
+class StackContext(Protocol):
+    """What a component's builders may ask of the stack they run in."""
+
+    ports: dict[str, int]
+    state_dir: Path
+    model: str
+
+    def addr(self, key: str) -> str: ...
+    def url(self, key: str) -> str: ...
+    def binaries(self) -> Path: ...  # the built otelcol-ernie and jaeger (built on first use)
+
+    @property
+    def served_model_name(self) -> str: ...
+
+    @property
+    def alerts_file(self) -> Path: ...
+
+
+Builder = Callable[[StackContext], list[str]]
+EnvBuilder = Callable[[StackContext], dict[str, str]]
+
+
+def _no_env(ctx: StackContext) -> dict[str, str]:
+    return {}
+
+
+def _python_env(ctx: StackContext) -> dict[str, str]:
+    return {"PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class Component:
+    """One process of the stack. ``ports``: the port keys it owns and their defaults (checked
+    free before it starts). ``health``: its health URL (None: alive for a second counts, as for a
+    load generator); ``health_timeout``: how long it may take to answer 200 there. ``order``:
+    start order (``down`` goes backwards). ``profile``: "core" components always run, "load"
+    ones only with ``up --load``."""
+
+    name: str
+    title: str
+    order: int
+    command: Builder
+    ports: Mapping[str, int] = field(default_factory=dict)
+    env: EnvBuilder = _no_env
+    health: Callable[[StackContext], str] | None = None
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S
+    profile: str = "core"
+    needs_binaries: bool = False  # runs a binary of collector/build.sh: build (or find) it before any start
+
+    def purpose(self, key: str) -> str:
+        return PORT_PURPOSE.get(key) or f"{self.title} ({key})"
+
+
+def own(*keys: str) -> dict[str, int]:
+    """Port keys of ernie_otel/ports.py's single-server table, with their defaults."""
+    return {key: DEFAULT_PORTS[key] for key in keys}
+
+
+# --------------------------------------------------------------- env builders (one copy each)
+def _addr(ports: Mapping[str, int], key: str) -> str:
+    return f"{HOST}:{ports[key]}"
+
+
+def collector_env(ports: Mapping[str, int]) -> dict[str, str]:
+    """collector/otelcol.yaml's listen addresses and its Jaeger exporter target, from a port map
+    with the keys of the collector and jaeger entries. Nothing listens on jaeger_otlp_grpc unless
+    a Jaeger is started on it too (spans are then dropped after retries)."""
+    return {
+        "OTELCOL_OTLP_GRPC_ENDPOINT": _addr(ports, "otlp_grpc"),
+        "OTELCOL_OTLP_HTTP_ENDPOINT": _addr(ports, "otlp_http"),
+        "OTELCOL_PROMETHEUS_ENDPOINT": _addr(ports, "collector_prometheus"),
+        "OTELCOL_JAEGER_ENDPOINT": _addr(ports, "jaeger_otlp_grpc"),
+        "OTELCOL_HEALTH_ENDPOINT": _addr(ports, "collector_health"),
+        "OTELCOL_TELEMETRY_HOST": HOST,
+        "OTELCOL_TELEMETRY_PORT": str(ports["collector_telemetry"]),
+    }
+
+
+def jaeger_env(ports: Mapping[str, int]) -> dict[str, str]:
+    """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys."""
+    env = {
+        "JAEGER_OTLP_GRPC_ENDPOINT": _addr(ports, "jaeger_otlp_grpc"),
+        "JAEGER_OTLP_HTTP_ENDPOINT": _addr(ports, "jaeger_otlp_http"),
+        "JAEGER_QUERY_HTTP_ENDPOINT": _addr(ports, "jaeger_query"),
+        "JAEGER_QUERY_GRPC_ENDPOINT": _addr(ports, "jaeger_query_grpc"),
+        "JAEGER_HEALTH_ENDPOINT": _addr(ports, "jaeger_health"),
+        "JAEGER_METRICS_HOST": HOST,
+        "JAEGER_METRICS_PORT": str(ports["jaeger_metrics"]),
+        # The real UI where scripts/setup.sh installed it (else Jaeger's placeholder page).
+        "JAEGER_UI_ASSETS": str(jaeger_ui.installed_assets() or ""),
+    }
+    if "prometheus" in ports:  # the Prometheus the Monitor tab reads span metrics from
+        env["JAEGER_PROMETHEUS_URL"] = f"http://{_addr(ports, 'prometheus')}"
+    return env
+
+
+def collector_command(bin_dir: Path) -> list[str]:
+    return [str(bin_dir / "otelcol-ernie"), "--config", str(render.OTELCOL_CONFIG)]
+
+
+def jaeger_command(bin_dir: Path) -> list[str]:
+    return [str(bin_dir / "jaeger"), "--config", str(render.JAEGER_CONFIG)]
+
+
+def collector_health_url(ports: Mapping[str, int]) -> str:
+    return f"http://{_addr(ports, 'collector_health')}/"
+
+
+def jaeger_health_url(ports: Mapping[str, int]) -> str:
+    # The query API rather than the health port: "healthy" must mean "traces can be read".
+    return f"http://{_addr(ports, 'jaeger_query')}/api/services"
+
+
+# ------------------------------------------------------------------------------ binaries
+def build_binaries(say: Callable[[str], None], *, capture: bool = False, timeout: float | None = None) -> Path:
+    """collector/build.sh; the last line it prints is the directory of the binaries. Its progress
+    goes straight to our stderr, or with ``capture`` into the error message (tests keep it)."""
+    if not BUILD_SCRIPT.exists():
+        raise StackError(f"{BUILD_SCRIPT} is missing: `ernie-otel stack` runs from a checkout of ernie-otel")
+    say("Collector and Jaeger binaries: collector/build.sh (cached after the first build, which takes long)")
+    try:
+        result = subprocess.run(["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE if capture else None, text=True,
+                                timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"collector/build.sh did not finish within {timeout:.0f}s") from None
+    messages = f":\n{result.stderr[-6000:]}" if capture else "; its messages are above"
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise StackError(f"collector/build.sh failed (exit {result.returncode}){messages}")
+    bin_dir = Path(lines[-1])
+    for name in ("otelcol-ernie", "jaeger"):
+        if not os.access(bin_dir / name, os.X_OK):
+            raise StackError(f"collector/build.sh reported {bin_dir}, but {name} is not there")
+    return bin_dir
+
+
+def find_alertmanager() -> str | None:
+    # Debian installs it as prometheus-alertmanager; upstream tarballs as alertmanager.
+    return shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")
+
+
+def venv_script(name: str) -> str:
+    """A console script of this environment (the venv's bin/ next to the running Python)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"{name} not found next to {sys.executable} or on PATH; install ernie-otel (make setup)")
+    return found
+
+
+def _required(binary: str | None, name: str, package: str) -> str:
+    if binary is None:
+        raise StackError(f"{name} not found (Debian package {package}; make setup)")
+    return binary
+
+
+# -------------------------------------------------------------------------- command builders
+def alertmanager_command(binary: str, config: Path, storage: Path, addr: str) -> list[str]:
+    return [binary, f"--config.file={config}", f"--storage.path={storage}", f"--web.listen-address={addr}",
+            # A single local instance: no gossip port (9094) to bind or clash on.
+            "--cluster.listen-address="]
+
+
+def prometheus_command(binary: str, config: Path, storage: Path, addr: str) -> list[str]:
+    return [binary, f"--config.file={config}", f"--storage.tsdb.path={storage}", f"--web.listen-address={addr}",
+            "--web.enable-lifecycle",
+            # Histogram buckets -> trace ids, scraped from the Collector's OpenMetrics endpoint.
+            "--enable-feature=exemplar-storage",
+            # The ERNIE console dashboard at /consoles/ernie.html.
+            *_console_flags()]
+
+
+def _console_flags() -> list[str]:
+    try:
+        return consoles.prometheus_flags()
+    except consoles.ConsoleLibrariesNotFoundError as exc:
+        raise StackError(str(exc)) from None
+
+
+def _alertmanager(ctx: StackContext) -> list[str]:
+    return alertmanager_command(_required(find_alertmanager(), "alertmanager", "prometheus-alertmanager"),
+                                render.alertmanager_config(ctx.state_dir, ctx.addr), ctx.state_dir / "alertmanager",
+                                ctx.addr("alertmanager"))
+
+
+def _prometheus(ctx: StackContext) -> list[str]:
+    return prometheus_command(_required(shutil.which("prometheus"), "prometheus", "prometheus"),
+                              render.prometheus_config(ctx.state_dir, ctx.addr), ctx.state_dir / "prometheus",
+                              ctx.addr("prometheus"))
+
+
+def _ernie_serve(ctx: StackContext) -> list[str]:
+    return [venv_script("opentelemetry-instrument"), venv_script("ernie-serve"), "--model", ctx.model,
+            "--host", HOST, "--port", str(ctx.ports["serve"]), "--metrics-port", str(ctx.ports["serve_metrics"])]
+
+
+def _ernie_serve_env(ctx: StackContext) -> dict[str, str]:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.url("otlp_grpc"),
+        # Ours even where the generic opentelemetry-distro is installed too.
+        "OTEL_PYTHON_DISTRO": "ernie_otel",
+        "OTEL_PYTHON_CONFIGURATOR": "ernie_otel",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if ctx.model == "tiny" and "OMP_NUM_THREADS" not in os.environ:
+        # The tiny model gains nothing from torch's intra-op threads, and on a small busy
+        # machine (this stack plus a load generator on 2 cores) their spin-waiting turns a
+        # 20 ms request into ~350 ms whenever another process holds a core.
+        env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _load(ctx: StackContext) -> list[str]:
+    # `ernie-otel bench --duration 0` runs until stopped; its progress line goes to the log.
+    return [sys.executable, "-m", "ernie_otel.cli", "bench", "--url", ctx.url("serve"),
+            "--model", ctx.served_model_name, "--rate", str(LOAD_RATE), "--concurrency", str(LOAD_CONCURRENCY),
+            "--max-tokens", str(LOAD_MAX_TOKENS), "--duration", "0"]
+
+
+def _bad_requests(ctx: StackContext) -> list[str]:
+    return [sys.executable, "-m", "ernie_otel.stack", "bad-requests", "--url", ctx.url("serve"),
+            "--model", ctx.served_model_name, "--interval", str(BAD_REQUEST_INTERVAL_S)]
+
+
+def _webhook_sink(ctx: StackContext) -> list[str]:
+    return [sys.executable, "-m", "ernie_otel.stack.webhook_sink", "--host", HOST,
+            "--port", str(ctx.ports["webhook_sink"]), "--out", str(ctx.alerts_file)]
+
+
+# ---------------------------------------------------------------------------------- the table
+# Model loading dominates ernie-serve's start; the Go/Prometheus servers are up in a second or two.
+COMPONENTS: tuple[Component, ...] = (
+    Component("jaeger", "Jaeger", 10, lambda c: jaeger_command(c.binaries()),
+              own("jaeger_otlp_grpc", "jaeger_otlp_http", "jaeger_query", "jaeger_query_grpc", "jaeger_health",
+                  "jaeger_metrics"),
+              env=lambda c: jaeger_env(c.ports), health=lambda c: jaeger_health_url(c.ports), needs_binaries=True),
+    Component("collector", "Collector", 20, lambda c: collector_command(c.binaries()),
+              own("otlp_grpc", "otlp_http", "collector_prometheus", "collector_health", "collector_telemetry"),
+              env=lambda c: collector_env(c.ports), health=lambda c: collector_health_url(c.ports),
+              needs_binaries=True),
+    Component("webhook_sink", "webhook sink", 30, _webhook_sink, own("webhook_sink"), env=_python_env,
+              health=lambda c: f"{c.url('webhook_sink')}/"),
+    Component("alertmanager", "Alertmanager", 40, _alertmanager, own("alertmanager"),
+              health=lambda c: f"{c.url('alertmanager')}/-/ready"),
+    Component("prometheus", "Prometheus", 50, _prometheus, own("prometheus"),
+              health=lambda c: f"{c.url('prometheus')}/-/ready", health_timeout=60.0),
+    Component("ernie_serve", "ernie-serve", 60, _ernie_serve, own("serve", "serve_metrics"), env=_ernie_serve_env,
+              health=lambda c: f"{c.url('serve')}/health", health_timeout=300.0),
+    Component("load", "load (bench)", 70, _load, env=_python_env, profile="load"),
+    Component("bad_requests", "bad requests", 80, _bad_requests, env=_python_env, profile="load"),
+)

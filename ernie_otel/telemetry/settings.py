@@ -1,0 +1,132 @@
+"""The telemetry settings of a process: read from the environment once, checked, then immutable.
+
+``TelemetrySettings.from_env()`` reads the standard ``OTEL_*`` variables ernie-serve acts on and
+ERNIE-OTel's own, with ernie-serve's defaults where it differs from the SDK's (5 s metric export,
+``service.name=ernie-serve``, stable HTTP semantic conventions). The SDK set-up
+(:mod:`.setup`), the ``opentelemetry-instrument`` configurator (:mod:`.distro`) and the recorder
+take their values from this object instead of from ``os.environ``. A new setting (SLO targets,
+say) is one more field here: its variable, default, converter and check in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .. import names
+from ..config import Config, at_least, between, from_sources, option, to_bool, to_float, to_int, to_lower
+
+SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+            "parentbased_traceidratio")
+OTLP_EXPORTERS = ("otlp", "otlp_proto_grpc", "otlp_proto_http")
+# "ernie_prometheus": the Prometheus reader, which --metrics-port (not this variable) switches.
+TRACES_EXPORTERS = (*OTLP_EXPORTERS, "console", "none")
+METRICS_EXPORTERS = (*OTLP_EXPORTERS, "console", "none", "ernie_prometheus")
+SEMCONV_ENV = "OTEL_SEMCONV_STABILITY_OPT_IN"
+
+# GenAI instrumentations of newer semantic conventions take these values for the same variable.
+_CAPTURE_ON = ("span_only", "event_only", "span_and_event")
+_CAPTURE_OFF = ("no_content",)
+
+
+def _exporters(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def convert(text: str) -> tuple[str, ...]:
+        chosen = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+        for name in chosen:
+            if name not in allowed:
+                raise ValueError(f"unsupported exporter {name!r} (supported: {', '.join(allowed)})")
+        return tuple(name for name in chosen if name != "none")
+
+    return convert
+
+
+def _capture(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _CAPTURE_ON:
+        return True
+    if value in _CAPTURE_OFF:
+        return False
+    return to_bool(text)
+
+
+def _buckets(text: str) -> Mapping[str, tuple[float, ...]]:
+    # names.load_bucket_overrides checks names against the catalogue and the bounds' order.
+    loaded = names.load_bucket_overrides(text)
+    return MappingProxyType({key: tuple(float(b) for b in bounds) for key, bounds in loaded.items()})
+
+
+def _no_buckets() -> Mapping[str, tuple[float, ...]]:
+    return MappingProxyType({})
+
+
+def resource_service_name(raw: str) -> str | None:
+    """``service.name`` from an ``OTEL_RESOURCE_ATTRIBUTES`` value (``k=v,k=v``, %-encoded)."""
+    for pair in raw.split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == "service.name" and value.strip():
+            return urllib.parse.unquote(value.strip())
+    return None
+
+
+@dataclass(frozen=True)
+class TelemetrySettings(Config):
+    sdk_disabled: bool = option(False, env="OTEL_SDK_DISABLED", convert=to_bool,
+                                help="no telemetry at all (no-op providers)")
+    service_name: str = option(names.SERVICE_NAME, env="OTEL_SERVICE_NAME",
+                               help="service.name (else the one in OTEL_RESOURCE_ATTRIBUTES)")
+    otlp_endpoint: str | None = option(None, env="OTEL_EXPORTER_OTLP_ENDPOINT",
+                                       help="standalone: setting it turns OTLP export on")
+    otlp_protocol: str = option("grpc", env="OTEL_EXPORTER_OTLP_PROTOCOL", convert=to_lower,
+                                choices=("grpc", "http/protobuf"), help="OTLP transport")
+    traces_exporter: tuple[str, ...] | None = option(None, env="OTEL_TRACES_EXPORTER",
+                                                     convert=_exporters(TRACES_EXPORTERS),
+                                                     help="span exporters (unset: OTLP under opentelemetry-"
+                                                     "instrument, else only with an OTLP endpoint)")
+    metrics_exporter: tuple[str, ...] | None = option(None, env="OTEL_METRICS_EXPORTER",
+                                                      convert=_exporters(METRICS_EXPORTERS),
+                                                      help="metric exporters besides the Prometheus reader")
+    # The SDK's default is 60 s; dashboards would lag a minute behind. 5 s is the scrape interval.
+    metric_export_interval_ms: int = option(5000, env="OTEL_METRIC_EXPORT_INTERVAL", convert=to_int,
+                                            check=at_least(1), help="OTLP metric export interval, ms")
+    sampler: str = option("parentbased_always_on", env="OTEL_TRACES_SAMPLER", convert=to_lower, choices=SAMPLERS,
+                          help="trace sampler")
+    sampler_arg: float | None = option(None, env="OTEL_TRACES_SAMPLER_ARG", convert=to_float, check=between(0, 1),
+                                       help="sampling ratio of the traceidratio samplers (default 1)")
+    capture_content: bool = option(False, env=names.CAPTURE_CONTENT_ENV, convert=_capture,
+                                   help="record prompt and completion text on spans (opt-in)")
+    bucket_overrides: Mapping[str, tuple[float, ...]] = option(
+        env=names.BUCKETS_ENV, convert=_buckets, factory=_no_buckets,
+        help="JSON object: histogram (OTel or Prometheus name) -> bucket bounds")
+    fastapi_excluded_urls: str = option("health,metrics", env="OTEL_PYTHON_FASTAPI_EXCLUDED_URLS",
+                                        help="URLs without HTTP server spans and metrics")
+    # Seconds (http.server.request.duration), not the old milliseconds histogram promtool rejects.
+    semconv_opt_in: str = option("http", env=SEMCONV_ENV, help="semantic-convention stability opt-in")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TelemetrySettings:
+        """Read and check the environment once; a bad value raises ConfigError naming its variable."""
+        env = os.environ if environ is None else environ
+        given: dict[str, object] = {}
+        if not env.get("OTEL_SERVICE_NAME", "").strip():
+            from_resource = resource_service_name(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+            if from_resource is not None:
+                given["service_name"] = from_resource
+        return from_sources(cls, given, env)
+
+    @property
+    def ratio(self) -> float:
+        return 1.0 if self.sampler_arg is None else self.sampler_arg
+
+
+def publish_semconv_opt_in(settings: TelemetrySettings, environ: MutableMapping[str, str] | None = None) -> None:
+    """Hand the semantic-convention opt-in to the instrumentation libraries.
+
+    The one value that goes through the environment: the OTel instrumentation libraries (FastAPI's
+    among them) read ``OTEL_SEMCONV_STABILITY_OPT_IN`` from ``os.environ`` and offer no other way
+    in. Only entry points call this (ernie-serve's ``main`` and the ``opentelemetry-instrument``
+    distro), before any instrumentation is set up.
+    """
+    (os.environ if environ is None else environ)[SEMCONV_ENV] = settings.semconv_opt_in

@@ -1,0 +1,46 @@
+"""Plain helpers for the tests: import them (``from helpers import free_port, run_process``).
+
+The process, port and HTTP helpers are the ones ``ernie-otel stack`` runs on
+(ernie_otel/stack/procs.py and components.py); this module only shapes them the way a test wants
+them: a server process as a context manager, and a wait that fails the test with an
+AssertionError. Fixtures live in the plugin tests/plugins/ernie_pipeline.py, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from ernie_otel.stack import components, procs
+from ernie_otel.stack.procs import REPO_ROOT, free_port, free_ports, http_get, http_post_json
+from ernie_otel.stack.procs import Running as RunningProcess
+
+__all__ = ["REPO_ROOT", "RunningProcess", "collector_env", "free_port", "free_ports", "http_get", "http_post_json",
+           "run_process", "wait_http"]
+
+
+def collector_env() -> dict[str, str]:
+    """The Collector's environment with a free port for every listener, so a test's Collector
+    never collides with a running stack (its Jaeger target has nothing behind it unless the test
+    starts a Jaeger there)."""
+    return components.collector_env(free_ports())
+
+
+def run_process(args: Sequence[str | os.PathLike[str]], log_path: Path, env: Mapping[str, str | None] | None = None,
+                cwd: Path = REPO_ROOT) -> AbstractContextManager[RunningProcess]:
+    """A server process for the duration of the block, logging to log_path; always stopped
+    (TERM, then KILL). An env value of None removes the variable."""
+    return procs.running(log_path.stem, args, log_path, env, cwd=cwd)
+
+
+def wait_http(url: str, timeout: float = 30.0, status: int = 200, headers: Mapping[str, str] | None = None,
+              proc: subprocess.Popen[bytes] | None = None) -> str:
+    """Poll url until it answers `status`; returns the body. Fails the test (AssertionError) if
+    `proc` exits first or time runs out."""
+    try:
+        return procs.wait_http(url, timeout=timeout, proc=proc, status=status, headers=headers)
+    except procs.NotHealthyError as exc:
+        raise AssertionError(str(exc)) from None
