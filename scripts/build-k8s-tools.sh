@@ -24,9 +24,14 @@ PROMOP_VERSION="v0.95.2"
 KEDA_MODULE="github.com/kedacore/keda/v2"
 KEDA_VERSION="v2.21.0"
 COMPOSE_VERSION="2.40.3"
-# Helm's release builds stamp the version this way; without it `helm version` says v3.x-dev and
-# charts with a kubeVersion constraint misbehave.
+# Helm's release builds stamp these (its Makefile): the version, and the Kubernetes version that
+# `helm template` / `helm lint` assume without --kube-version, from the client-go Helm is built
+# with (v0.37 -> 1.37). Unstamped it is 1.20, and a chart's kubeVersion constraint then fails.
+HELM_K8S_MINOR="37"
 HELM_LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+  HELM_LDFLAGS+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${HELM_K8S_MINOR}"
+done
 
 log() { printf '[k8s-tools] %s\n' "$*" >&2; }
 die() { printf '[k8s-tools] ERROR: %s\n' "$*" >&2; exit 1; }
