@@ -410,6 +410,9 @@ class Stack:
                 "JAEGER_HEALTH_ENDPOINT": addr("jaeger_health"),
                 "JAEGER_METRICS_HOST": "127.0.0.1",
                 "JAEGER_METRICS_PORT": str(p["jaeger_metrics"]),
+                # Traces on disk (badger) in this stack's own state dir: they survive `down`/`up`
+                # like Prometheus' data, and two stacks never share (or lock) one store.
+                "JAEGER_BADGER_DIR": str(self.state_dir / "jaeger"),
             }
             return Component(name, [str(self._bin() / "jaeger"), "--config", str(JAEGER_CONFIG)], env,
                              f"{url('jaeger_query')}/api/services", COMPONENT_PORTS[name])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs, idempotent and fast when already done:
-# Debian packages (Prometheus, Alertmanager, promtool, amtool), the Python venv with the package,
+# Debian packages (Prometheus, Alertmanager, promtool, amtool, openssl), the Python venv with the package,
 # and the Collector + Jaeger binaries (built from Go modules, cached outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,8 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 # Debian names the binary prometheus-alertmanager.
 { command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null 2>&1 \
   && command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# The fleet TLS test makes a throwaway CA and certificate with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if ((${#need[@]})); then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
