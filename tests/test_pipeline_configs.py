@@ -483,3 +483,26 @@ def test_jaeger_keeps_traces_across_restart(pipeline_bin: Path, tmp_path: Path) 
                 assert code == 200 and PROBE_SERVICE in body, f"{code} {body[:300]}\n{proc.log_tail()}"
             _assert_running(proc)
     assert (tmp_path / "jaeger-data" / "keys").is_dir(), "JAEGER_BADGER_DIR was not used"
+
+
+def _env_default(config: Path, var: str) -> str:
+    """The default of ${env:VAR:-default} in a config (every use must agree)."""
+    defaults = set(re.findall(r"\$\{env:" + re.escape(var) + r":-([^}]*)\}", config.read_text()))
+    assert len(defaults) == 1, f"{config.name}: {var} defaults {defaults}"
+    return defaults.pop()
+
+
+def test_fleet_config_defaults_are_the_port_table() -> None:
+    """The configs cannot import ernie_otel/ports.py; this keeps their defaults equal to it."""
+    from ernie_otel.ports import HOST, fleet_port
+
+    lb, sampler, agent = FLEET_DIR / "lb.yaml", FLEET_DIR / "sampler.yaml", FLEET_DIR / "agent.yaml"
+    assert _env_default(lb, "OTELCOL_OTLP_GRPC_ENDPOINT") == f"{HOST}:{fleet_port('lb_otlp_grpc')}"
+    assert _env_default(lb, "OTELCOL_HEALTH_ENDPOINT") == f"{HOST}:{fleet_port('lb_health')}"
+    assert _env_default(lb, "OTELCOL_TELEMETRY_PORT") == str(fleet_port("lb_telemetry"))
+    assert _env_default(agent, "OTELCOL_LB_ENDPOINT") == f"{HOST}:{fleet_port('lb_otlp_grpc')}"
+    assert _env_default(sampler, "OTELCOL_OTLP_GRPC_ENDPOINT") == f"{HOST}:{fleet_port('sampler_otlp_grpc')}"
+    assert _env_default(sampler, "OTELCOL_HEALTH_ENDPOINT") == f"{HOST}:{fleet_port('sampler_health')}"
+    assert _env_default(sampler, "OTELCOL_TELEMETRY_PORT") == str(fleet_port("sampler_telemetry"))
+    samplers = yaml.safe_load(_env_default(lb, "OTELCOL_SAMPLER_ENDPOINTS"))
+    assert samplers == [f"{HOST}:{fleet_port('sampler_otlp_grpc', k)}" for k in range(2)]
