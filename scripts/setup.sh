@@ -4,6 +4,7 @@
 # browser tests), the Python venv with the package, the Collector + Jaeger binaries (built from Go
 # modules, cached outside the repo) and the Jaeger UI's built assets (unpacked from an archive given
 # in ERNIE_OTEL_JAEGER_UI into the same cache).
+# (and openssl, with which the fleet TLS test makes a throwaway CA and certificate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 # The browser tests (tests/test_ui_browser.py) drive Debian's Chromium through its chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The fleet TLS test makes a throwaway CA and certificate with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if ((${#need[@]})); then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -130,9 +130,12 @@ def collector_env(ports: Mapping[str, int]) -> dict[str, str]:
     }
 
 
-def jaeger_env(ports: Mapping[str, int]) -> dict[str, str]:
-    """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys."""
+def jaeger_env(ports: Mapping[str, int], store_dir: Path) -> dict[str, str]:
+    """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys, and
+    its badger trace store in `store_dir`: required, because the config's fallback (./.stack/jaeger
+    under the working directory) would let two Jaegers share, and lock, one store."""
     env = {
+        "JAEGER_BADGER_DIR": str(store_dir),
         "JAEGER_OTLP_GRPC_ENDPOINT": _addr(ports, "jaeger_otlp_grpc"),
         "JAEGER_OTLP_HTTP_ENDPOINT": _addr(ports, "jaeger_otlp_http"),
         "JAEGER_QUERY_HTTP_ENDPOINT": _addr(ports, "jaeger_query"),
@@ -292,7 +295,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("jaeger", "Jaeger", 10, lambda c: jaeger_command(c.binaries()),
               own("jaeger_otlp_grpc", "jaeger_otlp_http", "jaeger_query", "jaeger_query_grpc", "jaeger_health",
                   "jaeger_metrics"),
-              env=lambda c: jaeger_env(c.ports), health=lambda c: jaeger_health_url(c.ports), needs_binaries=True),
+              env=lambda c: jaeger_env(c.ports, c.state_dir / "jaeger"), health=lambda c: jaeger_health_url(c.ports),
+              needs_binaries=True),
     Component("collector", "Collector", 20, lambda c: collector_command(c.binaries()),
               own("otlp_grpc", "otlp_http", "collector_prometheus", "collector_health", "collector_telemetry"),
               env=lambda c: collector_env(c.ports), health=lambda c: collector_health_url(c.ports),
