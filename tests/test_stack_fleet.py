@@ -1,10 +1,11 @@
 """`ernie-otel stack up --replicas N`: the fleet profile of the local stack with the real binaries.
 
-Three replicas of the tiny ERNIE model, the Collector and Jaeger, Alertmanager, the Collector's
-Prometheus, two Prometheus shards and the Thanos topology (router, 3 receivers RF 2, Query, store,
-2 compactors, ruler), all through the same Stack the CLI drives, on free ports. After a little
-load: `sum(ernie_inference_requests_total)` through Thanos Query equals the sum of the replicas'
-own /metrics counters, each replica is scraped by exactly one shard (the one hashmod picks),
+Three replicas of the tiny ERNIE model, the Collector tiers (agent -> load balancer -> 2 tail
+samplers -> Jaeger), Alertmanager, the Collector's Prometheus, two Prometheus shards and the Thanos
+topology (router, 3 receivers RF 2, Query, store, 2 compactors, ruler), all through the same Stack
+the CLI drives, on free ports. After a little load: `sum(ernie_inference_requests_total)` through
+Thanos Query equals the sum of the replicas' own /metrics counters, each replica is scraped by
+exactly one shard (the one hashmod picks), every request's trace reached Jaeger through the tiers,
 every listener of every process is on 127.0.0.1, `stack status` lists every process and
 `stack down` leaves none running.
 
@@ -17,12 +18,13 @@ import json
 import os
 import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from helpers import free_ports, http_get, http_post_json
+from helpers import free_ports, http_get
 from thanos_fleet import instant, metric_value, scalar_or_none
 
 from ernie_otel import names
@@ -33,6 +35,9 @@ from ernie_otel.stack.procs import port_free
 REPLICAS = 3
 REQUESTS_PER_REPLICA = (3, 2, 1)  # different counts, so a replica counted twice or missed shows
 REQUESTS = names.REQUESTS.prom_name
+# Keep every trace and decide fast, so each request's trace is in Jaeger within seconds (the
+# shipped default keeps 10% of the unremarkable ones after 10 s).
+SAMPLING_ENV = {"OTELCOL_SAMPLING_BASELINE_PERCENT": "100", "OTELCOL_SAMPLING_DECISION_WAIT": "2s"}
 T = TypeVar("T")
 
 
@@ -55,7 +60,7 @@ def fleet_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("fleet-stack")
     keys = set(DEFAULT_PORTS) | {key for comp in fleet.stack_components(REPLICAS) for key in comp.ports}
     lines: list[str] = []
-    stack = Stack(state, replicas=REPLICAS, ports=free_ports(sorted(keys)), say=lines.append)
+    stack = Stack(state, replicas=REPLICAS, ports=free_ports(sorted(keys)), env=SAMPLING_ENV, say=lines.append)
     try:
         try:
             stack.up()
@@ -91,7 +96,8 @@ def _listening_inodes() -> dict[str, str]:
 
 
 def test_the_fleet_runs_every_process(fleet_stack: Stack) -> None:
-    expected = {"jaeger", "collector", "webhook_sink", "alertmanager", "prometheus",
+    expected = {"jaeger", "collector", "collector_lb", *(f"collector_sampler_{k}" for k in range(fleet.SAMPLERS)),
+                "webhook_sink", "alertmanager", "prometheus",
                 *(f"thanos_receive_{k}" for k in range(fleet.INGESTERS)), "thanos_router", "thanos_query",
                 "thanos_store", "thanos_compact", "thanos_compact_1m", "thanos_rule",
                 *(f"prometheus_shard_{k}" for k in range(fleet.SHARDS)),
@@ -129,15 +135,27 @@ def test_the_fleet_runs_every_process(fleet_stack: Stack) -> None:
     assert len(instance_ids) == REPLICAS
 
 
+def _chat(url: str, model: str, text: str) -> str:
+    """One chat completion; the trace id ernie-serve answers with."""
+    body = json.dumps({"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": text}]}).encode()
+    request = urllib.request.Request(f"{url}/v1/chat/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.status == 200
+        trace_id = response.headers.get(names.TRACE_ID_HEADER)
+    assert trace_id, f"no {names.TRACE_ID_HEADER} header"
+    return str(trace_id)
+
+
+def _sum_metric(url: str, name: str) -> float:
+    """A Collector counter from its own /metrics, named with or without the _total suffix."""
+    text = http_get(f"{url}/metrics")[1]
+    return metric_value(text, name, required=False) + metric_value(text, f"{name}_total", required=False)
+
+
 def test_thanos_query_sums_the_replicas_and_each_is_scraped_once(fleet_stack: Stack) -> None:
     model = fleet_stack.served_model_name
-    for i, count in enumerate(REQUESTS_PER_REPLICA):
-        for _ in range(count):
-            body = json.dumps({"model": model, "max_tokens": 4,
-                               "messages": [{"role": "user", "content": f"hello replica {i}"}]}).encode()
-            code, text = http_post_json(f"{fleet_stack.url(fleet.replica_keys(i)[0])}/v1/chat/completions", body,
-                                        timeout=120)
-            assert code == 200, text[:300]
+    trace_ids = [_chat(fleet_stack.url(fleet.replica_keys(i)[0]), model, f"hello replica {i}")
+                 for i, count in enumerate(REQUESTS_PER_REPLICA) for _ in range(count)]
     own = [metric_value(_replica_metrics(fleet_stack, i), REQUESTS) for i in range(REPLICAS)]
     assert own == [float(c) for c in REQUESTS_PER_REPLICA], own
     query = fleet_stack.url("thanos_query_http")
@@ -161,6 +179,16 @@ def test_thanos_query_sums_the_replicas_and_each_is_scraped_once(fleet_stack: St
     assert scraped_by == {t: [fleet.hashmod(t, fleet.SHARDS)] for t in targets}
     # ... and not by the Collector's Prometheus, which in the fleet profile scrapes no replica.
     assert instant(fleet_stack.url("prometheus"), 'up{job="ernie-serve-direct"}') == []
+
+    # Every request's trace went agent -> load balancer -> a sampler -> Jaeger.
+    jaeger = fleet_stack.url("jaeger_query")
+    for trace_id in trace_ids:
+        wait_for(lambda t=trace_id: http_get(f"{jaeger}/api/traces/{t}")[0] == 200 or None, 60,
+                 f"trace {trace_id} in Jaeger")
+    accepted = "otelcol_receiver_accepted_spans"
+    lb_in = _sum_metric(fleet_stack.url("lb_telemetry"), accepted)
+    samplers_in = [_sum_metric(fleet_stack.url(f"sampler_telemetry_{k}"), accepted) for k in range(fleet.SAMPLERS)]
+    assert lb_in > 0 and sum(samplers_in) > 0, (lb_in, samplers_in)
 
 
 def test_status_lists_all_and_down_stops_all(fleet_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,12 @@ gateway, the two compactors of the storage tiers and the Thanos ruler (alerts/fl
 to the stack's Alertmanager). The single Prometheus keeps scraping the Collector (span metrics,
 the Jaeger Monitor tab) but no longer the replicas: each replica is scraped by exactly one shard.
 
+Traces take the fleet path too: the stack's Collector becomes the agent (collector/otelcol.yaml
+plus the collector/fleet/agent.yaml overlay: span metrics from every span, traces on to the
+load-balancing tier), one load-balancing Collector (collector/fleet/lb.yaml, routing by trace id)
+and two sampling Collectors (collector/fleet/sampler.yaml, tail sampling, then Jaeger). Every
+persistent queue lives under <state-dir>/queue/.
+
 The argument lists here are the only copy: the stack's component entries and the tests
 (tests/thanos_fleet.py) both call them. Every Thanos listener is set to 127.0.0.1 explicitly,
 because Thanos defaults each one (the receivers' capnproto port included) to 0.0.0.0.
@@ -40,6 +46,8 @@ SHARD_CONFIG = REPO_ROOT / "deploy" / "prometheus-shard.yml"
 ALERTS_DIR = REPO_ROOT / "alerts"
 FLEET_GLOBAL_RULES = ALERTS_DIR / "fleet-global.yml"
 
+FLEET_COLLECTOR_DIR = REPO_ROOT / "collector" / "fleet"
+SAMPLERS = 2  # the local static resolver's list (lb.yaml's default names two)
 SHARDS = 2  # the modulus of deploy/prometheus-shard.yml's hashmod rule
 INGESTERS = 3  # the endpoints of deploy/thanos/hashring.json
 REPLICATION_FACTOR = 2
@@ -387,6 +395,63 @@ def _prometheus_collector_only(ctx: StackContext) -> list[str]:
                                     ctx.state_dir / "prometheus", ctx.addr("prometheus"))
 
 
+# ---------------------------------------------------------------------- Collector tiers
+def _collector_config(name: str) -> str:
+    return str(FLEET_COLLECTOR_DIR / f"{name}.yaml")
+
+
+def _telemetry_env(ctx: StackContext, health: str, telemetry: str, queue: str) -> dict[str, str]:
+    return {
+        "OTELCOL_HEALTH_ENDPOINT": ctx.addr(health),
+        "OTELCOL_TELEMETRY_HOST": HOST,
+        "OTELCOL_TELEMETRY_PORT": str(ctx.ports[telemetry]),
+        # One queue directory per process: two Collectors must never share a file_storage.
+        "OTELCOL_QUEUE_DIR": str(ctx.state_dir / "queue" / queue),
+    }
+
+
+def _sampler(k: int) -> Component:
+    grpc, health, telemetry = (f"sampler_{kind}_{k}" for kind in ("otlp_grpc", "health", "telemetry"))
+
+    def env(ctx: StackContext) -> dict[str, str]:
+        return {"OTELCOL_OTLP_GRPC_ENDPOINT": ctx.addr(grpc), "OTELCOL_JAEGER_ENDPOINT": ctx.addr("jaeger_otlp_grpc"),
+                **_telemetry_env(ctx, health, telemetry, f"sampler-{k}")}
+
+    return Component(f"collector_sampler_{k}", f"Collector sampler {k}", 12 + k,
+                     lambda c: [str(c.binaries() / "otelcol-ernie"), "--config", _collector_config("sampler")],
+                     {key: fleet_port(key.rsplit("_", 1)[0], k) for key in (grpc, health, telemetry)}, env=env,
+                     health=lambda c: f"{c.url(health)}/", needs_binaries=True)
+
+
+def _lb_env(ctx: StackContext) -> dict[str, str]:
+    samplers = ", ".join(ctx.addr(f"sampler_otlp_grpc_{k}") for k in range(SAMPLERS))
+    return {"OTELCOL_OTLP_GRPC_ENDPOINT": ctx.addr("lb_otlp_grpc"), "OTELCOL_SAMPLER_ENDPOINTS": f"[{samplers}]",
+            **_telemetry_env(ctx, "lb_health", "lb_telemetry", "lb")}
+
+
+def _agent_env(ctx: StackContext) -> dict[str, str]:
+    return {**table.collector_env(ctx.ports), "OTELCOL_LB_ENDPOINT": ctx.addr("lb_otlp_grpc"),
+            "OTELCOL_QUEUE_DIR": str(ctx.state_dir / "queue" / "agent")}
+
+
+def traces_components() -> tuple[Component, ...]:
+    """The trace tiers between the agent (the stack's Collector) and Jaeger: 2 samplers, 1 lb."""
+    return (
+        *(_sampler(k) for k in range(SAMPLERS)),
+        Component("collector_lb", "Collector load balancer", 15,
+                  lambda c: [str(c.binaries() / "otelcol-ernie"), "--config", _collector_config("lb")],
+                  {key: FLEET_PORTS[key] for key in ("lb_otlp_grpc", "lb_health", "lb_telemetry")}, env=_lb_env,
+                  health=lambda c: f"{c.url('lb_health')}/", needs_binaries=True),
+    )
+
+
+def _agent(base: Component) -> Component:
+    """The stack's Collector as the fleet's agent: the single-server config plus agent.yaml."""
+    return dataclasses.replace(
+        base, title="Collector (agent)", env=_agent_env,
+        command=lambda c: [*table.collector_command(c.binaries()), "--config", _collector_config("agent")])
+
+
 def metrics_components(replicas: int) -> tuple[Component, ...]:
     """The fleet metrics topology: Thanos (3 ingesters, router, query, store, 2 compactors, ruler)
     and the two Prometheus shards over `replicas` replicas."""
@@ -416,7 +481,7 @@ def metrics_components(replicas: int) -> tuple[Component, ...]:
 
 def stack_components(replicas: int = 1, *, fleet: bool = False) -> tuple[Component, ...]:
     """The stack's table for `replicas` ernie-serve replicas. More than one replica (or ``fleet``)
-    adds the fleet metrics topology, and the single Prometheus then scrapes the Collector only
+    adds the Collector tiers and the fleet metrics topology, and the single Prometheus then scrapes the Collector only
     (each replica is scraped by exactly one shard). replicas=1 without ``fleet`` is
     components.COMPONENTS itself: the default stack is unchanged."""
     if not 1 <= replicas <= MAX_REPLICAS:
@@ -424,6 +489,8 @@ def stack_components(replicas: int = 1, *, fleet: bool = False) -> tuple[Compone
                          f"got {replicas}")
     if replicas == 1 and not fleet:
         return table.COMPONENTS
-    base = [dataclasses.replace(c, command=_prometheus_collector_only) if c.name == "prometheus" else c
-            for c in table.COMPONENTS]
-    return (*base, *(replica(i) for i in range(1, replicas)), *metrics_components(replicas))
+    changed = {"prometheus": lambda c: dataclasses.replace(c, command=_prometheus_collector_only),
+               "collector": _agent}
+    base = [changed[c.name](c) if c.name in changed else c for c in table.COMPONENTS]
+    return (*base, *(replica(i) for i in range(1, replicas)), *traces_components(),
+            *metrics_components(replicas))
