@@ -29,7 +29,7 @@ def _print_status(stack: Stack) -> int:
     for name, st in status.items():
         state = "running" if st["alive"] else "NOT RUNNING"
         health = {True: "healthy", False: f"UNHEALTHY {st['detail']}", None: ""}[st["healthy"]]
-        print(f"  {stack.title(name):<14} pid {st['pid']:<8} {state:<12} {health}")
+        print(f"  {stack.title(name):<24} pid {st['pid']:<8} {state:<12} {health}")
     ok = all(st["alive"] and st["healthy"] for st in status.values())
     if ok:
         for key, url in stack.urls.items():

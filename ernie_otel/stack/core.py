@@ -325,8 +325,8 @@ class Stack:
         if self.fleet:
             shards = ", ".join(u[f"prometheus_shard_{k}"] for k in range(fleet_profile.SHARDS))
             lines[5:5] = [f"  Thanos Query (fleet view) {u['thanos_query']}   (PromQL API and UI)"]
-            lines[-5:-5] = [f"replicas                    {self.replicas}: ernie-serve i on API "
-                            f"{self.url('serve')}+10*i (see stack.json)",
+            lines[-5:-5] = [*(f"{f'ernie-serve {i} (OpenAI API)':<28}{u[f'ernie_serve_{i}']}"
+                              for i in range(1, self.replicas)),
                             f"Prometheus shards           {shards}"]
         self.say("all healthy:")
         for line in lines:
