@@ -92,6 +92,8 @@ FLEET_PORTS: dict[str, int] = {
     "thanos_store_grpc": 10941,
     "thanos_store_http": 10942,
     "thanos_compact_http": 10952,
+    # The second compactor (the ruler's tier="1m" blocks); not 10952 + 10, which is the ruler's.
+    "thanos_compact_1m_http": 10972,
     "thanos_rule_grpc": 10961,
     "thanos_rule_http": 10962,
     # Trace store of the fleet profile: OpenSearch node k HTTP / transport (node 0 on the

@@ -251,7 +251,11 @@ def test_fleet_overlay_changes_only_where_traces_go(pipeline_bin: Path) -> None:
     merged = yaml.safe_load(result.stdout)
     single = yaml.safe_load(OTELCOL_CONFIG.read_text())
     pipelines = merged["service"]["pipelines"]
-    assert pipelines["traces"]["exporters"] == ["otlp_grpc/lb", "span_metrics"]
+    # otelcol.yaml's traces exporters with the lb tier for Jaeger: every span-metrics connector stays.
+    single_exporters = single["service"]["pipelines"]["traces"]["exporters"]
+    assert pipelines["traces"]["exporters"] == [
+        "otlp_grpc/lb" if e == "otlp_grpc/jaeger" else e for e in single_exporters]
+    assert "span_metrics" in single_exporters
     assert pipelines["traces"]["processors"] == single["service"]["pipelines"]["traces"]["processors"]
     assert pipelines["metrics"] == single["service"]["pipelines"]["metrics"]
     assert pipelines["logs"] == single["service"]["pipelines"]["logs"]

@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 from helpers import free_port, run_process, wait_http
-from thanos_fleet import HOST, THANOS_DIR, api, build_thanos, instant, iter_blocks, objstore_config
+from thanos_fleet import HOST, api, build_thanos, instant, iter_blocks, objstore_config
 
 from ernie_otel import names
+from ernie_otel.stack import fleet
 
 DAY = 86_400
 # Raw samples are backfilled every 15 s, not every 5 s as the stack scrapes: the same tier
@@ -32,7 +33,6 @@ AGG_STEP_S = 60
 SPAN_S = 15 * DAY
 # Compaction stops at 2-day blocks (level 3 of 2h, 8h, 2d, 14d): retention deletes whole blocks,
 # and a 14-day raw block would outlive a 3-day retention by 11 days.
-MAX_COMPACTION_LEVEL = 3
 BLOCK_S = 2 * DAY
 REQUESTS = names.REQUESTS.prom_name
 LATENCY_BUCKET = f"{names.LATENCY.prom_name}_bucket"
@@ -79,14 +79,12 @@ def _write_agg(path: Path, start: int, end: int) -> None:
 
 
 def _compact(thanos: Path, objstore: Path, data: Path, selector: str, raw: str) -> str:
+    """One run of the stack's compactor (ernie_otel/stack/fleet.py), with the tiers' retention."""
     return _run([
-        str(thanos), "compact", f"--data-dir={data}", f"--objstore.config-file={objstore}",
-        f"--http-address={HOST}:{free_port()}",
-        f"--selector.relabel-config-file={THANOS_DIR / selector}",
-        f"--retention.resolution-raw={raw}", "--retention.resolution-5m=15d", "--retention.resolution-1h=15d",
-        f"--debug.max-compaction-level={MAX_COMPACTION_LEVEL}",
+        *fleet.compact_args(thanos, data, objstore, http=free_port(), selector=selector, raw_retention=raw,
+                            wait=False),
         # Backfilled blocks are "new" by upload time; a live compactor keeps the defaults (30m / 48h).
-        "--consistency-delay=0s", "--delete-delay=0s", "--log.level=warn",
+        "--consistency-delay=0s", "--delete-delay=0s",
     ])
 
 
@@ -125,14 +123,11 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
     _compact(thanos, objstore, tmp / "compact-1m", "compact-1m-selector.yml", raw="7d")
 
     store_grpc, store_http, query_http = free_port(), free_port(), free_port()
-    with run_process([str(thanos), "store", f"--data-dir={tmp / 'store'}", f"--objstore.config-file={objstore}",
-                      f"--grpc-address={HOST}:{store_grpc}", f"--http-address={HOST}:{store_http}",
+    with run_process([*fleet.store_args(thanos, tmp / "store", objstore, http=store_http, grpc=store_grpc),
                       # A block the compactor marked for deletion is gone for this test at once
                       # (live: the store stops reading it after 24h, the compactor deletes it at 48h).
-                      "--ignore-deletion-marks-delay=0s", "--log.level=warn"], tmp / "store.log") as store, \
-         run_process([str(thanos), "query", f"--http-address={HOST}:{query_http}",
-                      f"--grpc-address={HOST}:{free_port()}", f"--endpoint={HOST}:{store_grpc}",
-                      "--query.replica-label=receive_replica", "--log.level=warn"], tmp / "query.log") as query:
+                      "--ignore-deletion-marks-delay=0s"], tmp / "store.log") as store, \
+         run_process(fleet.query_args(thanos, query_http, free_port(), [store_grpc]), tmp / "query.log") as query:
         wait_http(f"http://{HOST}:{store_http}/-/ready", timeout=120, proc=store.proc)
         base = f"http://{HOST}:{query_http}"
         wait_http(f"{base}/-/ready", timeout=60, proc=query.proc)

@@ -2,16 +2,14 @@
 
 The tests in test_thanos_*.py start the real binaries with these argument lists; each one binds
 every listener to 127.0.0.1 (Thanos' own defaults are 0.0.0.0, the capnproto port included).
-The configs come from deploy/ and deploy/thanos/, rewritten only where a test must differ: ports,
-data paths, intervals.
+The argument lists and config renderers are the stack's own (ernie_otel/stack/fleet.py), so the
+tests start exactly what `ernie-otel stack up --replicas N` starts; a test changes only ports,
+data paths and intervals.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -22,40 +20,36 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from helpers import REPO_ROOT, free_port, http_get
+from helpers import free_port, http_get
 
 from ernie_otel import names
+from ernie_otel.stack import fleet
+from ernie_otel.stack.records import StackError
 
-THANOS_BUILD = REPO_ROOT / "deploy" / "thanos" / "build.sh"
-THANOS_DIR = REPO_ROOT / "deploy" / "thanos"
-SHARD_CONFIG = REPO_ROOT / "deploy" / "prometheus-shard.yml"
-HOST = "127.0.0.1"
-# The label each ingesting receiver puts on its data; Thanos Query deduplicates on it.
-REPLICA_LABEL = "receive_replica"
+SHARD_CONFIG = fleet.SHARD_CONFIG
+THANOS_DIR = fleet.THANOS_DIR
+HOST = fleet.HOST
+REPLICA_LABEL = fleet.REPLICA_LABEL
 MODEL = "ernie-4.5-0.3b"
+
+# The launch code the stack uses (ernie_otel/stack/fleet.py): one copy of every argument list.
+hashmod = fleet.hashmod
+query_args = fleet.query_args
+receive_args = fleet.receive_args
 
 
 def build_thanos() -> Path:
     """The cached `thanos` binary (deploy/thanos/build.sh); a failed build fails the test."""
     try:
-        result = subprocess.run(
-            ["bash", str(THANOS_BUILD)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, timeout=3600, check=False,
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"deploy/thanos/build.sh did not finish: {err}")
-    if result.returncode != 0:
-        pytest.fail(f"deploy/thanos/build.sh failed ({result.returncode}):\n{result.stderr[-6000:]}")
-    binary = Path(result.stdout.strip().splitlines()[-1])
-    if not os.access(binary, os.X_OK):
-        pytest.fail(f"deploy/thanos/build.sh reported {binary}, which is not executable")
-    return binary
+        return fleet.build_thanos(timeout=3600)
+    except StackError as err:
+        pytest.fail(str(err))
 
 
-# ------------------------------------------------------------------------------ Thanos args
 @dataclass(frozen=True)
-class ReceivePorts:
+class ReceivePorts(fleet.ReceivePorts):
+    """A receiver's listeners on free ports."""
+
     grpc: int = field(default_factory=free_port)
     http: int = field(default_factory=free_port)
     remote_write: int = field(default_factory=free_port)
@@ -63,126 +57,34 @@ class ReceivePorts:
 
 
 def objstore_config(tmp: Path, bucket: Path) -> Path:
-    """deploy/thanos/objstore.yml with the bucket directory made absolute."""
-    config = yaml.safe_load((THANOS_DIR / "objstore.yml").read_text())
-    config["config"]["directory"] = str(bucket)
-    path = tmp / "objstore.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return fleet.objstore_config(tmp, bucket)
 
 
 def hashring_config(tmp: Path, ingesters: list[ReceivePorts]) -> Path:
-    """deploy/thanos/hashring.json with the ingesting receivers' gRPC ports of this test."""
-    config = json.loads((THANOS_DIR / "hashring.json").read_text())
-    assert len(config[0]["endpoints"]) == len(ingesters)
-    config[0]["endpoints"] = [f"{HOST}:{p.grpc}" for p in ingesters]
-    path = tmp / "hashring.json"
-    path.write_text(json.dumps(config))
-    return path
-
-
-def receive_args(thanos: Path, ports: ReceivePorts, data: Path, *, replica: str | None = None,
-                 hashring: Path | None = None, replication_factor: int = 2) -> list[str]:
-    """An ingesting receiver (replica set, no hashring) or the routing one (hashring, no TSDB use)."""
-    args = [
-        str(thanos), "receive",
-        f"--grpc-address={HOST}:{ports.grpc}",
-        f"--http-address={HOST}:{ports.http}",
-        f"--remote-write.address={HOST}:{ports.remote_write}",
-        f"--receive.capnproto-address={HOST}:{ports.capnproto}",
-        f"--tsdb.path={data}",
-        "--log.level=warn",
-    ]
-    # Receive refuses to start without an external label, even routing-only (it stores nothing).
-    args.append(f'--label={REPLICA_LABEL}="{replica or "router"}"')
-    if hashring is not None:
-        args += [
-            f"--receive.hashrings-file={hashring}",
-            "--receive.hashrings-algorithm=ketama",
-            f"--receive.replication-factor={replication_factor}",
-        ]
-    return args
-
-
-def query_args(thanos: Path, http: int, grpc: int, endpoints: list[int]) -> list[str]:
-    return [
-        str(thanos), "query",
-        f"--http-address={HOST}:{http}",
-        f"--grpc-address={HOST}:{grpc}",
-        f"--query.replica-label={REPLICA_LABEL}",
-        # Re-check the endpoints often, so a receiver that comes back is queried within seconds.
-        "--store.sd-interval=2s",
-        "--log.level=warn",
-        *[f"--endpoint={HOST}:{port}" for port in endpoints],
-    ]
+    return fleet.hashring_config(tmp, list(ingesters))
 
 
 def rule_args(thanos: Path, tmp: Path, *, http: int, grpc: int, query_http: int, alertmanager_port: int,
-              rule_file: Path = REPO_ROOT / "alerts" / "fleet-global.yml", objstore: Path | None = None,
+              rule_file: Path = fleet.FLEET_GLOBAL_RULES, objstore: Path | None = None,
               eval_interval: str = "2s") -> list[str]:
-    """The Thanos ruler of the fleet: alerts/fleet-global.yml over Query, to Alertmanager, its
-    blocks labelled tier="1m" (the 1 min tier) -- deploy/thanos/rule-*.yml with this test's ports."""
-    query = yaml.safe_load((THANOS_DIR / "rule-query.yml").read_text())
-    query[0]["static_configs"] = [f"{HOST}:{query_http}"]
-    (tmp / "rule-query.yml").write_text(yaml.safe_dump(query))
-    alertmanagers = yaml.safe_load((THANOS_DIR / "rule-alertmanagers.yml").read_text())
-    alertmanagers["alertmanagers"][0]["static_configs"] = [f"{HOST}:{alertmanager_port}"]
-    (tmp / "rule-alertmanagers.yml").write_text(yaml.safe_dump(alertmanagers))
-    args = [
-        str(thanos), "rule",
-        f"--http-address={HOST}:{http}",
-        f"--grpc-address={HOST}:{grpc}",
-        f"--data-dir={tmp / 'rule'}",
-        f"--rule-file={rule_file}",
-        f"--query.config-file={tmp / 'rule-query.yml'}",
-        f"--alertmanagers.config-file={tmp / 'rule-alertmanagers.yml'}",
-        '--label=tier="1m"',
-        "--alert.label-drop=tier",
-        f"--eval-interval={eval_interval}",
-        "--log.level=warn",
-    ]
-    if objstore is not None:
-        args.append(f"--objstore.config-file={objstore}")
-    return args
-
-
-# ---------------------------------------------------------------------- Prometheus shards
-def hashmod(value: str, modulus: int) -> int:
-    """Prometheus' `hashmod` relabel action: the low 8 bytes of the MD5 sum, big-endian, mod."""
-    digest = hashlib.md5(value.encode()).digest()  # Prometheus hashes with MD5; not a security use
-    return int.from_bytes(digest[8:], "big") % modulus
+    """The stack's ruler, evaluating every 2 s (not every minute) so that alerts fire within a test."""
+    return fleet.rule_args(thanos, tmp, http=http, grpc=grpc, query_http=query_http,
+                           alertmanager_port=alertmanager_port, rule_file=rule_file, objstore=objstore,
+                           eval_interval=eval_interval)
 
 
 def shard_config(tmp: Path, index: int, *, remote_write_port: int, alertmanager_port: int,
                  targets: list[str], meta_targets: dict[str, list[str]], interval: str = "1s") -> Path:
-    """deploy/prometheus-shard.yml as shard `index`: the two `shard-index` fields changed, the
-    ports of this test, rule files from the repository, targets in file_sd files next to it."""
-    config = yaml.safe_load(SHARD_CONFIG.read_text())
-    config["global"]["scrape_interval"] = interval
-    config["global"]["evaluation_interval"] = interval
-    config["global"]["external_labels"]["prometheus_shard"] = str(index)
-    config["rule_files"] = [str(REPO_ROOT / "alerts" / Path(p).name) for p in config["rule_files"]]
-    config["remote_write"][0]["url"] = f"http://{HOST}:{remote_write_port}/api/v1/receive"
-    config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"{HOST}:{alertmanager_port}"]
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    keep = jobs["ernie-serve-direct"]["relabel_configs"][1]
-    assert keep["action"] == "keep" and keep["regex"] == "0"
-    keep["regex"] = str(index)
-    sd_dir = tmp / "fleet-targets"
-    sd_dir.mkdir(exist_ok=True)
-    (sd_dir / "ernie-serve-test.json").write_text(json.dumps([{"targets": targets}]))
+    """The stack's shard `index` config, scraping every `interval`, with these targets."""
+    fleet.write_targets(tmp, "ernie-serve-test", targets)
     for job, addresses in meta_targets.items():
-        (sd_dir / f"{job}-test.json").write_text(json.dumps([{"targets": addresses}]))
-    path = tmp / f"prometheus-shard-{index}.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+        fleet.write_targets(tmp, f"{job}-test", addresses)
+    return fleet.shard_config(tmp, index, remote_write=f"{HOST}:{remote_write_port}",
+                              alertmanager=f"{HOST}:{alertmanager_port}", interval=interval)
 
 
 def prometheus_args(config: Path, port: int, data: Path) -> list[str]:
-    return [
-        "prometheus", f"--config.file={config}", f"--web.listen-address={HOST}:{port}",
-        f"--storage.tsdb.path={data}", "--storage.tsdb.retention.time=1d", "--log.level=warn",
-    ]
+    return fleet.prometheus_shard_args("prometheus", config, port, data)
 
 
 # -------------------------------------------------------------------------- fake targets

@@ -248,9 +248,11 @@ def _prometheus(ctx: StackContext) -> list[str]:
                               ctx.addr("prometheus"))
 
 
-def _ernie_serve(ctx: StackContext) -> list[str]:
+def ernie_serve_command(ctx: StackContext, api_key: str = "serve", metrics_key: str = "serve_metrics") -> list[str]:
+    """ernie-serve under opentelemetry-instrument on the ports of these keys (the fleet's replica
+    i has its own keys; replica 0 is this table's ernie_serve)."""
     return [venv_script("opentelemetry-instrument"), venv_script("ernie-serve"), "--model", ctx.model,
-            "--host", HOST, "--port", str(ctx.ports["serve"]), "--metrics-port", str(ctx.ports["serve_metrics"])]
+            "--host", HOST, "--port", str(ctx.ports[api_key]), "--metrics-port", str(ctx.ports[metrics_key])]
 
 
 def _ernie_serve_env(ctx: StackContext) -> dict[str, str]:
@@ -304,8 +306,8 @@ COMPONENTS: tuple[Component, ...] = (
               health=lambda c: f"{c.url('alertmanager')}/-/ready"),
     Component("prometheus", "Prometheus", 50, _prometheus, own("prometheus"),
               health=lambda c: f"{c.url('prometheus')}/-/ready", health_timeout=60.0),
-    Component("ernie_serve", "ernie-serve", 60, _ernie_serve, own("serve", "serve_metrics"), env=_ernie_serve_env,
-              health=lambda c: f"{c.url('serve')}/health", health_timeout=300.0),
+    Component("ernie_serve", "ernie-serve", 60, ernie_serve_command, own("serve", "serve_metrics"),
+              env=_ernie_serve_env, health=lambda c: f"{c.url('serve')}/health", health_timeout=300.0),
     Component("load", "load (bench)", 70, _load, env=_python_env, profile="load"),
     Component("bad_requests", "bad requests", 80, _bad_requests, env=_python_env, profile="load"),
 )
