@@ -2,7 +2,7 @@
 
 The tests in test_thanos_*.py start the real binaries with these argument lists; each one binds
 every listener to 127.0.0.1 (Thanos' own defaults are 0.0.0.0, the capnproto port included).
-The argument lists and config renderers are the stack's own (ernie_otel/stack/fleet.py), so the
+The argument lists and config renderers are the stack's own (ernie_otel/stack/thanos.py), so the
 tests start exactly what `ernie-otel stack up --replicas N` starts; a test changes only ports,
 data paths and intervals.
 """
@@ -23,31 +23,31 @@ import pytest
 from helpers import free_port, http_get
 
 from ernie_otel import names
-from ernie_otel.stack import fleet
+from ernie_otel.stack import thanos
 from ernie_otel.stack.records import StackError
 
-SHARD_CONFIG = fleet.SHARD_CONFIG
-THANOS_DIR = fleet.THANOS_DIR
-HOST = fleet.HOST
-REPLICA_LABEL = fleet.REPLICA_LABEL
+SHARD_CONFIG = thanos.SHARD_CONFIG
+THANOS_DIR = thanos.THANOS_DIR
+HOST = thanos.HOST
+REPLICA_LABEL = thanos.REPLICA_LABEL
 MODEL = "ernie-4.5-0.3b"
 
-# The launch code the stack uses (ernie_otel/stack/fleet.py): one copy of every argument list.
-hashmod = fleet.hashmod
-query_args = fleet.query_args
-receive_args = fleet.receive_args
+# The launch code the stack uses (ernie_otel/stack/thanos.py): one copy of every argument list.
+hashmod = thanos.hashmod
+query_args = thanos.query_args
+receive_args = thanos.receive_args
 
 
 def build_thanos() -> Path:
     """The cached `thanos` binary (deploy/thanos/build.sh); a failed build fails the test."""
     try:
-        return fleet.build_thanos(timeout=3600)
+        return thanos.build_thanos(timeout=3600)
     except StackError as err:
         pytest.fail(str(err))
 
 
 @dataclass(frozen=True)
-class ReceivePorts(fleet.ReceivePorts):
+class ReceivePorts(thanos.ReceivePorts):
     """A receiver's listeners on free ports."""
 
     grpc: int = field(default_factory=free_port)
@@ -57,18 +57,18 @@ class ReceivePorts(fleet.ReceivePorts):
 
 
 def objstore_config(tmp: Path, bucket: Path) -> Path:
-    return fleet.objstore_config(tmp, bucket)
+    return thanos.objstore_config(tmp, bucket)
 
 
 def hashring_config(tmp: Path, ingesters: list[ReceivePorts]) -> Path:
-    return fleet.hashring_config(tmp, list(ingesters))
+    return thanos.hashring_config(tmp, list(ingesters))
 
 
 def rule_args(thanos: Path, tmp: Path, *, http: int, grpc: int, query_http: int, alertmanager_port: int,
-              rule_file: Path = fleet.FLEET_GLOBAL_RULES, objstore: Path | None = None,
+              rule_file: Path = thanos.FLEET_GLOBAL_RULES, objstore: Path | None = None,
               eval_interval: str = "2s") -> list[str]:
     """The stack's ruler, evaluating every 2 s (not every minute) so that alerts fire within a test."""
-    return fleet.rule_args(thanos, tmp, http=http, grpc=grpc, query_http=query_http,
+    return thanos.rule_args(thanos, tmp, http=http, grpc=grpc, query_http=query_http,
                            alertmanager_port=alertmanager_port, rule_file=rule_file, objstore=objstore,
                            eval_interval=eval_interval)
 
@@ -76,15 +76,15 @@ def rule_args(thanos: Path, tmp: Path, *, http: int, grpc: int, query_http: int,
 def shard_config(tmp: Path, index: int, *, remote_write_port: int, alertmanager_port: int,
                  targets: list[str], meta_targets: dict[str, list[str]], interval: str = "1s") -> Path:
     """The stack's shard `index` config, scraping every `interval`, with these targets."""
-    fleet.write_targets(tmp, "ernie-serve-test", targets)
+    thanos.write_targets(tmp, "ernie-serve-test", targets)
     for job, addresses in meta_targets.items():
-        fleet.write_targets(tmp, f"{job}-test", addresses)
-    return fleet.shard_config(tmp, index, remote_write=f"{HOST}:{remote_write_port}",
+        thanos.write_targets(tmp, f"{job}-test", addresses)
+    return thanos.shard_config(tmp, index, remote_write=f"{HOST}:{remote_write_port}",
                               alertmanager=f"{HOST}:{alertmanager_port}", interval=interval)
 
 
 def prometheus_args(config: Path, port: int, data: Path) -> list[str]:
-    return fleet.prometheus_shard_args("prometheus", config, port, data)
+    return thanos.prometheus_shard_args("prometheus", config, port, data)
 
 
 # -------------------------------------------------------------------------- fake targets

@@ -19,6 +19,7 @@ from .. import consoles, jaeger_ui
 from ..ports import DEFAULT_PORTS, HOST
 from . import components as table
 from . import fleet as fleet_profile
+from . import thanos
 from .components import Component
 from .procs import REPO_ROOT, NotHealthyError, http_status, port_free, spawn, wait_http
 from .records import Record, RecordFile, StackError, process_matches, record_of, stop_recorded
@@ -111,7 +112,7 @@ class Stack:
                 urls[f"ernie_serve_{i}_metrics"] = f"{self.url(metrics_key)}/metrics"
         if self.fleet and "thanos_query_http" in self.ports:
             urls["thanos_query"] = self.url("thanos_query_http")
-            for k in range(fleet_profile.SHARDS):
+            for k in range(thanos.SHARDS):
                 urls[f"prometheus_shard_{k}"] = self.url(f"prometheus_shard_{k}")
         return urls
 
@@ -323,7 +324,7 @@ class Stack:
             f"stop                        ernie-otel stack down --state-dir {self.state_dir}",
         ]
         if self.fleet:
-            shards = ", ".join(u[f"prometheus_shard_{k}"] for k in range(fleet_profile.SHARDS))
+            shards = ", ".join(u[f"prometheus_shard_{k}"] for k in range(thanos.SHARDS))
             lines[5:5] = [f"  Thanos Query (fleet view) {u['thanos_query']}   (PromQL API and UI)"]
             lines[-5:-5] = [*(f"{f'ernie-serve {i} (OpenAI API)':<28}{u[f'ernie_serve_{i}']}"
                               for i in range(1, self.replicas)),
