@@ -38,7 +38,9 @@ from opentelemetry.trace import NoOpTracerProvider
 from ernie_otel import names
 from ernie_otel.stats import EngineStats, RequestStats
 from ernie_otel.telemetry.prometheus import ErniePrometheusReader
-from ernie_otel.telemetry.recorder import Recorder, RequestTelemetry, _Finished
+from ernie_otel.telemetry.recorder import Recorder, RequestTelemetry
+from ernie_otel.telemetry.request_path import Finished
+from ernie_otel.telemetry.sdk_internals import SdkSpanWriter
 
 TARGET_US = 150.0
 MODEL = "ernie-4.5-tiny"
@@ -187,7 +189,7 @@ def piece_histograms(s: Setup, n: int) -> float:
     """The seven histogram records of a request, inside its span's context (exemplars)."""
     rts = started(s, n)
     rec = s.recorder
-    return cpu(lambda: [rec._record_histograms(rt, OK, None) for rt in rts] and None)
+    return cpu(lambda: [rec.batch.record_histograms(rt, OK, None) for rt in rts] and None)
 
 
 def piece_spans(s: Setup, n: int) -> float:
@@ -197,37 +199,34 @@ def piece_spans(s: Setup, n: int) -> float:
 
     def run() -> None:
         for rt in rts:
-            rec._end_spans(_Finished(rt, OK, None, None, "chatcmpl-bench", None))
+            rec.batch.end_spans(Finished(rt, OK, None, None, "chatcmpl-bench", None))
         s.flush()
 
     return cpu(run)
 
 
 def piece_one_histogram(s: Setup, n: int) -> float:
-    h, attrs = s.recorder._ttft, s.recorder._genai_attrs[OP]
+    h, attrs = s.recorder.instruments.ttft, s.recorder.attrs.genai[OP]
     return cpu(lambda: [h.record(0.05, attrs) for _ in range(n)] and None)
 
 
 def piece_one_histogram_in_span(s: Setup, n: int) -> float:
     """One record with a sampled span's context: the trace-based exemplar filter keeps an exemplar."""
     ctx = trace.set_span_in_context(started(s, 1)[0].span)
-    h, attrs = s.recorder._ttft, s.recorder._genai_attrs[OP]
+    h, attrs = s.recorder.instruments.ttft, s.recorder.attrs.genai[OP]
     return cpu(lambda: [h.record(0.05, attrs, ctx) for _ in range(n)] and None)
 
 
 def piece_readable_span(s: Setup, n: int) -> float:
     """One finished span handed to the processor the way the recorder does it (export included)."""
-    rec = s.recorder
+    writer = s.recorder.spans
+    assert isinstance(writer, SdkSpanWriter)
     ctx = started(s, 1)[0].span.get_span_context()
-    attrs = {names.GEN_AI_USAGE_INPUT_TOKENS: 40}
-    processor = rec._processor
-    assert processor is not None
+    attrs: dict[str, Any] = {names.GEN_AI_USAGE_INPUT_TOKENS: 40}
 
     def run() -> None:
         for _ in range(n):
-            processor.on_end(ReadableSpan(names.SPAN_PREFILL, context=ctx, parent=ctx, resource=rec._resource,
-                                          attributes=attrs, start_time=1, end_time=2,
-                                          instrumentation_scope=rec._scope))
+            writer.write_one(names.SPAN_PREFILL, ctx, attrs)
         s.flush()
 
     return cpu(run)

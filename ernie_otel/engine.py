@@ -11,7 +11,7 @@ through ``loop.call_soon_threadsafe``: one call per event loop per step, carryin
 event (each call wakes the loop through its self-pipe: a system call and a thread switch, which
 per sequence per step cost more than the rest of the hand-over on a busy machine).
 
-No OpenTelemetry here (habit 3): timings land in ``RequestStats`` / ``EngineStats``.
+No OpenTelemetry here (stats are separate from export): timings land in ``RequestStats`` / ``EngineStats``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .names import FinishReason
+from .kinds import FinishReason
 from .stats import EngineStats, RequestStats
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class Engine:
         max_queue_len: int = 64,
         max_model_len: int = 2048,
         max_num_batched_tokens: int = 0,
+        step_hook: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -150,6 +151,10 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="ernie-engine", daemon=True)
         self._default_generator = torch.Generator(device="cpu")
         self._default_generator.manual_seed(int(time.time_ns() % (2**31)))
+        # For tests: called on the engine thread before every iteration (and before it sleeps for
+        # want of work), outside the lock, so it may submit, cancel or block to pause the engine at
+        # a known step. Reassignable while running; None (the default) costs one check per step.
+        self.step_hook = step_hook
 
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -201,6 +206,8 @@ class Engine:
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         while True:
+            if self.step_hook is not None:
+                self.step_hook()
             with self._cond:
                 while not self._stop and not self._waiting and not self._running:
                     self._cond.wait()

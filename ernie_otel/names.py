@@ -19,6 +19,15 @@ from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _gen_ai_
 from opentelemetry.semconv.attributes import error_attributes as _error
 from opentelemetry.semconv.attributes import server_attributes as _server
 
+# The label-value vocabularies live in ``kinds`` (no OpenTelemetry there, so the engine and the
+# protocol layer can use them); re-exported here for everything that builds telemetry.
+from .kinds import ERROR_TYPE_MEANING as ERROR_TYPE_MEANING
+from .kinds import ErrorType as ErrorType
+from .kinds import FinishReason as FinishReason
+from .kinds import Operation as Operation
+from .kinds import Status as Status
+from .kinds import TokenType as TokenType
+
 METER_NAME = "ernie_otel"
 TRACER_NAME = "ernie_otel"
 SERVICE_NAME = "ernie-serve"
@@ -64,68 +73,8 @@ SPAN_ATTR_QUEUE_POSITION = "ernie.queue.length_at_arrival"
 SPAN_ATTR_BATCH_SIZE = "ernie.batch.max_size"
 SPAN_ATTR_DECODE_STEPS = "ernie.decode.steps"
 
-# Opt-in for prompt/completion content on spans (habit 7).
+# Opt-in for prompt/completion content on spans (off by default: content is sensitive).
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-
-# ------------------------------------------------------------------------------ label values
-class Operation(str, Enum):
-    CHAT = "chat"
-    TEXT_COMPLETION = "text_completion"
-
-
-class Status(str, Enum):
-    OK = "ok"
-    ERROR = "error"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"
-
-
-class FinishReason(str, Enum):
-    STOP = "stop"
-    LENGTH = "length"
-    CANCELLED = "cancelled"
-    ERROR = "error"
-
-
-class ErrorType(str, Enum):
-    """The fixed set of ``error_type`` values; docs/metrics.md documents each."""
-
-    INVALID_JSON = "invalid_json"
-    INVALID_REQUEST = "invalid_request"
-    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
-    MODEL_NOT_FOUND = "model_not_found"
-    AUTHENTICATION = "authentication_error"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    QUEUE_FULL = "queue_full"
-    NOT_READY = "not_ready"
-    ENGINE_ERROR = "engine_error"
-    UPSTREAM_CONNECT = "upstream_connect_error"
-    UPSTREAM_TIMEOUT = "upstream_timeout"
-    UPSTREAM_HTTP = "upstream_http_error"
-    UPSTREAM_STREAM = "upstream_stream_error"
-
-
-ERROR_TYPE_MEANING: dict[ErrorType, str] = {
-    ErrorType.INVALID_JSON: "body is not valid JSON (400)",
-    ErrorType.INVALID_REQUEST: "a field is missing, of the wrong type or out of range (400)",
-    ErrorType.CONTEXT_LENGTH_EXCEEDED: "prompt (+ max_tokens) longer than --max-model-len (400)",
-    ErrorType.MODEL_NOT_FOUND: "the request names a model this server does not serve (404)",
-    ErrorType.AUTHENTICATION: "missing or wrong API key (401)",
-    ErrorType.PAYLOAD_TOO_LARGE: "request body over the size limit (413)",
-    ErrorType.QUEUE_FULL: "waiting queue at --max-queue-len; rejected at once (429, Retry-After)",
-    ErrorType.NOT_READY: "model still loading or server shutting down (503)",
-    ErrorType.ENGINE_ERROR: "the engine failed while generating (500)",
-    ErrorType.UPSTREAM_CONNECT: "gateway: upstream refused or unreachable (502)",
-    ErrorType.UPSTREAM_TIMEOUT: "gateway: upstream did not answer in time (504)",
-    ErrorType.UPSTREAM_HTTP: "gateway: upstream answered 4xx/5xx (passed through / 502)",
-    ErrorType.UPSTREAM_STREAM: "gateway: upstream stream cut or malformed mid-way (502)",
-}
-
-
-class TokenType(str, Enum):
-    INPUT = "input"
-    OUTPUT = "output"
-
 
 # ----------------------------------------------------------------------------------- spans
 SPAN_QUEUE = "ernie.queue"
@@ -298,7 +247,7 @@ def histogram_buckets(spec: MetricSpec, overrides: dict[str, list[float]] | None
 
 
 def load_bucket_overrides(raw: str | None = None) -> dict[str, list[float]]:
-    """Parse and validate bucket overrides; a bad value fails loudly at start-up (habit 5)."""
+    """Parse and validate bucket overrides; a bad value fails loudly at start-up."""
     raw = os.environ.get(BUCKETS_ENV, "") if raw is None else raw
     if not raw.strip():
         return {}

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .names import ErrorType, Status
+from .kinds import ErrorType, Status
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# ERNIE's template knows system/user/assistant; developer speaks as system, tool as user.
+_TEMPLATE_ROLE = {"developer": "system", "tool": "user"}
 
 
 class APIError(Exception):
@@ -41,6 +43,8 @@ class APIError(Exception):
         self.code = code if code is not None else error_type.value
         self.status = status
         self.headers = headers or {}
+        # An upstream's own error body, sent to the client unchanged (gateway mode).
+        self.passthrough: bytes | None = None
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.openai_type, "param": self.param, "code": self.code}}
@@ -180,19 +184,18 @@ def parse_chat(data: dict[str, Any]) -> GenerationRequest:
         raise invalid("'messages' must be an array of message objects.", "messages")
     if not messages:
         raise invalid("'messages' must contain at least one message.", "messages")
-    parsed = []
+    parsed: list[dict[str, str]] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid("Each message must be an object.", f"messages[{i}]")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"Invalid value for 'role': {role!r}. Supported: {', '.join(ROLES)}.", f"messages[{i}].role")
         content = message.get("content")
         if content is None and role != "assistant":
             raise invalid("Missing required parameter: 'content'.", f"messages[{i}].content")
         text = "" if content is None else _content_text(content, f"messages[{i}].content")
-        # ERNIE's template knows system/user/assistant; developer speaks as system, tool as user.
-        parsed.append({"role": {"developer": "system", "tool": "user"}.get(role, role), "content": text})
+        parsed.append({"role": _TEMPLATE_ROLE.get(role, role), "content": text})
     req.messages = parsed
     return req
 
@@ -209,6 +212,22 @@ def parse_completion(data: dict[str, Any]) -> GenerationRequest:
         raise invalid("'prompt' must be a string (batched prompts are not supported).", "prompt")
     req.prompt = prompt
     return req
+
+
+# Valid raw in JSON, but line breaks to str.splitlines-based stream readers (httpx's aiter_lines,
+# for one) and to JavaScript before ES2019: escaped, the data line stays one line for every client.
+_SSE_ESCAPES = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def sse_event(obj: dict[str, Any]) -> bytes:
+    """One server-sent event carrying ``obj`` as compact JSON on a single ``data:`` line."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    if not text.isascii():
+        text = text.translate(_SSE_ESCAPES)
+    return b"data: " + text.encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
 
 
 async def sse_lines(chunks: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
     if config.upstream is None and config.model != "tiny":
-        from .model_loading import ModelUnavailableError, resolve_model_path
+        from .backends.loading import ModelUnavailableError, resolve_model_path
 
         try:
             resolve_model_path(config.model)  # fail before binding ports, with one clear message

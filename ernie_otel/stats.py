@@ -1,4 +1,4 @@
-"""Plain per-request and scheduler statistics (habit 3: no OpenTelemetry here).
+"""Plain per-request and scheduler statistics: no OpenTelemetry here (stats are separate from export).
 
 The engine and scheduler fill these; ``ernie_otel.telemetry.recorder`` turns them into metrics and
 spans once, when a request ends. Times are ``time.perf_counter()`` seconds except

@@ -1,4 +1,4 @@
-"""alerts/ tested like code (habit 9): the real promtool and amtool, plus the contracts between
+"""alerts/ tested like code: the real promtool and amtool, plus the contracts between
 the rules, the metric catalogue (ernie_otel.names), the runbooks and Alertmanager's routing.
 
 A missing promtool or amtool fails these tests; it never skips them (Debian packages

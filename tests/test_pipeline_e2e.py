@@ -1,6 +1,6 @@
 """End to end through real processes: ernie-serve under opentelemetry-instrument -> Collector ->
 Prometheus / Jaeger, next to Prometheus scraping ernie-serve directly. Asserted only through the
-real Prometheus and Jaeger query APIs (habit 8).
+real Prometheus and Jaeger query APIs.
 
 One stack (ernie_otel.stack.Stack, no --load) serves the whole module; tests drive their own
 requests and count them (E2EStack.sent), so they run in file order and each leaves the request

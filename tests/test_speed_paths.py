@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
+from ernie_otel.backends.loading import cpu_flags, load_model, resolve_dtype, resolve_model_path
 from ernie_otel.engine import Engine, Event, SamplingParams, Sequence
-from ernie_otel.model_loading import cpu_flags, load_model, resolve_dtype, resolve_model_path
-from ernie_otel.names import Operation
+from ernie_otel.kinds import Operation
 from ernie_otel.stats import RequestStats
 
 # Prompts of different lengths, so that rows are left-padded and chunks cut through real tokens.

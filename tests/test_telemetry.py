@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from serve_helpers import run_server
 
 from ernie_otel import names
+from ernie_otel.backends.local import LocalBackend
 from ernie_otel.serve import ServeConfig
 from ernie_otel.server import ErnieServer
 from ernie_otel.stats import ThroughputWindow
@@ -154,6 +155,7 @@ def test_every_catalogued_metric_has_its_unit_labels_and_buckets(env: Env) -> No
 
 
 def test_counts_agree_and_ttft_within_latency(env: Env) -> None:
+    _chat(env, n=2)  # every histogram has a point to subtract from, whichever test ran first
     before = env.metrics()
     r = _chat(env, n=9)
     after = env.metrics()
@@ -194,7 +196,14 @@ def test_span_tree_follows_incoming_traceparent(env: Env) -> None:
                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
                          "ignore_eos": True, "stream": True, "temperature": 0.5, "top_p": 0.8})
     assert r.status_code == 200 and r.headers[names.TRACE_ID_HEADER] == parent_trace
-    spans = [s for s in env.finished_spans() if format(s.context.trace_id, "032x") == parent_trace]
+    # The SERVER span ends once the server has sent the last byte, which the client can have read
+    # before that: wait for it rather than race it.
+    deadline = time.monotonic() + 20
+    while True:
+        spans = [s for s in env.finished_spans() if format(s.context.trace_id, "032x") == parent_trace]
+        if any(s.kind is SpanKind.SERVER for s in spans) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     by_name = {s.name: s for s in spans}
     server = next(s for s in spans if s.kind is SpanKind.SERVER)
     assert format(server.parent.span_id, "016x") == parent_span
@@ -250,15 +259,28 @@ def test_error_request_lands_in_error_series_with_error_span(env: Env) -> None:
 
 def test_rejected_and_cancelled_requests(env: Env) -> None:
     before = env.metrics()
+    backend = env.server.backend
+    assert isinstance(backend, LocalBackend) and backend.engine is not None
+    engine = backend.engine
+    release = threading.Event()
+
+    def pause() -> None:  # engine thread, between steps: the long request cannot finish meanwhile
+        release.wait(60)
+
     body = {"model": MODEL, "prompt": "hello", "max_tokens": 900, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", env.base + "/v1/completions", json=body, timeout=60) as long_stream:
-        lines = long_stream.iter_lines()
-        while not next(lines).startswith("data: "):
-            pass
-        # max_num_seqs=1, max_queue_len=0: the running request holds the only slot.
-        r = env.post("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2})
-        assert r.status_code == 429
-    # leaving the block closed the stream mid-way: a cancelled request
+    engine.step_hook = pause
+    try:
+        with httpx.stream("POST", env.base + "/v1/completions", json=body, timeout=60) as long_stream:
+            lines = long_stream.iter_lines()
+            while not next(lines).startswith("data: "):
+                pass
+            # max_num_seqs=1, max_queue_len=0: the running request holds the only slot.
+            r = env.post("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2})
+            assert r.status_code == 429
+        # leaving the block closed the stream mid-way: a cancelled request
+    finally:
+        engine.step_hook = None
+        release.set()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         after = env.metrics()
@@ -272,11 +294,12 @@ def test_rejected_and_cancelled_requests(env: Env) -> None:
         before[names.REQUESTS.otel_name], status="rejected") + 1
     qf = {names.ATTR_ERROR_TYPE: "queue_full"}
     assert _value(after[names.ERRORS.otel_name], **qf) == _value(before[names.ERRORS.otel_name], **qf) + 1
-    assert env.server.engine is not None
+    engine = env.server.backend.stats
+    assert engine is not None
     deadline = time.monotonic() + 10
-    while env.server.engine.stats.running and time.monotonic() < deadline:
+    while engine.running and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert env.server.engine.stats.running == 0
+    assert engine.running == 0
 
 
 def test_throughput_is_a_sliding_window_over_all_requests() -> None:
@@ -426,7 +449,7 @@ def test_a_tracer_provider_that_is_not_the_sdks_gets_the_same_span_tree() -> Non
 
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     recorder = Recorder(meter_provider, PublicOnly(), MODEL, lambda: None)
-    assert not recorder._sdk_spans
+    assert not recorder.uses_sdk_internals
     rt = recorder.start(names.Operation.CHAT.value, "chatcmpl-x")
     st = rt.stats
     st.prompt_tokens, st.output_tokens = 5, 3

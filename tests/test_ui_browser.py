@@ -259,9 +259,20 @@ def test_jaeger_compare_and_service_graph(e2e_stack: E2EStack, traffic: dict[str
     diff_text = browser.js("return document.querySelector('.TraceDiffGraph--graphWrapper').innerText")
     assert CHAT_SERVER_SPAN in diff_text and names.SPAN_DECODE in diff_text, diff_text
     browser.screenshot("jaeger-compare")
-    # The service graph: the traced client calls ernie-serve.
-    deps = json.loads(_request(f"{jaeger}/api/dependencies?endTs={int(time.time() * 1000)}&lookback=3600000")[2])
-    assert {(d["parent"], d["child"]) for d in deps["data"]} >= {(CLIENT_SERVICE, names.SERVICE_NAME)}, deps
+    # The service graph: the traced client calls ernie-serve. Jaeger's badger store builds it from
+    # the newest 100 traces of the window, and the module's load adds traces all the time: so a
+    # traced request goes in right before each look.
+    edge = (CLIENT_SERVICE, names.SERVICE_NAME)
+
+    def graph_has_edge() -> dict[str, Any] | None:
+        status, trace_id = traffic["client"].chat("traced request for the service graph")
+        assert status == 200
+        e2e_stack.wait_trace(trace_id, min_spans=6)
+        deps: dict[str, Any] = json.loads(_request(
+            f"{jaeger}/api/dependencies?endTs={int(time.time() * 1000)}&lookback=3600000")[2])
+        return deps if edge in {(d["parent"], d["child"]) for d in deps["data"]} else None
+
+    wait_for(graph_has_edge, 60, f"the service graph edge {edge}", interval=0.1)
     _jaeger_page(browser, f"{jaeger}/dependencies",
                  "return document.querySelectorAll('.DAG--nodeLabel').length >= 2", "the service graph's nodes")
     labels = browser.js("return Array.from(document.querySelectorAll('.DAG--nodeLabel')).map(e => e.textContent)")
@@ -340,13 +351,15 @@ def test_monitor_tab_shows_ernie_serve_in_the_right_unit(
     ours = e.finite(f"histogram_quantile(0.95, sum by (le) (rate({names.LATENCY.prom_name}_bucket"
                     f'{{job="{COLLECTOR_JOB}"}}[{window_ms // 1000}s])))')
     assert ours is not None
-    # Within a bucket: the bucket of our histogram holding our p95 and the bucket of the span
-    # metrics holding Jaeger's p95 overlap (both are interpolated inside their own buckets).
+    # Within a bucket: both are interpolated inside their own histogram's buckets, so they may sit
+    # in neighbouring buckets (one at 0.49 s, the other at 0.52 s across a 0.5 s edge), but never
+    # further apart than the wider of the two buckets holding them (a unit slip is 1000x off).
     ours_bucket = _bucket(ours, list(names.LATENCY.buckets))
     spm_bucket = _bucket(jaeger_p95, _spm_buckets_s())
     print(f"p95 of {CHAT_SERVER_SPAN}: Monitor {jaeger_p95 * 1000:.1f} ms (bucket {spm_bucket}), "
           f"ours {ours * 1000:.1f} ms (bucket {ours_bucket})")
-    assert spm_bucket[0] < ours_bucket[1] and ours_bucket[0] < spm_bucket[1], (
+    width = max(spm_bucket[1] - spm_bucket[0], ours_bucket[1] - ours_bucket[0])
+    assert abs(jaeger_p95 - ours) <= width, (
         f"Monitor p95 {jaeger_p95:.4f}s in {spm_bucket}, ours {ours:.4f}s in {ours_bucket}")
 
     browser.get(f"{e.jaeger}/search")

@@ -130,9 +130,11 @@ def collector_env(ports: Mapping[str, int]) -> dict[str, str]:
     }
 
 
-def jaeger_env(ports: Mapping[str, int]) -> dict[str, str]:
-    """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys."""
+def jaeger_env(ports: Mapping[str, int], data_dir: Path) -> dict[str, str]:
+    """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys, and
+    its badger store in ``data_dir`` (one per Jaeger: badger locks its directory)."""
     env = {
+        "JAEGER_BADGER_DIR": str(data_dir),
         "JAEGER_OTLP_GRPC_ENDPOINT": _addr(ports, "jaeger_otlp_grpc"),
         "JAEGER_OTLP_HTTP_ENDPOINT": _addr(ports, "jaeger_otlp_http"),
         "JAEGER_QUERY_HTTP_ENDPOINT": _addr(ports, "jaeger_query"),
@@ -246,9 +248,11 @@ def _prometheus(ctx: StackContext) -> list[str]:
                               ctx.addr("prometheus"))
 
 
-def _ernie_serve(ctx: StackContext) -> list[str]:
+def ernie_serve_command(ctx: StackContext, api_key: str = "serve", metrics_key: str = "serve_metrics") -> list[str]:
+    """ernie-serve under opentelemetry-instrument on the ports of these keys (the fleet's replica
+    i has its own keys; replica 0 is this table's ernie_serve)."""
     return [venv_script("opentelemetry-instrument"), venv_script("ernie-serve"), "--model", ctx.model,
-            "--host", HOST, "--port", str(ctx.ports["serve"]), "--metrics-port", str(ctx.ports["serve_metrics"])]
+            "--host", HOST, "--port", str(ctx.ports[api_key]), "--metrics-port", str(ctx.ports[metrics_key])]
 
 
 def _ernie_serve_env(ctx: StackContext) -> dict[str, str]:
@@ -290,7 +294,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("jaeger", "Jaeger", 10, lambda c: jaeger_command(c.binaries()),
               own("jaeger_otlp_grpc", "jaeger_otlp_http", "jaeger_query", "jaeger_query_grpc", "jaeger_health",
                   "jaeger_metrics"),
-              env=lambda c: jaeger_env(c.ports), health=lambda c: jaeger_health_url(c.ports), needs_binaries=True),
+              env=lambda c: jaeger_env(c.ports, c.state_dir / "jaeger"),
+              health=lambda c: jaeger_health_url(c.ports), needs_binaries=True),
     Component("collector", "Collector", 20, lambda c: collector_command(c.binaries()),
               own("otlp_grpc", "otlp_http", "collector_prometheus", "collector_health", "collector_telemetry"),
               env=lambda c: collector_env(c.ports), health=lambda c: collector_health_url(c.ports),
@@ -301,8 +306,8 @@ COMPONENTS: tuple[Component, ...] = (
               health=lambda c: f"{c.url('alertmanager')}/-/ready"),
     Component("prometheus", "Prometheus", 50, _prometheus, own("prometheus"),
               health=lambda c: f"{c.url('prometheus')}/-/ready", health_timeout=60.0),
-    Component("ernie_serve", "ernie-serve", 60, _ernie_serve, own("serve", "serve_metrics"), env=_ernie_serve_env,
-              health=lambda c: f"{c.url('serve')}/health", health_timeout=300.0),
+    Component("ernie_serve", "ernie-serve", 60, ernie_serve_command, own("serve", "serve_metrics"),
+              env=_ernie_serve_env, health=lambda c: f"{c.url('serve')}/health", health_timeout=300.0),
     Component("load", "load (bench)", 70, _load, env=_python_env, profile="load"),
     Component("bad_requests", "bad requests", 80, _bad_requests, env=_python_env, profile="load"),
 )

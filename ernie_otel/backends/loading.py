@@ -1,7 +1,7 @@
-"""Finding and loading the model: path resolution, precision, torch threads.
+"""Finding and loading a model's weights for the local backend.
 
-Kept apart from the HTTP server so that the precision and thread choices can be tested (and
-reused by the benchmarks) without FastAPI.
+Importing this module is cheap: torch and transformers are imported inside ``load_model`` only, so
+``ernie-serve`` can check ``--model`` before binding ports, and gateway mode never loads them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class ModelUnavailableError(Exception):
 
 def resolve_model_path(model: str) -> Path:
     if model == "tiny":
-        from .tiny_model import ensure_tiny_model
+        from ..tiny_model import ensure_tiny_model
 
         return ensure_tiny_model()
     path = Path(model).expanduser()
@@ -107,8 +107,8 @@ def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[A
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     # SDPA: fused attention kernels on CUDA and CPU alike (transformers' default where it can,
     # named so that a change of default upstream does not silently change our numbers).
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
-                                                 attn_implementation="sdpa")
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
+                                                      attn_implementation="sdpa")
     model.to(device).eval()
     torch.set_num_threads(threads or default_torch_threads(model.num_parameters()))
     return model, tokenizer

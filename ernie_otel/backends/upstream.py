@@ -5,24 +5,27 @@ Streams are passed through chunk by chunk, unchanged but for the usage chunk the
 on the client's behalf (dropped again unless the client asked too). Timings come from the chunks
 (first content chunk = first token), token counts from the upstream's ``usage``. The W3C trace
 context goes upstream, so one trace holds the gateway's and the engine's spans.
+
+No torch here: a gateway only forwards HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from opentelemetry import propagate, trace
 
-from .names import ErrorType, FinishReason, Operation, Status
-from .protocol import APIError, GenerationRequest, sse_lines
-from .stats import EngineStats
-from .telemetry.recorder import Recorder, RequestTelemetry
+from ..kinds import ErrorType, Operation, Status
+from ..protocol import SSE_DONE, APIError, sse_lines
+from ..stats import EngineStats, RequestStats
+from .base import Call, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +43,94 @@ def _upstream_error(status: int, body: bytes) -> APIError:
         upstream, message = {}, None
     message = message or body.decode(errors="replace")[:500] or f"upstream answered {status}"
     if 400 <= status < 500:
+        fields = upstream if isinstance(upstream, dict) else {}
         err = APIError(status, message, ErrorType.UPSTREAM_HTTP,
-                       openai_type=(upstream or {}).get("type") or "invalid_request_error",
-                       code=(upstream or {}).get("code") or ErrorType.UPSTREAM_HTTP.value,
-                       param=(upstream or {}).get("param"))
-        err.passthrough = body  # type: ignore[attr-defined]
+                       openai_type=fields.get("type") or "invalid_request_error",
+                       code=fields.get("code") or ErrorType.UPSTREAM_HTTP.value,
+                       param=fields.get("param"))
+        err.passthrough = body
         return err
     return APIError(502, f"upstream failed with {status}: {message}", ErrorType.UPSTREAM_HTTP,
                     openai_type="server_error", code=ErrorType.UPSTREAM_HTTP.value)
 
 
-class Gateway:
-    def __init__(self, upstream: str, *, timeout: float, max_in_flight: int, api_key: str | None = None) -> None:
+def _stream_error(exc: BaseException) -> APIError:
+    return APIError(502, f"upstream stream broke off: {exc!r}", ErrorType.UPSTREAM_STREAM,
+                    openai_type="server_error", code=ErrorType.UPSTREAM_STREAM.value)
+
+
+def _take_usage(st: RequestStats, usage: Any) -> None:
+    if isinstance(usage, dict):
+        st.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        st.output_tokens = int(usage.get("completion_tokens") or 0)
+
+
+class UpstreamBackend:
+    def __init__(self, upstream: str, *, model_name: str, timeout: float, max_in_flight: int,
+                 api_key: str | None = None, root: str, max_model_len: int) -> None:
         self.base = upstream.rstrip("/")
         if self.base.endswith("/v1"):
             self.base = self.base[:-3]
+        self.model_name = model_name
         self.timeout = timeout
         self.api_key = api_key
         self.upstream_model: str | None = None
-        self.stats = EngineStats(max_num_seqs=max_in_flight, max_queue_len=0)
+        self._stats = EngineStats(max_num_seqs=max_in_flight, max_queue_len=0)
+        self._root = root
+        self._max_model_len = max_model_len
+        self._connect: asyncio.Task[None] | None = None
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
                                         limits=httpx.Limits(max_connections=max_in_flight + 8))
+
+    # -------------------------------------------------------------------- Backend
+    @property
+    def ready(self) -> bool:
+        return True  # an upstream that is down answers each request with 502
+
+    @property
+    def load_error(self) -> str | None:
+        return None
+
+    @property
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    @property
+    def root(self) -> str:
+        return self._root
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    async def start(self) -> None:
+        self._connect = asyncio.create_task(self.connect())
+
+    async def stop(self) -> None:
+        if self._connect is not None:
+            self._connect.cancel()
+        await self.client.aclose()
+
+    async def connect(self) -> None:
+        """Learn the upstream's model id, to name it in forwarded requests; until then requests go
+        out under the served name (an upstream that is down answers them with 502)."""
+        delay = 0.5
+        while True:
+            try:
+                upstream_model = await self.discover_model()
+                log.info("gateway: upstream %s serves %r; exposed as %r", self.base, upstream_model, self.model_name)
+                return
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+                log.warning("gateway: upstream %s not answering /v1/models yet (%r)", self.base, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def discover_model(self) -> str:
         r = await self.client.get(self.base + "/v1/models", headers=self._headers({}))
         r.raise_for_status()
-        self.upstream_model = r.json()["data"][0]["id"]
-        return self.upstream_model
+        model = str(r.json()["data"][0]["id"])
+        self.upstream_model = model
+        return model
 
     def _headers(self, extra: dict[str, str]) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **extra}
@@ -74,34 +138,35 @@ class Gateway:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    async def forward(self, operation: Operation, req: GenerationRequest, data: dict[str, Any], rt: RequestTelemetry,
-                      recorder: Recorder) -> Response:
+    # -------------------------------------------------------------------- forwarding
+    async def generate(self, call: Call) -> Response:
         """Send the request upstream; errors before the first byte become proper HTTP errors."""
-        if self.stats.running >= self.stats.max_num_seqs:
+        req = call.request
+        call.accept(max_tokens=req.max_tokens)
+        if self._stats.running >= self._stats.max_num_seqs:
             raise APIError(429, "The gateway is at its in-flight limit; retry shortly.", ErrorType.QUEUE_FULL,
                            openai_type="rate_limit_error", code="queue_full", status=Status.REJECTED,
                            headers={"Retry-After": "1"})
-        body = dict(data)
+        body = dict(call.body)
         if self.upstream_model:
             body["model"] = self.upstream_model
-        client_wants_usage = req.include_usage
         if req.stream:
-            body["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+            body["stream_options"] = {**(call.body.get("stream_options") or {}), "include_usage": True}
         carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(rt.span))
-        st = rt.stats
+        propagate.inject(carrier, context=trace.set_span_in_context(call.rt.span))
+        st = call.rt.stats
         st.scheduled = time.perf_counter()  # no local queue: the request goes out at once
-        self.stats.running += 1
+        self._stats.running += 1
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                self.stats.running -= 1
+                self._stats.running -= 1
 
         try:
-            request = self.client.build_request("POST", self.base + PATHS[operation], json=body,
+            request = self.client.build_request("POST", self.base + PATHS[call.operation], json=body,
                                                 headers=self._headers(carrier))
             resp = await self.client.send(request, stream=True)
         except httpx.TimeoutException as exc:
@@ -121,14 +186,16 @@ class Gateway:
             raise _upstream_error(resp.status_code, content)
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_HEADERS
                    and not k.lower().startswith(("x-trace-id", "traceresponse"))}
-        headers.update(recorder.trace_headers(rt))
+        headers.update(call.trace_headers())
         if req.stream:
-            return StreamingResponse(self._relay(resp, rt, recorder, client_wants_usage, release),
-                                     status_code=200, headers=headers, media_type="text/event-stream")
+            return StreamingResponse(self._relay(call, resp, release), status_code=200, headers=headers,
+                                     media_type="text/event-stream")
         try:
             content = await resp.aread()
         except httpx.HTTPError as exc:
-            raise self._stream_error(rt, recorder, exc) from None
+            err = _stream_error(exc)
+            call.record(Outcome.FAILED, err)
+            raise err from None
         finally:
             await resp.aclose()
             release()
@@ -136,32 +203,18 @@ class Gateway:
             payload = json.loads(content)
             choice = payload["choices"][0]
         except (ValueError, KeyError, IndexError, TypeError):
-            err = APIError(502, "upstream sent a malformed response", ErrorType.UPSTREAM_STREAM,
-                           openai_type="server_error", code=ErrorType.UPSTREAM_STREAM.value)
-            raise err from None
+            raise APIError(502, "upstream sent a malformed response", ErrorType.UPSTREAM_STREAM,
+                           openai_type="server_error", code=ErrorType.UPSTREAM_STREAM.value) from None
         st.first_token = st.finished = time.perf_counter()
-        self._take_usage(st, payload.get("usage"))
+        _take_usage(st, payload.get("usage"))
         st.finish_reason = choice.get("finish_reason")
         text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
-        recorder.finish(rt, Status.OK.value, response_id=payload.get("id"), output_text=text)
+        call.record(Outcome.OK, response_id=payload.get("id"), output_text=text)
         return Response(content, status_code=200, headers=headers, media_type="application/json")
 
-    @staticmethod
-    def _take_usage(st: Any, usage: Any) -> None:
-        if isinstance(usage, dict):
-            st.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            st.output_tokens = int(usage.get("completion_tokens") or 0)
-
-    def _stream_error(self, rt: RequestTelemetry, recorder: Recorder, exc: BaseException) -> APIError:
-        err = APIError(502, f"upstream stream broke off: {exc!r}", ErrorType.UPSTREAM_STREAM,
-                       openai_type="server_error", code=ErrorType.UPSTREAM_STREAM.value)
-        rt.stats.finish_reason = FinishReason.ERROR.value
-        recorder.finish(rt, Status.ERROR.value, error_type=ErrorType.UPSTREAM_STREAM.value, exception=err)
-        return err
-
-    async def _relay(self, resp: httpx.Response, rt: RequestTelemetry, recorder: Recorder, client_wants_usage: bool,
-                     release: Any) -> AsyncIterator[bytes]:
-        st = rt.stats
+    async def _relay(self, call: Call, resp: httpx.Response, release: Callable[[], None]) -> AsyncIterator[bytes]:
+        st = call.rt.stats
+        client_wants_usage = call.request.include_usage
         chunks = 0
         response_id = None
         saw_done = False
@@ -172,8 +225,8 @@ class Gateway:
             st.finished = time.perf_counter()
             if not st.output_tokens:
                 st.output_tokens = chunks
-            recorder.finish(rt, Status.OK.value, response_id=response_id)
-            return b"data: [DONE]\n\n"
+            call.record(Outcome.OK, response_id=response_id)
+            return SSE_DONE
 
         try:
             async for line in sse_lines(resp.aiter_text()):
@@ -193,7 +246,7 @@ class Gateway:
                 response_id = response_id or chunk.get("id")
                 choices = chunk.get("choices") or []
                 if chunk.get("usage"):
-                    self._take_usage(st, chunk["usage"])
+                    _take_usage(st, chunk["usage"])
                 if not choices and not client_wants_usage:
                     continue  # the usage chunk the gateway asked for on its own account
                 if choices:
@@ -204,7 +257,7 @@ class Gateway:
                         now = time.perf_counter()
                         if st.first_token is None:
                             st.first_token = now
-                        self.stats.tokens.add(1, now)
+                        self._stats.tokens.add(1, now)
                     if choice.get("finish_reason"):
                         st.finish_reason = choice["finish_reason"]
                     if not client_wants_usage and "usage" in chunk:
@@ -220,23 +273,12 @@ class Gateway:
                 saw_done = True
                 yield complete()
         except httpx.HTTPError as exc:
-            err = self._stream_error(rt, recorder, exc)
+            err = _stream_error(exc)
+            call.record(Outcome.FAILED, err)
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             return
         finally:
             await resp.aclose()
             release()
-            if not rt.done:  # the client went away before the end
-                st.finish_reason = FinishReason.CANCELLED.value
-                recorder.finish(rt, Status.CANCELLED.value)
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
-def error_response(err: APIError, headers: dict[str, str]) -> Response:
-    body = getattr(err, "passthrough", None)
-    if body is not None:
-        return Response(body, status_code=err.status_code, headers={**err.headers, **headers},
-                        media_type="application/json")
-    return JSONResponse(err.body(), status_code=err.status_code, headers={**err.headers, **headers})
+            if not call.rt.done:  # the client went away before the end
+                call.record(Outcome.DISCONNECTED)

@@ -1,0 +1,157 @@
+"""The telemetry thread: the SDK work for finished requests, many at a time, off the request path.
+
+``ernie-telemetry`` wakes when a request finishes, lets a batch gather for ``flush_interval``
+seconds, then for each request records its histograms once, inside the GenAI span's context (so
+trace-based exemplars link a bucket to the request's trace), and hands the GenAI span and its
+queue/prefill/decode children to the span writer. Collections and tests call ``flush`` too.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from typing import Any
+
+from opentelemetry import trace
+
+from .. import names
+from ..kinds import Status, TokenType
+from .instruments import AttributeSets, Attrs, Instruments
+from .request_path import Finished, LogOnce, RequestTelemetry
+from .sdk_internals import Phase, SpanWriter
+
+_FAILED = (Status.ERROR.value, Status.REJECTED.value)
+
+
+class TelemetryThread:
+    def __init__(self, instruments: Instruments, attrs: AttributeSets, writer: SpanWriter, *,
+                 flush_interval: float, log_once: LogOnce) -> None:
+        self.instruments = instruments
+        self.attrs = attrs
+        self.writer = writer
+        self.flush_interval = flush_interval
+        self.pending: collections.deque[Finished] = collections.deque()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._log_once = log_once
+        self._flush_lock = threading.Lock()
+        self._thread_lock = threading.Lock()
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the thread (the first finished request does, so an idle recorder holds none)."""
+        with self._thread_lock:
+            if self.thread is None and not self._closed:
+                self.thread = threading.Thread(target=self._run, name="ernie-telemetry", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self.wake.wait()
+            # Let a batch gather: one pass over many requests finds the SDK's code and data warm.
+            time.sleep(self.flush_interval)
+            self.wake.clear()
+            self.flush(yield_gil=True)
+
+    def flush(self, yield_gil: bool = False) -> None:
+        """Record everything queued so far (the telemetry thread, collections and tests call this).
+
+        ``yield_gil``: give the GIL away after each request, so the engine thread waits for at most
+        one request's recording (~0.1 ms) instead of a whole switch interval (5 ms).
+        """
+        with self._flush_lock:
+            pending = self.pending
+            while pending:
+                if yield_gil:
+                    time.sleep(0)
+                try:
+                    item = pending.popleft()
+                except IndexError:
+                    break
+                try:
+                    self.record_histograms(item.rt, item.status, item.error_type)
+                except Exception as exc:
+                    self._log_once("metrics", exc)
+                try:
+                    self.end_spans(item)
+                except Exception as exc:
+                    self._log_once("spans", exc)
+
+    def close(self) -> None:
+        """Stop the thread and record what is queued (before the providers shut down)."""
+        self._closed = True
+        self.wake.set()
+        thread = self.thread
+        if thread is not None:
+            thread.join(timeout=5)
+        self.flush()
+
+    def record_histograms(self, rt: RequestTelemetry, status: str, error_type: str | None) -> None:
+        st = rt.stats
+        op = st.operation
+        ins, attrs = self.instruments, self.attrs
+        assert st.finished is not None  # finish() set it
+        e2e = st.finished - st.arrival
+        # The span's context on every record: trace-based exemplars link buckets to this trace.
+        ctx = trace.set_span_in_context(rt.span)
+        ins.latency.record(e2e, attrs.request[(op, status)], ctx)
+        ins.genai_duration.record(
+            e2e, attrs.genai[op] if error_type is None else attrs.genai_error[(op, error_type)], ctx)
+        if st.scheduled is not None:
+            ins.queue_time.record(st.scheduled - st.arrival, attrs.operation[op], ctx)
+        if status == Status.OK.value:
+            if st.first_token is not None:
+                ins.ttft.record(st.first_token - st.arrival, attrs.genai[op], ctx)
+            tpot = st.time_per_output_token
+            if tpot is not None:
+                ins.tpot.record(tpot, attrs.genai[op], ctx)
+        if st.prompt_tokens:
+            ins.token_usage.record(st.prompt_tokens, attrs.token[(op, TokenType.INPUT.value)], ctx)
+            ins.token_usage.record(st.output_tokens, attrs.token[(op, TokenType.OUTPUT.value)], ctx)
+
+    def end_spans(self, item: Finished) -> None:
+        """The GenAI span's attributes and its phase children, from the request's stats."""
+        rt = item.rt
+        if not self.writer.recording(rt):
+            return
+        st = rt.stats
+        assert st.finished is not None  # finish() set it
+        attrs: dict[str, Any] = {
+            names.GEN_AI_RESPONSE_MODEL: self.attrs.model,
+            names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens,
+            names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens,
+        }
+        if rt.params_set:
+            attrs[names.GEN_AI_REQUEST_STREAM] = st.stream
+            for key, value in ((names.GEN_AI_REQUEST_MAX_TOKENS, st.max_tokens),
+                               (names.GEN_AI_REQUEST_TEMPERATURE, st.temperature),
+                               (names.GEN_AI_REQUEST_TOP_P, st.top_p), (names.GEN_AI_REQUEST_SEED, st.seed)):
+                if value is not None:
+                    attrs[key] = value
+        if item.response_id:
+            attrs[names.GEN_AI_RESPONSE_ID] = item.response_id
+        if st.finish_reason:
+            attrs[names.GEN_AI_RESPONSE_FINISH_REASONS] = [st.finish_reason]
+        # Content was kept only if capture was on when the request ran (set_request_params/finish).
+        if rt.input_messages is not None:
+            attrs[names.GEN_AI_INPUT_MESSAGES] = json.dumps(rt.input_messages, ensure_ascii=False)
+        if item.output_text is not None:
+            attrs[names.GEN_AI_OUTPUT_MESSAGES] = json.dumps(
+                [{"role": "assistant", "content": item.output_text}], ensure_ascii=False)
+        if item.error_type is not None:
+            attrs[names.ATTR_ERROR_TYPE] = item.error_type
+        decode_end = st.finished if st.first_token is not None else None
+        phase_times: tuple[tuple[str, float | None, float | None, Attrs], ...] = (
+            (names.SPAN_QUEUE, st.arrival, st.scheduled, {names.SPAN_ATTR_QUEUE_POSITION: st.queue_length_at_arrival}),
+            (names.SPAN_PREFILL, st.scheduled, st.first_token, {names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens}),
+            (names.SPAN_DECODE, st.first_token, decode_end,
+             {names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens, names.SPAN_ATTR_DECODE_STEPS: st.decode_steps,
+              names.SPAN_ATTR_BATCH_SIZE: st.max_batch_size}),
+        )
+        phases: list[Phase] = [(name, st.to_unix_ns(begin), st.to_unix_ns(end), phase_attrs)
+                               for name, begin, end, phase_attrs in phase_times
+                               if begin is not None and end is not None]
+        self.writer.write(rt, attrs, phases, st.to_unix_ns(st.finished), item.exception,
+                          failed=item.status in _FAILED, error_type=item.error_type)
