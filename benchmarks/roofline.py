@@ -1,7 +1,7 @@
 """The roofline of a serving workload on this machine: the tokens/s no engine can beat here.
 
     .venv/bin/python benchmarks/roofline.py [--model-dir DIR] [--prompt-tokens 118] [--max-tokens 32]
-                                            [--concurrency 1,8,32] [--threads 2] [--json PATH]
+                                            [--concurrency 1,8,32] [--threads 2] [--given ...] [--json PATH]
 
 It measures two numbers per dtype with torch on this machine (the ceilings a transformer forward
 pass lives under), then bounds one engine step of the workload by them:
@@ -138,14 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--given", default=None, metavar="DTYPE:GFLOPS:GBS,...",
+                    help="use these ceilings instead of measuring (e.g. numbers taken on a quiet machine: "
+                    "float32:199:22,bfloat16:866:42)")
     ap.add_argument("--json", dest="json_path", type=Path, default=None)
     args = ap.parse_args(argv)
     shape = Shape.from_config(json.loads((args.model_dir / "config.json").read_text()))
     print(f"model {args.model_dir.name}: {shape.streamed_params / 1e6:.0f}M streamed params; prompt "
           f"{args.prompt_tokens} tokens, answer {args.max_tokens}; torch threads {args.threads}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
+    given = {d: Hardware(dtype=d, gflops=float(f), gbytes_s=float(b))
+             for d, f, b in (item.split(":") for item in args.given.split(","))} if args.given else {}
     for dtype in DTYPES:
-        hw = measure(dtype, shape.hidden, args.threads)
+        hw = given.get(dtype) or measure(dtype, shape.hidden, args.threads)
         print(f"{dtype}: matmul {hw.gflops:.0f} GFLOP/s, weight streaming {hw.gbytes_s:.1f} GB/s", file=sys.stderr)
         for c in args.concurrency:
             rows.append({"dtype": dtype, "concurrency": c, **asdict(hw),

@@ -17,7 +17,7 @@ from ernie_otel.engine import Engine, Event, SamplingParams, Sequence
 from ernie_otel.kinds import Operation
 from ernie_otel.stats import RequestStats
 
-# Prompts of different lengths, so that rows are left-padded and chunks cut through real tokens.
+# Prompts of different lengths, so that prompt chunks and decodes of different sequences share steps.
 PROMPTS = [
     "count to ten",
     "the quick brown fox jumps over the lazy dog " * 3,
