@@ -9,7 +9,8 @@ the directory, which GET /v1/models lists) with and without ``--continuous-batch
 
 Peers (``--peers``, comma-separated): ``ernie-serve`` (its defaults: ``--dtype auto``, chunked
 prefill), ``ernie-serve-fp32`` / ``ernie-serve-bf16`` (``--dtype``), ``ernie-serve-nochunk``
-(``--max-num-batched-tokens 0``), ``ernie-serve-seqs32`` (``--max-num-seqs 32``); suffixes
+(``--max-num-batched-tokens 0``), ``ernie-serve-seqs32`` (``--max-num-seqs 32``), ``ernie-serve-tok512``
+(``--max-num-batched-tokens 512``); suffixes
 combine: ``ernie-serve-fp32-nochunk``,
 ``transformers``, ``transformers-cb`` and ``transformers-cb-bf16`` (``--dtype bfloat16``).
 
@@ -160,6 +161,8 @@ def ernie_flags(peer: str) -> list[str]:
             flags += ["--max-num-batched-tokens", "0"]
         elif part.startswith("seqs") and part[4:].isdigit():
             flags += ["--max-num-seqs", part[4:]]
+        elif part.startswith("tok") and part[3:].isdigit():
+            flags += ["--max-num-batched-tokens", part[3:]]
         else:
             raise SystemExit(f"unknown ernie-serve variant {part!r} in {peer!r}")
     return flags

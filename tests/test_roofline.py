@@ -62,5 +62,6 @@ def test_serving_peer_names_map_to_flags() -> None:
     assert serving.ernie_flags("ernie-serve") == []
     assert serving.ernie_flags("ernie-serve-fp32-nochunk") == ["--dtype", "float32", "--max-num-batched-tokens", "0"]
     assert serving.ernie_flags("ernie-serve-bf16-seqs32") == ["--dtype", "bfloat16", "--max-num-seqs", "32"]
+    assert serving.ernie_flags("ernie-serve-tok512") == ["--max-num-batched-tokens", "512"]
     with pytest.raises(SystemExit):
         serving.ernie_flags("ernie-serve-fast")
