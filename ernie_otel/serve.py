@@ -60,7 +60,7 @@ class ServeConfig(Config):
                                help="requests running at once")
     max_queue_len: int = option(64, flag="--max-queue-len", convert=to_int, check=at_least(0),
                                 help="requests waiting; beyond: 429")
-    max_num_batched_tokens: int = option(128, flag="--max-num-batched-tokens", convert=to_int, check=at_least(0),
+    max_num_batched_tokens: int = option(512, flag="--max-num-batched-tokens", convert=to_int, check=at_least(0),
                                          help="tokens per engine step, running decodes first, then chunks of new "
                                          "prompts (chunked prefill: admitting requests does not stall streams); "
                                          "0: whole prompts at once")
