@@ -7,11 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
+import uvicorn
+from helpers import free_port
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,8 +28,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ernie_otel import names, slo
 from ernie_otel.kinds import ErrorType, Status
 from ernie_otel.serve import ServeConfig
+from ernie_otel.server import ErnieServer
 from ernie_otel.slo import HeaderProblem, Slo, SloTargets
 from ernie_otel.telemetry.recorder import Recorder
+from ernie_otel.telemetry.setup import Telemetry
 from ernie_otel.tenancy import OTHER_TENANT, Overflow, Price, TenantResolver, load_pricing, resolve_tenant
 
 MODEL = "m"
@@ -244,3 +253,150 @@ def test_accounting_stays_cheap() -> None:
         rig.recorder.batch.pending.clear()
     per_request_us = (time.perf_counter() - t0) / n * 1e6
     assert per_request_us < 150, per_request_us
+
+
+# ----------------------------------------------------------------------------- a real server
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = Telemetry(meter_provider, tracer_provider, None, "standalone")
+    config = ServeConfig(model="tiny", max_num_seqs=2, max_queue_len=4, max_model_len=1024, response_metrics=True,
+                         slo_ttft=60.0, slo_e2e=120.0, tenants=frozenset({"team-a"}))
+
+    def recorder(model: str, stats: Any) -> Recorder:
+        return Recorder(meter_provider, tracer_provider, model, stats, slo_targets=config.slo(),
+                        tenants=TenantResolver(frozenset({"team-a"}), 4), tenant_header=config.tenant_header)
+
+    server = ErnieServer(config, recorder)
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(server.create_app(telemetry), host="127.0.0.1", port=port,
+                                       log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise TimeoutError("app did not become healthy")
+    yield Served(base, reader, spans, server)
+    uv.should_exit = True
+    thread.join(timeout=15)
+
+
+@dataclass
+class Served:
+    base: str
+    reader: InMemoryMetricReader
+    spans: InMemorySpanExporter
+    server: ErnieServer
+
+    def chat(self, headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:
+        body = {"model": "ernie-4.5-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+                "ignore_eos": True, **extra}
+        r = httpx.post(self.base + "/v1/chat/completions", json=body, headers=headers or {}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r
+
+    def span(self, trace_id: str, name: str) -> Any:
+        self.server.recorder.flush()
+        return next(s for s in self.spans.get_finished_spans()
+                    if s.name == name and format(s.context.trace_id, "032x") == trace_id)
+
+    def slo_counts(self) -> dict[tuple[str, str, str], float]:
+        self.server.recorder.flush()
+        out: dict[tuple[str, str, str], float] = {}
+        data = self.reader.get_metrics_data()
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == names.SLO_REQUESTS.otel_name:
+                        for p in m.data.data_points:
+                            a = p.attributes
+                            out[(a[names.ATTR_TENANT], a[names.ATTR_SLO], a[names.ATTR_RESULT])] = p.value
+        return out
+
+
+def _timing(header: str) -> dict[str, float]:
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        out[name] = float(dur)
+    return out
+
+
+def _ms(span: Any) -> float:
+    return (span.end_time - span.start_time) / 1e6
+
+
+def test_server_timing_and_response_metrics_equal_the_spans(served: Served) -> None:
+    r = served.chat(return_metrics=True)
+    trace_id = r.headers[names.TRACE_ID_HEADER]
+    timing = _timing(r.headers[names.SERVER_TIMING_HEADER])
+    assert set(timing) == {"queue", "prefill", "decode", "total"}
+    genai = served.span(trace_id, names.genai_span_name("chat", "ernie-4.5-tiny"))
+    queue, prefill, decode = (served.span(trace_id, s) for s in (names.SPAN_QUEUE, names.SPAN_PREFILL,
+                                                                   names.SPAN_DECODE))
+    for phase, span in (("queue", queue), ("prefill", prefill), ("decode", decode), ("total", genai)):
+        assert abs(timing[phase] - _ms(span)) <= 1.0, (phase, timing[phase], _ms(span))
+    metrics = r.json()["metrics"]
+    assert set(metrics) == {"time_to_first_token_ms", "generation_time_ms", "queue_time_ms", "mean_itl_ms",
+                            "tokens_per_second"}
+    assert abs(metrics["queue_time_ms"] - _ms(queue)) <= 1.0
+    assert abs(metrics["time_to_first_token_ms"] - (_ms(queue) + _ms(prefill))) <= 1.0
+    assert abs(metrics["generation_time_ms"] - (_ms(prefill) + _ms(decode))) <= 1.0
+    assert abs(metrics["mean_itl_ms"] - _ms(decode) / 4) <= 1.0
+    assert metrics["tokens_per_second"] == pytest.approx(5 / (metrics["generation_time_ms"] / 1000), rel=0.01)
+    # Not asked: not given (the header is on every response).
+    plain = served.chat()
+    assert "metrics" not in plain.json() and names.SERVER_TIMING_HEADER in plain.headers
+
+
+def test_stream_final_chunk_carries_the_metrics(served: Served) -> None:
+    with httpx.stream("POST", served.base + "/v1/chat/completions", timeout=60, json={
+            "model": "ernie-4.5-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "ignore_eos": True, "stream": True, "return_metrics": True}) as r:
+        assert r.status_code == 200
+        assert names.SERVER_TIMING_HEADER in r.headers
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert [c for c in chunks[:-1] if "metrics" in c] == []
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["metrics"]["mean_itl_ms"] is not None
+
+
+def test_the_openai_client_ignores_the_extra_fields(served: Served) -> None:
+    client = openai.OpenAI(base_url=served.base + "/v1", api_key="none")
+    done = client.chat.completions.create(model="ernie-4.5-tiny", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=3, extra_body={"return_metrics": True, "ignore_eos": True})
+    assert done.choices[0].message.content is not None and done.usage is not None
+    assert done.usage.completion_tokens == 3
+    stream = client.chat.completions.create(model="ernie-4.5-tiny", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=3, stream=True,
+                                            extra_body={"return_metrics": True, "ignore_eos": True})
+    assert [c.choices[0].finish_reason for c in stream if c.choices][-1] == "length"
+
+
+def test_exact_counts_through_the_server_and_header_targets(served: Served) -> None:
+    before = served.slo_counts()
+    served.chat()  # 60 s TTFT, 120 s e2e targets: met
+    served.chat(headers={"x-slo-ttft-ms": "1", "x-tenant-id": "team-a"})  # 1 ms TTFT: missed
+    served.chat(headers={"x-slo-ttft-ms": "lots", "x-tenant-id": "mallory"})  # ignored -> met, tenant other
+    unknown_model = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(served.base + "/v1/chat/completions", json=unknown_model, timeout=30)
+    assert r.status_code == 404 and names.SERVER_TIMING_HEADER in r.headers  # not judged
+    after = served.slo_counts()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert {k: v for k, v in delta.items() if v} == {
+        ("default", "ttft", "met"): 1, ("default", "e2e", "met"): 1, ("default", "all", "met"): 1,
+        ("team-a", "ttft", "missed"): 1, ("team-a", "e2e", "met"): 1, ("team-a", "all", "missed"): 1,
+        ("other", "ttft", "met"): 1, ("other", "e2e", "met"): 1, ("other", "all", "met"): 1,
+    }
