@@ -183,9 +183,7 @@ def evaluate(targets: SloTargets, status: str, error_type: str | None, ttft: flo
     if not targets.any:
         return ()
     if status != Status.OK.value:
-        if error_type in SERVER_FAILURES:
-            return tuple((s, False) for s in targets.configured())
-        return ()
+        return missed_all(targets) if error_type in SERVER_FAILURES else ()
     out: list[tuple[Slo, bool]] = []
     for slo, target, value in ((Slo.TTFT, targets.ttft, ttft), (Slo.TPOT, targets.tpot, tpot),
                                (Slo.E2E, targets.e2e, e2e)):
@@ -194,6 +192,22 @@ def evaluate(targets: SloTargets, status: str, error_type: str | None, ttft: flo
     if out:
         out.append((Slo.ALL, all(met for _, met in out)))
     return tuple(out)
+
+
+def missed_all(targets: SloTargets) -> Verdicts:
+    """A request the server failed: every configured objective missed."""
+    return tuple((s, False) for s in targets.configured())
+
+
+def header_values(targets: SloTargets) -> dict[str, str]:
+    """The gateway headers that hand these targets to a server (what ``ernie-otel bench
+    --slo-headers`` sends); e2e has no header."""
+    out = {}
+    if targets.ttft is not None:
+        out[HEADER_TTFT] = f"{targets.ttft * 1000:g}"
+    if targets.tpot is not None:
+        out[HEADER_TPOT] = f"{targets.tpot * 1000:g}"
+    return out
 
 
 def met_all(verdicts: Verdicts) -> bool:

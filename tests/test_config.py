@@ -45,7 +45,8 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "--url": f"http://{HOST}:{DEFAULT_PORTS['serve']}", "--model": None, "--endpoint": "chat", "--requests": 64,
     "--duration": None, "--concurrency": 8, "--rate": None, "--prompt-tokens": 32, "--max-tokens": 32,
     "--stream": True, "--include-usage": True, "--ignore-eos": False, "--temperature": None, "--extra-body": {},
-    "--api-key": None, "--timeout": 600.0, "--seed": 0,
+    "--api-key": None, "--timeout": 600.0, "--seed": 0, "--slo-ttft": None, "--slo-tpot": None, "--slo-e2e": None,
+    "--slo-headers": False,
 }
 PROGRAMS: dict[str, tuple[type[Config], Callable[[], argparse.ArgumentParser], dict[str, Any]]] = {
     "ernie-serve": (ServeConfig, serve.build_parser, SERVE_DEFAULTS),

@@ -4,6 +4,7 @@ target), then bad configuration at the real ``ernie-serve`` command line (exit 2
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ernie_otel import names, slo
+from ernie_otel.bench import BenchConfig, run_bench
 from ernie_otel.kinds import ErrorType, Status
 from ernie_otel.serve import ServeConfig
 from ernie_otel.server import ErnieServer
@@ -400,3 +402,35 @@ def test_exact_counts_through_the_server_and_header_targets(served: Served) -> N
         ("team-a", "ttft", "missed"): 1, ("team-a", "e2e", "met"): 1, ("team-a", "all", "missed"): 1,
         ("other", "ttft", "met"): 1, ("other", "e2e", "met"): 1, ("other", "all", "met"): 1,
     }
+
+
+# Client-side TTFT adds the HTTP response and SSE framing to the server's first-token instant (a few
+# ms here, where client and server share one process and a busy 2-core machine); only requests whose
+# server-side TTFT lies within that gap below the target can be judged differently. With the target
+# at a warm run's p90 (measured: differences of 0 to 0.05), the stated tolerance is 0.15; a target
+# at the median, where requests crowd, differed by up to 0.22 in the same set-up.
+ATTAINMENT_TOLERANCE = 0.15
+
+
+def test_bench_goodput_agrees_with_the_server(served: Served) -> None:
+    # The target from a run on a warm server, at its p90: attainment neither trivially 1 nor 0.
+    for offset in (0, 20):
+        warm = asyncio.run(run_bench(BenchConfig(url=served.base, model="ernie-4.5-tiny", requests=20,
+                                                 concurrency=2, max_tokens=4, ignore_eos=True, prompt_offset=offset)))
+    assert warm.ttft_ms.p90 is not None
+    target_ms = round(warm.ttft_ms.p90, 1)
+    before = served.slo_counts()
+    result = asyncio.run(run_bench(BenchConfig(
+        url=served.base, model="ernie-4.5-tiny", requests=40, concurrency=2, max_tokens=4, ignore_eos=True,
+        prompt_offset=100, slo_ttft=target_ms / 1000, slo_headers=True)))
+    after = served.slo_counts()
+    assert result.requests_ok == 40 and result.slo_targets_ms == {"ttft": target_ms}
+    server_met = after.get(("default", "ttft", "met"), 0) - before.get(("default", "ttft", "met"), 0)
+    server_missed = after.get(("default", "ttft", "missed"), 0) - before.get(("default", "ttft", "missed"), 0)
+    assert server_met + server_missed == 40 == result.slo_judged["ttft"]
+    client = result.slo_attainment["ttft"]
+    server = server_met / 40
+    print(f"TTFT target {target_ms} ms: client attainment {client:.3f}, server {server:.3f}")
+    assert client is not None and abs(client - server) <= ATTAINMENT_TOLERANCE
+    assert client <= server + 1 / 40  # the client's TTFT is never shorter than the server's
+    assert result.goodput_tokens_per_s is not None and result.goodput_tokens_per_s <= result.output_tokens_per_s
