@@ -385,6 +385,20 @@ def catalogue_markdown() -> str:
         "W3C trace-context-2 form. Message content is recorded only with",
         f"`{CAPTURE_CONTENT_ENV}=true`.",
         "",
+        "## Per-request accountability",
+        "",
+        f"- The GenAI span carries `{SPAN_ATTR_TENANT}`, with SLO targets `{span_attr_slo_target('<slo>')}` (after",
+        f"  `x-slo-ttft-ms` / `x-slo-tpot-ms` overrides), `{SPAN_ATTR_SLO_MET}` and `{SPAN_ATTR_SLO_MISSED}`, and with",
+        f"  a pricing file `{SPAN_ATTR_COST}`.",
+        f"- Every response carries `{SERVER_TIMING_HEADER}`: "
+        + ", ".join(f"`{p};dur=<ms>`" for p in SERVER_TIMING_PHASES) + ", from the instants the spans",
+        "  are built from. A stream's header holds what is known when it starts (`headers;dur=` for the time",
+        "  until then). In gateway mode the upstream's entries pass through and ours follow, prefixed",
+        f"  `{GATEWAY_TIMING_PREFIX}`.",
+        "- With `--response-metrics`, a request with `\"return_metrics\": true` gets `metrics` (vLLM's field names:",
+        "  `time_to_first_token_ms`, `generation_time_ms` = scheduled to last token, `queue_time_ms`, `mean_itl_ms`,",
+        "  `tokens_per_second`) in the response body, or in the final chunk of a stream (the usage chunk if asked).",
+        "",
     ]
     return "\n".join(lines)
 
