@@ -162,7 +162,7 @@ class Accounting:
         self.header_problems: dict[tuple[str, str], int] = {
             (h, p.value): 0 for h in (HEADER_TTFT, HEADER_TPOT) for p in HeaderProblem}
         self.cost: dict[str, float] = {}
-        m = {names.ATTR_MODEL: model}
+        m: Attrs = {names.ATTR_MODEL: model}
         _lazy_counter(meter, names.SLO_REQUESTS, self.slo, (names.ATTR_TENANT, names.ATTR_SLO, names.ATTR_RESULT), m)
         _lazy_counter(meter, names.GOODPUT_TOKENS, self.goodput, (names.ATTR_TENANT,), m)
         _lazy_counter(meter, names.TENANT_REQUESTS, self.requests, (names.ATTR_TENANT, names.ATTR_STATUS), m)
