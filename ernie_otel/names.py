@@ -398,6 +398,12 @@ def catalogue_markdown() -> str:
         "- With `--response-metrics`, a request with `\"return_metrics\": true` gets `metrics` (vLLM's field names:",
         "  `time_to_first_token_ms`, `generation_time_ms` = scheduled to last token, `queue_time_ms`, `mean_itl_ms`,",
         "  `tokens_per_second`) in the response body, or in the final chunk of a stream (the usage chunk if asked).",
+        "- Tenants: `--tenant-header` (default `x-tenant-id`) names the tenant; only values on `--tenants` become",
+        "  label values, at most `--max-tenants` of them; the rest count as `other` (`ernie_tenant_overflow_total`).",
+        "- Cost: `--pricing-file prices.json`, e.g. `{\"currency\": \"USD\", \"models\": {\"ernie-4.5-0.3b\":",
+        "  {\"input_per_1m\": 0.1, \"output_per_1m\": 0.4}}, \"default\": {\"gpu_hour\": 2.5}}`; a GPU-hour price",
+        "  charges each request its wall time x price / 3600 / `--max-num-seqs`. A file that does not parse stops",
+        "  ernie-serve at start-up (exit 2).",
         "",
     ]
     return "\n".join(lines)
