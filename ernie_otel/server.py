@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .backends import Backend, Call, Outcome, error_response, make_backend, record_outcome
+from .backends import Backend, Call, Outcome, error_response, make_backend, record_outcome, timing_headers
 from .kinds import ErrorType, Operation, Status
 from .protocol import APIError, parse_chat, parse_completion, parse_json
 from .serve import ServeConfig
@@ -80,6 +80,8 @@ class ErnieServer:
         rt = self.recorder.start(operation.value, response_id)
         try:
             self._check_auth(request)
+            # After auth: once API keys carry names, the key's name decides the tenant.
+            self.recorder.attribute(rt, request.headers)
             if not self.backend.ready:
                 raise APIError(503, "The model is still loading; retry shortly." if self.backend.load_error is None
                                else "The model failed to load.", ErrorType.NOT_READY,
@@ -88,10 +90,11 @@ class ErnieServer:
             data = parse_json(await self._read_body(request))
             req = parse_chat(data) if operation is Operation.CHAT else parse_completion(data)
             self._check_model(req.model)
-            return await self.backend.generate(Call(operation, req, data, response_id, request, rt, self.recorder))
+            return await self.backend.generate(Call(operation, req, data, response_id, request, rt, self.recorder,
+                                                    self.config.response_metrics and req.return_metrics))
         except APIError as err:
             record_outcome(self.recorder, rt, Outcome.ERROR, err)
-            return error_response(err, self.recorder.trace_headers(rt))
+            return error_response(err, {**self.recorder.trace_headers(rt), **timing_headers(rt)})
 
     # -------------------------------------------------------------------- app
     def create_app(self, telemetry: Any = None) -> FastAPI:
