@@ -310,6 +310,9 @@ class Engine:
                 result.append(int(greedy[row]))
                 continue
             scaled = logits[row] / p.temperature
+            if not bool(torch.isfinite(scaled).all()):  # a temperature so small the logits overflow: its limit
+                result.append(int(greedy[row]))
+                continue
             probs = torch.softmax(scaled, dim=-1)
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)

@@ -17,7 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .backends import Backend, Call, Outcome, error_response, make_backend, record_outcome
 from .kinds import ErrorType, Operation, Status
-from .protocol import APIError, parse_chat, parse_completion, parse_json
+from .protocol import (
+    CHAT_REQUEST_SCHEMA,
+    COMPLETION_REQUEST_SCHEMA,
+    APIError,
+    parse_chat,
+    parse_completion,
+    parse_json,
+)
 from .serve import ServeConfig
 from .serve import main as main  # the entry point of installs made before ernie-serve moved to ernie_otel.serve
 from .stats import EngineStats
@@ -121,11 +128,16 @@ class ErnieServer:
             return JSONResponse({"error": {"message": "Internal server error.", "type": "server_error",
                                            "param": None, "code": "internal_error"}}, status_code=500)
 
-        @app.post("/v1/chat/completions")
+        def body_schema(schema: dict[str, Any]) -> dict[str, Any]:
+            # The handlers read the raw body (for the size limit and OpenAI-style errors), so FastAPI
+            # cannot infer it: the OpenAPI document gets the schema from the protocol module.
+            return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+        @app.post("/v1/chat/completions", openapi_extra=body_schema(CHAT_REQUEST_SCHEMA))
         async def chat_completions(request: Request) -> Response:
             return await self.handle(request, Operation.CHAT)
 
-        @app.post("/v1/completions")
+        @app.post("/v1/completions", openapi_extra=body_schema(COMPLETION_REQUEST_SCHEMA))
         async def completions(request: Request) -> Response:
             return await self.handle(request, Operation.TEXT_COMPLETION)
 
