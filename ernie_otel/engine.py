@@ -29,6 +29,7 @@ from .kinds import FinishReason
 from .stats import EngineStats, RequestStats
 
 log = logging.getLogger(__name__)
+SHUTDOWN_MESSAGE = "The server shut down before this request finished; retry it."
 
 
 class QueueFullError(Exception):
@@ -217,10 +218,11 @@ class Engine:
                 for seq in admitted:
                     self._finish(seq, FinishReason.ERROR.value, error=message)
                 self._fail_running(message)
-        self._fail_running("server shutting down")
+        # A shutdown cancels what runs (the server's grace period is over): not a failure of the request.
+        self._fail_running(SHUTDOWN_MESSAGE, FinishReason.CANCELLED.value)
         with self._cond:
             for seq in list(self._waiting):
-                self._finish(seq, FinishReason.CANCELLED.value, error="server shutting down")
+                self._finish(seq, FinishReason.CANCELLED.value, error=SHUTDOWN_MESSAGE)
             self._waiting.clear()
 
     def _admit_locked(self) -> list[Sequence]:
@@ -244,9 +246,9 @@ class Engine:
                 self._finish(s, FinishReason.CANCELLED.value)
         self._select_rows(keep)
 
-    def _fail_running(self, message: str) -> None:
+    def _fail_running(self, message: str, reason: str = FinishReason.ERROR.value) -> None:
         for s in self._running:
-            self._finish(s, FinishReason.ERROR.value, error=message)
+            self._finish(s, reason, error=message)
         self._running = []
         self._cache = None
         self.stats.running = 0

@@ -37,7 +37,7 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "--max-num-seqs": 8, "--max-queue-len": 64, "--device": "auto", "--dtype": "auto", "--torch-threads": 0,
     "--api-key": None, "--default-max-tokens": 256, "--max-request-bytes": 1 << 20, "--otlp-endpoint": None,
     "--upstream": None, "--upstream-timeout": 120.0, "--upstream-api-key": None, "--access-log": False,
-    "--log-level": "info",
+    "--log-level": "info", "--api-key-file": None, "--shutdown-grace": 30.0,
 }
 BENCH_DEFAULTS: dict[str, Any] = {
     "--url": f"http://{HOST}:{DEFAULT_PORTS['serve']}", "--model": None, "--endpoint": "chat", "--requests": 64,
