@@ -50,6 +50,9 @@ LOAD_MAX_TOKENS = 32
 # get data while HighErrorRate (5%) stays quiet unless something is really wrong (every 7 s put
 # the ratio near 4.5% and the alert flapped between pending and firing in the demo).
 BAD_REQUEST_INTERVAL_S = 20.0
+# `down` / `restart` let ernie-serve drain its requests in flight for this long: less than the
+# stack's SIGKILL deadline (core.STOP_TIMEOUT_S, 10 s), so the drain ends on its own terms.
+SERVE_SHUTDOWN_GRACE_S = 8.0
 
 
 class StackContext(Protocol):
@@ -248,7 +251,8 @@ def _prometheus(ctx: StackContext) -> list[str]:
 
 def _ernie_serve(ctx: StackContext) -> list[str]:
     return [venv_script("opentelemetry-instrument"), venv_script("ernie-serve"), "--model", ctx.model,
-            "--host", HOST, "--port", str(ctx.ports["serve"]), "--metrics-port", str(ctx.ports["serve_metrics"])]
+            "--host", HOST, "--port", str(ctx.ports["serve"]), "--metrics-port", str(ctx.ports["serve_metrics"]),
+            "--shutdown-grace", str(SERVE_SHUTDOWN_GRACE_S)]
 
 
 def _ernie_serve_env(ctx: StackContext) -> dict[str, str]:
