@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration if args.duration is not None or args.requests is not None else 1800.0
     stack: Stack | None = None
     if args.url is None:
-        stack = Stack(Path(tempfile.mkdtemp(prefix="ernie-soak-")), ports=free_ports())
+        # The stack's progress goes to stderr: stdout is the result's JSON.
+        stack = Stack(Path(tempfile.mkdtemp(prefix="ernie-soak-")), ports=free_ports(),
+                      say=lambda line: print(f"[stack] {line}", file=sys.stderr, flush=True))
         try:
             stack.up()
         except StackError as exc:

@@ -270,7 +270,11 @@ class Stack:
         ``wait(seconds)`` sleeps and returns True when the supervisor should stop (default: a
         plain sleep, then ``stop()``).
         """
-        sleep = wait or (lambda seconds: time.sleep(seconds) or stop())
+        def pause(seconds: float) -> bool:
+            time.sleep(seconds)
+            return stop()
+
+        sleep = wait or pause
         backoff: dict[str, float] = {}
         not_before: dict[str, float] = {}
         while not stop():
