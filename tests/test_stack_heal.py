@@ -135,6 +135,10 @@ def test_killed_collector_and_jaeger_heal_under_load(e2e_stack: E2EStack) -> Non
         wait_for(lambda: any(t > healed_at + 1 for t, _ in load.trace_ids) or None, 30, "a request after the heal")
         fresh = next(tid for t, tid in load.trace_ids if t > healed_at + 1)
         e2e.wait_trace(fresh, min_spans=2, timeout=60)
+    # Nothing lost in the metrics: ernie-serve exports cumulative totals, so the healed Collector
+    # path counts every request ever sent, those made while it was down included.
+    wait_for(lambda: e2e.scalar(collector_count) == e2e.sent or None, 90,
+             f"the Collector path to count all {e2e.sent} requests sent")
     assert load.statuses and set(load.statuses) == {200}, (
         f"clients saw errors: {sorted(set(load.statuses))}\n{e2e.logs('ernie_serve')}")
     assert any(t > killed_at for t, _ in load.trace_ids), "no request was made while the components were down"
