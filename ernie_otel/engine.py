@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 
-from .kinds import FinishReason
+from .kinds import SHUTDOWN_MESSAGE, FinishReason
 from .stats import EngineStats, RequestStats
 
 log = logging.getLogger(__name__)
-SHUTDOWN_MESSAGE = "The server shut down before this request finished; retry it."
 
 
 class QueueFullError(Exception):

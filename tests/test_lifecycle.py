@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from ernie_otel import names
 from ernie_otel.auth import DEFAULT_KEY_NAME, KeyFileError, KeyRing, parse_key_file
-from ernie_otel.engine import SHUTDOWN_MESSAGE
+from ernie_otel.kinds import SHUTDOWN_MESSAGE
 from ernie_otel.protocol import APIError
 from ernie_otel.serve import ServeConfig
 from ernie_otel.server import ErnieServer
@@ -216,3 +216,23 @@ def test_unfinished_streams_are_cancelled_with_a_clear_error(tmp_path: Path, how
         assert time.monotonic() - t0 < 30  # neither waited for 4,000 tokens nor for a 300 s grace
         assert _exit_code(served, 30) == 0, served.log()[-3000:]
         assert "Traceback" not in served.log()
+
+
+@pytest.mark.integration
+def test_gateway_drain_cancels_with_the_same_clear_error(tmp_path: Path) -> None:
+    """Gateway mode: the grace period ends, the upstream connections close, and the client reads the
+    shutdown message (a cancel), not an 'upstream broke off' failure."""
+    with run_server(tmp_path, "--max-model-len", "4096", name="engine") as engine, \
+            run_server(tmp_path, "--upstream", engine.base, "--api-key", KEY, "--shutdown-grace", "2",
+                       name="gateway") as gateway, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = _start_streams(pool, gateway, 2, HOLD_TOKENS)
+        gateway.proc.send_signal(signal.SIGTERM)
+        for f in futures:
+            s = f.result(timeout=60)
+            assert s.finish == [] and [e["message"] for e in s.errors] == [SHUTDOWN_MESSAGE], vars(s)
+        assert _exit_code(gateway, 30) == 0, gateway.log()[-3000:]
+        # The engine behind it saw its clients go away and is idle again, still serving.
+        deadline = time.monotonic() + 30
+        while engine.stats()["engine"]["running"]:
+            assert time.monotonic() < deadline, engine.stats()
+            time.sleep(0.2)
