@@ -221,6 +221,8 @@ class ErnieServer:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no API request is in flight; False if ``timeout`` seconds pass first."""
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True

@@ -20,7 +20,7 @@ from helpers import free_ports, http_get
 from test_stack import static_server
 
 from ernie_otel import names
-from ernie_otel.stack import Stack, process_matches
+from ernie_otel.stack import Stack, StackError, process_matches
 
 COMPS = [static_server(0), static_server(1)]
 
@@ -51,7 +51,7 @@ def test_up_heals_only_what_is_missing_and_restart_one(tmp_path: Path) -> None:
         again = {name: rec.pid for name, rec in stack.read_records().items()}
         assert again["static_0"] == after["static_0"] and again["static_1"] != after["static_1"]
         assert all(st["alive"] and st["healthy"] for st in stack.status().values())
-        with pytest.raises(KeyError, match="unknown component"):
+        with pytest.raises(StackError, match="unknown component"):
             healed.restart("nope")
     finally:
         stack.down()
@@ -147,3 +147,10 @@ def test_killed_components_heal_under_load(e2e_stack: E2EStack, killed: tuple[st
     assert any(t > killed_at for t, _ in load.trace_ids), "no request was made while the components were down"
     print(f"heal {'+'.join(killed)}: {len(load.statuses)} requests, all 200; healed in "
           f"{healed_at - killed_at:.1f}s", file=sys.stderr)
+
+
+def test_restart_without_a_stack_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ernie_otel.stack.cli import main
+
+    assert main(["restart", "collector", "--state-dir", str(tmp_path)]) == 1
+    assert "no stack recorded" in capsys.readouterr().err

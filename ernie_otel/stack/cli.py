@@ -100,6 +100,8 @@ def main(argv: list[str]) -> int:
             return 0
         if args.command == "restart":
             stack = Stack.from_state(args.state_dir)
+            if not stack.read_records():
+                raise StackError(f"no stack recorded in {stack.state_dir}: `ernie-otel stack up` first")
             stack.restart(args.name)
             return 0
         stack = Stack(args.state_dir, model=args.model, load=args.load)

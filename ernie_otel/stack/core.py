@@ -256,7 +256,8 @@ class Stack:
 
     def restart(self, name: str) -> Record:
         """Stop one component (if it runs) and start it again on the same ports."""
-        self.component(name)  # unknown names fail before anything stops
+        if name not in self.table:  # before anything stops
+            raise StackError(f"unknown component {name!r}; known: {', '.join(self.component_names)}")
         if self.stop(name):
             self.say(f"stopped {self.title(name)}")
         return self.start(name)
