@@ -116,8 +116,9 @@ def start_collector(bin_dir: Path, log_dir: Path, gomaxprocs: int = 0) -> tuple[
     quiet = {"GOMAXPROCS": str(gomaxprocs)} if gomaxprocs else {}
     jaeger: Running | None = None
     if os.access(bin_dir / "jaeger", os.X_OK):
+        env = components.jaeger_env(ports, log_dir / "jaeger-data")
         jaeger = spawn_in(log_dir, "jaeger", components.jaeger_command(bin_dir),
-                          {**components.jaeger_env(ports), **quiet, "JAEGER_LOG_LEVEL": "warn"})
+                          {**env, **quiet, "JAEGER_LOG_LEVEL": "warn"})
         jaeger.url = f"http://{HOST}:{ports['jaeger_query']}"
     # Without a Jaeger nothing listens on the Collector's Jaeger target: spans are dropped.
     col = spawn_in(log_dir, "otelcol", components.collector_command(bin_dir),

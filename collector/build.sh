@@ -6,21 +6,25 @@
 # Usage:  BIN=$(bash collector/build.sh | tail -1)
 #   The last stdout line is the absolute directory holding both binaries; progress goes to stderr.
 #
-# Binaries live outside the repo, under ${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}/bin/<hash>/,
-# because CI works in a fresh clone and nothing built may be committed. <hash> covers everything
-# that changes the output (manifest, builder/Jaeger versions and link flags, Go version, OS/arch),
-# so an unchanged tree answers in well under a second and any edit rebuilds. A build goes into a
-# temp dir that is renamed into place only after both binaries ran, so an interrupted build never
-# leaves a half cache entry behind.
+# Binaries live outside the repo, under ${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}/bin/,
+# because CI works in a fresh clone and nothing built may be committed. Each binary has its own
+# cache entry, keyed by a hash of everything that changes it:
+#   collector-<hash>/otelcol-ernie   manifest, builder version, Go version, OS/arch
+#   jaeger-<hash>/jaeger             Jaeger module/version/link flags, Go version, OS/arch
+# so a manifest edit rebuilds the Collector (~12 min on 2 cores) but never Jaeger (several more).
+# The directory printed is <collector hash>-<jaeger hash>/, holding hard links to both (one
+# directory is what callers and the device bundle expect; hard links survive the pruning of the
+# entries they came from). Every entry is built in a temp dir and renamed into place only after
+# its binary ran, so an interrupted build never leaves a half entry behind.
 #
 # Environment:
 #   ERNIE_OTEL_CACHE         cache root (default ~/.cache/ernie-otel)
 #   ERNIE_OTEL_BUILD_JOBS    go build -p (default: number of CPUs, at most 4; these builds
 #                            take up to ~1 GiB per compile job and small CI runners have little RAM)
-#   ERNIE_OTEL_FORCE_BUILD=1 rebuild even when the cache has an entry
+#   ERNIE_OTEL_FORCE_BUILD=1 rebuild both even when the cache has them
 set -euo pipefail
 
-BUILDER_VERSION="v0.165.0"
+BUILDER_VERSION="v0.161.0"
 JAEGER_MODULE="github.com/jaegertracing/jaeger"
 # v1.76.0 is the Go module version of Jaeger v2.13.0 (v2 is still published under the v1 module path).
 JAEGER_VERSION="v1.76.0"
@@ -35,25 +39,31 @@ die() { printf '[build] ERROR: %s\n' "$*" >&2; exit 1; }
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MANIFEST="$SCRIPT_DIR/manifest.yaml"
 [[ -f "$MANIFEST" ]] || die "manifest not found: $MANIFEST"
-command -v go >/dev/null 2>&1 || die "go is not on PATH (need Go >= 1.26 to build the Collector ${BUILDER_VERSION})"
+command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to build the Collector ${BUILDER_VERSION} and Jaeger)"
 
 GO_VERSION="$(go env GOVERSION)"
+PLATFORM="$(go env GOOS)/$(go env GOARCH)"
 CACHE_ROOT="${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}"
 mkdir -p "$CACHE_ROOT/bin" "$CACHE_ROOT/tools"
 CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd)"
 
 sha256() { if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -c1-64; else shasum -a 256 | cut -c1-64; fi; }
-HASH="$({
+# The recipe line changes when the way the Collector is compiled changes (here: ocb generates,
+# then `go mod tidy -e` + `go build`), so such an edit of this script also rebuilds.
+COLLECTOR_HASH="$({
   cat "$MANIFEST"
-  printf '\nbuilder=%s\njaeger=%s@%s ldflags=%s\ngo=%s\nos=%s/%s\n' \
-    "$BUILDER_VERSION" "$JAEGER_MODULE" "$JAEGER_VERSION" "$JAEGER_LDFLAGS" "$GO_VERSION" \
-    "$(go env GOOS)" "$(go env GOARCH)"
+  printf '\nbuilder=%s\nrecipe=generate+tidy-e+build\ngo=%s\nos=%s\n' "$BUILDER_VERSION" "$GO_VERSION" "$PLATFORM"
 } | sha256 | cut -c1-16)"
-DEST="$CACHE_ROOT/bin/$HASH"
+JAEGER_HASH="$(printf 'jaeger=%s@%s ldflags=%s\ngo=%s\nos=%s\n' \
+  "$JAEGER_MODULE" "$JAEGER_VERSION" "$JAEGER_LDFLAGS" "$GO_VERSION" "$PLATFORM" | sha256 | cut -c1-16)"
+COLLECTOR_DEST="$CACHE_ROOT/bin/collector-$COLLECTOR_HASH"
+JAEGER_DEST="$CACHE_ROOT/bin/jaeger-$JAEGER_HASH"
+DEST="$CACHE_ROOT/bin/$COLLECTOR_HASH-$JAEGER_HASH"
 
+FORCE="${ERNIE_OTEL_FORCE_BUILD:-0}"
 cache_hit() { [[ -x "$DEST/otelcol-ernie" && -x "$DEST/jaeger" ]]; }
 
-if [[ "${ERNIE_OTEL_FORCE_BUILD:-0}" != "1" ]] && cache_hit; then
+if [[ "$FORCE" != "1" ]] && cache_hit; then
   log "cache hit: $DEST"
   printf '%s\n' "$DEST"
   exit 0
@@ -67,7 +77,7 @@ if command -v flock >/dev/null 2>&1; then
     log "another build holds $CACHE_ROOT/bin/.lock; waiting for it"
     flock 9
   fi
-  if [[ "${ERNIE_OTEL_FORCE_BUILD:-0}" != "1" ]] && cache_hit; then
+  if [[ "$FORCE" != "1" ]] && cache_hit; then
     log "cache hit after waiting: $DEST"
     printf '%s\n' "$DEST"
     exit 0
@@ -88,7 +98,7 @@ export GOFLAGS="${GOFLAGS:-} -p=${JOBS}"
 # Static binaries: they run on any Linux box and need no C toolchain.
 export CGO_ENABLED=0
 
-TMP="$(mktemp -d "$CACHE_ROOT/bin/.tmp-$HASH-XXXXXX")"
+TMP="$(mktemp -d "$CACHE_ROOT/bin/.tmp-$COLLECTOR_HASH-XXXXXX")"
 HEARTBEAT_PID=""
 cleanup() {
   if [[ -n "$HEARTBEAT_PID" ]]; then kill "$HEARTBEAT_PID" 2>/dev/null || true; fi
@@ -121,67 +131,105 @@ heartbeat_stop() {
   HEARTBEAT_PID=""
 }
 
+# publish STAGE_DIR DEST_DIR: atomically replace DEST_DIR by the finished STAGE_DIR.
+publish() {
+  rm -rf "$2"  # only a forced rebuild or a broken entry (missing binary) reaches this with $2 there
+  mv "$1" "$2"
+}
+
 T0=$SECONDS
-log "cache miss: building into $DEST (go $GO_VERSION, -p=$JOBS; first build takes many minutes)"
-mkdir -p "$TMP/out"
+log "building what the cache lacks (go $GO_VERSION, -p=$JOBS; a cold build takes many minutes)"
 
 # --- Collector ------------------------------------------------------------------------------
-BUILDER_BIN_DIR="$CACHE_ROOT/tools/builder-$BUILDER_VERSION-$GO_VERSION"
-if [[ ! -x "$BUILDER_BIN_DIR/builder" ]]; then
-  log "installing ocb (go.opentelemetry.io/collector/cmd/builder@$BUILDER_VERSION)"
-  mkdir -p "$BUILDER_BIN_DIR"
-  GOBIN="$BUILDER_BIN_DIR" go install -trimpath -ldflags='-s -w' \
-    "go.opentelemetry.io/collector/cmd/builder@$BUILDER_VERSION" >&2
+if [[ "$FORCE" == "1" || ! -x "$COLLECTOR_DEST/otelcol-ernie" ]]; then
+  BUILDER_BIN_DIR="$CACHE_ROOT/tools/builder-$BUILDER_VERSION-$GO_VERSION"
+  if [[ ! -x "$BUILDER_BIN_DIR/builder" ]]; then
+    log "installing ocb (go.opentelemetry.io/collector/cmd/builder@$BUILDER_VERSION)"
+    mkdir -p "$BUILDER_BIN_DIR"
+    GOBIN="$BUILDER_BIN_DIR" go install -trimpath -ldflags='-s -w' \
+      "go.opentelemetry.io/collector/cmd/builder@$BUILDER_VERSION" >&2
+  fi
+  mkdir -p "$TMP/collector" "$TMP/collector-out"
+  cp "$MANIFEST" "$TMP/collector/manifest.yaml"
+  log "generating otelcol-ernie sources with ocb (downloads modules on a cold module cache)"
+  # ocb writes the sources and go.mod, then runs `go mod tidy`, which fails at this release: the
+  # k8s attributes processor's tests import a package (pkg/semconvtest) the module proxy does not
+  # serve. Tests are not part of the binary, so that one failure is tolerated; `go mod tidy -e`
+  # below resolves everything else, and `go build` fails loudly if anything real is missing.
+  heartbeat_start "resolving otelcol-ernie modules"
+  if ! ( cd "$TMP/collector" && "$BUILDER_BIN_DIR/builder" --config manifest.yaml --skip-compilation ) \
+      >"$TMP/collector-ocb.log" 2>&1; then
+    if [[ -f "$TMP/collector/_build/go.mod" ]] && grep -q "failed to update go.mod" "$TMP/collector-ocb.log"; then
+      log "ocb's own go mod tidy failed (expected: a test-only import that is not served); using go mod tidy -e"
+    else
+      tail -n 40 "$TMP/collector-ocb.log" >&2
+      die "ocb failed to generate otelcol-ernie (see above)"
+    fi
+  fi
+  if ! ( cd "$TMP/collector/_build" && go mod tidy -e ) >"$TMP/collector-tidy.log" 2>&1; then
+    tail -n 40 "$TMP/collector-tidy.log" >&2
+    die "go mod tidy -e failed for otelcol-ernie"
+  fi
+  heartbeat_stop
+  log "compiling otelcol-ernie"
+  heartbeat_start "building otelcol-ernie"
+  ( cd "$TMP/collector/_build" && go build -trimpath -ldflags='-s -w' \
+      -o "$TMP/collector-out/otelcol-ernie" . >&2 ) || die "go build of otelcol-ernie failed"
+  heartbeat_stop
+  "$TMP/collector-out/otelcol-ernie" --version >/dev/null 2>&1 || die "built otelcol-ernie does not run"
+  printf 'hash=%s\nbuilder=%s\ngo=%s\nbuilt=%s\n' "$COLLECTOR_HASH" "$BUILDER_VERSION" "$GO_VERSION" \
+    "$(date -u +%FT%TZ)" >"$TMP/collector-out/BUILD_INFO"
+  publish "$TMP/collector-out" "$COLLECTOR_DEST"
+  log "otelcol-ernie built after $(( SECONDS - T0 ))s"
 fi
-
-mkdir -p "$TMP/collector"
-cp "$MANIFEST" "$TMP/collector/manifest.yaml"
-log "generating and compiling otelcol-ernie with ocb (downloads modules on a cold module cache)"
-heartbeat_start "building otelcol-ernie"
-# ocb already compiles with -trimpath -ldflags='-s -w' unless debug_compilation is set.
-( cd "$TMP/collector" && "$BUILDER_BIN_DIR/builder" --config manifest.yaml >&2 ) \
-  || die "ocb failed (see messages above)"
-heartbeat_stop
-mv "$TMP/collector/_build/otelcol-ernie" "$TMP/out/otelcol-ernie"
-log "otelcol-ernie built after $(( SECONDS - T0 ))s"
 
 # --- Jaeger v2 ------------------------------------------------------------------------------
 # `go install module@version` refuses cmd/jaeger because Jaeger's go.mod has replace directives;
 # a throwaway module that depends on it as a tool builds it with the versions Jaeger pins.
-T1=$SECONDS
-mkdir -p "$TMP/jaeger"
-log "resolving $JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION in a throwaway module"
-# `go get` lists every one of Jaeger's ~300 dependencies; keep that in a log unless it fails.
-if ! (
-  cd "$TMP/jaeger"
-  go mod init ernie-otel.invalid/jaeger-build
-  go get -tool "$JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION"
-) >"$TMP/jaeger-get.log" 2>&1; then
-  tail -n 40 "$TMP/jaeger-get.log" >&2
-  die "go get $JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION failed"
+if [[ "$FORCE" == "1" || ! -x "$JAEGER_DEST/jaeger" ]]; then
+  T1=$SECONDS
+  mkdir -p "$TMP/jaeger" "$TMP/jaeger-out"
+  log "resolving $JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION in a throwaway module"
+  # `go get` lists every one of Jaeger's ~300 dependencies; keep that in a log unless it fails.
+  if ! (
+    cd "$TMP/jaeger"
+    go mod init ernie-otel.invalid/jaeger-build
+    go get -tool "$JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION"
+  ) >"$TMP/jaeger-get.log" 2>&1; then
+    tail -n 40 "$TMP/jaeger-get.log" >&2
+    die "go get $JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION failed"
+  fi
+  log "compiling jaeger"
+  heartbeat_start "building jaeger"
+  ( cd "$TMP/jaeger" && go build -trimpath -ldflags="$JAEGER_LDFLAGS" -o "$TMP/jaeger-out/jaeger" "$JAEGER_MODULE/cmd/jaeger" >&2 ) \
+    || die "go build of jaeger failed"
+  heartbeat_stop
+  [[ "$("$TMP/jaeger-out/jaeger" version 2>/dev/null)" == *"$JAEGER_RELEASE"* ]] || die "built jaeger does not run"
+  printf 'hash=%s\njaeger=%s@%s (%s)\ngo=%s\nbuilt=%s\n' "$JAEGER_HASH" "$JAEGER_MODULE" "$JAEGER_VERSION" \
+    "$JAEGER_RELEASE" "$GO_VERSION" "$(date -u +%FT%TZ)" >"$TMP/jaeger-out/BUILD_INFO"
+  publish "$TMP/jaeger-out" "$JAEGER_DEST"
+  log "jaeger built after $(( SECONDS - T1 ))s"
 fi
-log "compiling jaeger"
-heartbeat_start "building jaeger"
-( cd "$TMP/jaeger" && go build -trimpath -ldflags="$JAEGER_LDFLAGS" -o "$TMP/out/jaeger" "$JAEGER_MODULE/cmd/jaeger" >&2 ) \
-  || die "go build of jaeger failed"
-heartbeat_stop
-log "jaeger built after $(( SECONDS - T1 ))s"
 
-# --- check, then publish atomically ---------------------------------------------------------
-"$TMP/out/otelcol-ernie" --version >/dev/null 2>&1 || die "built otelcol-ernie does not run"
-[[ "$("$TMP/out/jaeger" version 2>/dev/null)" == *"$JAEGER_RELEASE"* ]] || die "built jaeger does not run"
-printf 'hash=%s\nbuilder=%s\njaeger=%s@%s (%s)\ngo=%s\nbuilt=%s\n' \
-  "$HASH" "$BUILDER_VERSION" "$JAEGER_MODULE" "$JAEGER_VERSION" "$JAEGER_RELEASE" "$GO_VERSION" \
-  "$(date -u +%FT%TZ)" \
-  > "$TMP/out/BUILD_INFO"
+# --- the pair callers use -------------------------------------------------------------------
+mkdir -p "$TMP/pair"
+ln "$COLLECTOR_DEST/otelcol-ernie" "$TMP/pair/otelcol-ernie" 2>/dev/null \
+  || cp "$COLLECTOR_DEST/otelcol-ernie" "$TMP/pair/otelcol-ernie"
+ln "$JAEGER_DEST/jaeger" "$TMP/pair/jaeger" 2>/dev/null || cp "$JAEGER_DEST/jaeger" "$TMP/pair/jaeger"
+cat "$COLLECTOR_DEST/BUILD_INFO" "$JAEGER_DEST/BUILD_INFO" >"$TMP/pair/BUILD_INFO"
+publish "$TMP/pair" "$DEST"
 
-rm -rf "$DEST"  # only reached with ERNIE_OTEL_FORCE_BUILD=1 or a broken entry (missing binary)
-mv "$TMP/out" "$DEST"
-# Each entry is ~200 MB; keep the three most recent (older manifests rarely come back, and a
-# rebuild is only a cache miss). Running binaries are unaffected by unlinking on Linux.
-ls -1dt "$CACHE_ROOT"/bin/*/ 2>/dev/null | tail -n +4 | while IFS= read -r old_entry; do
-  log "pruning old cache entry $old_entry"
-  rm -rf "$old_entry"
-done
+# Each binary is ~100-200 MB; keep the three most recent entries of each kind (older manifests
+# rarely come back, and a rebuild is only a cache miss). Pairs are hard links and cost nothing
+# extra unless their sources were pruned. Running binaries are unaffected by unlinking on Linux.
+prune() {
+  ls -1dt "$@" 2>/dev/null | tail -n +4 | while IFS= read -r old_entry; do
+    log "pruning old cache entry $old_entry"
+    rm -rf "$old_entry"
+  done
+}
+prune "$CACHE_ROOT"/bin/collector-*/
+prune "$CACHE_ROOT"/bin/jaeger-*/
+prune "$CACHE_ROOT"/bin/[0-9a-f]*-[0-9a-f]*/
 log "done in $(( SECONDS - T0 ))s: $(du -h "$DEST/otelcol-ernie" | cut -f1) otelcol-ernie, $(du -h "$DEST/jaeger" | cut -f1) jaeger"
 printf '%s\n' "$DEST"

@@ -9,7 +9,7 @@ through ``loop.call_soon_threadsafe``: one call per event loop per step, carryin
 event (each call wakes the loop through its self-pipe: a system call and a thread switch, which
 per sequence per step cost more than the rest of the hand-over on a busy machine).
 
-No OpenTelemetry here (habit 3): timings land in ``RequestStats`` / ``EngineStats``.
+No OpenTelemetry here (stats are separate from export): timings land in ``RequestStats`` / ``EngineStats``.
 """
 
 from __future__ import annotations

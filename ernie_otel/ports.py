@@ -83,9 +83,17 @@ FLEET_PORTS: dict[str, int] = {
     "thanos_receive_http": 10912,
     "thanos_receive_remote_write": 19291,
     "thanos_receive_capnproto": 19391,
+    # The routing-only receiver in front of them (no TSDB): the one remote-write URL the
+    # Prometheus shards use, so that a dead ingesting receiver costs no failed writes.
+    "thanos_router_remote_write": 19281,
+    "thanos_router_grpc": 10981,
+    "thanos_router_http": 10982,
+    "thanos_router_capnproto": 19381,
     "thanos_store_grpc": 10941,
     "thanos_store_http": 10942,
     "thanos_compact_http": 10952,
+    # The second compactor (the ruler's tier="1m" blocks); not 10952 + 10, which is the ruler's.
+    "thanos_compact_1m_http": 10972,
     "thanos_rule_grpc": 10961,
     "thanos_rule_http": 10962,
     # Trace store of the fleet profile: OpenSearch node k HTTP / transport (node 0 on the

@@ -55,6 +55,12 @@ def invalid(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, ErrorType.INVALID_REQUEST, param=param)
 
 
+# Per-request figures in the response body and the final stream chunk (opt-in: --response-metrics
+# plus this request field), under the field names of vLLM's per-request metrics.
+RETURN_METRICS_FIELD = "return_metrics"
+RESPONSE_METRICS_FIELD = "metrics"
+
+
 @dataclass
 class GenerationRequest:
     """A validated chat or completion request."""
@@ -68,6 +74,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    return_metrics: bool = False  # per-request figures in the response (with --response-metrics)
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -223,6 +230,10 @@ def _common(data: dict[str, Any], req: GenerationRequest, max_tokens_keys: tuple
     if not isinstance(ignore_eos, bool):
         raise invalid("'ignore_eos' must be a boolean.", "ignore_eos")
     req.ignore_eos = ignore_eos
+    return_metrics = data.get(RETURN_METRICS_FIELD, False)
+    if not isinstance(return_metrics, bool):
+        raise invalid(f"'{RETURN_METRICS_FIELD}' must be a boolean.", RETURN_METRICS_FIELD)
+    req.return_metrics = return_metrics
 
 
 def _content_text(content: Any, param: str) -> str:

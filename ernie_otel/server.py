@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .auth import KeyRing
-from .backends import Backend, Call, Outcome, error_response, make_backend, record_outcome
+from .auth import DEFAULT_KEY_NAME, KeyRing
+from .backends import Backend, Call, Outcome, error_response, make_backend, record_outcome, timing_headers
 from .kinds import ErrorType, Operation, Status
 from .protocol import (
     CHAT_REQUEST_SCHEMA,
@@ -110,6 +110,10 @@ class ErnieServer:
         try:
             self._check_serving()
             self._check_auth(request)
+            # After auth: a named API key decides the tenant; an unnamed one ("default") leaves it
+            # to the tenant header, as with a single --api-key.
+            key_name = request.state.api_key_name
+            self.recorder.attribute(rt, request.headers, None if key_name == DEFAULT_KEY_NAME else key_name)
             if not self.backend.ready:
                 raise APIError(503, "The model is still loading; retry shortly." if self.backend.load_error is None
                                else "The model failed to load.", ErrorType.NOT_READY,
@@ -118,10 +122,11 @@ class ErnieServer:
             data = parse_json(await self._read_body(request))
             req = parse_chat(data) if operation is Operation.CHAT else parse_completion(data)
             self._check_model(req.model)
-            return await self.backend.generate(Call(operation, req, data, response_id, request, rt, self.recorder))
+            return await self.backend.generate(Call(operation, req, data, response_id, request, rt, self.recorder,
+                                                    self.config.response_metrics and req.return_metrics))
         except APIError as err:
             record_outcome(self.recorder, rt, Outcome.ERROR, err)
-            return error_response(err, self.recorder.trace_headers(rt))
+            return error_response(err, {**self.recorder.trace_headers(rt), **timing_headers(rt)})
 
     # -------------------------------------------------------------------- app
     def create_app(self, telemetry: Any = None) -> FastAPI:

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 # Bump when the recipe changes, so cached copies are rebuilt.
 RECIPE_VERSION = "1"
@@ -74,13 +75,13 @@ def build_tiny_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: 
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
-    hf_tok = PreTrainedTokenizerFast(
+    hf_tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers leaves it untyped
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>",
         additional_special_tokens=["<|begin_of_sentence|>", "<|end_of_sentence|>"],
     )
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.model_max_length = 4096
-    dims = dict(SIZES[size])
+    dims: dict[str, Any] = dict(SIZES[size])
     vocab = dims.pop("vocab_size") or len(hf_tok)
     if vocab > len(hf_tok):
         # The real configuration's embedding is far larger than this tokenizer: give every id a
@@ -95,7 +96,7 @@ def build_tiny_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: 
     )
     torch.manual_seed(seed)
     model = Ernie4_5ForCausalLM(config)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
     )
     model.save_pretrained(out)

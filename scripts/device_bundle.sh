@@ -40,7 +40,8 @@ done
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${specs[@]}"
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
-bin=$(ls -td "${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}"/bin/*/ | head -1)
+# The cache holds one entry per binary plus the pair build.sh prints; ask it (a cache hit is instant).
+bin=$(bash collector/build.sh | tail -1)
 rm -rf .devbin && mkdir -p .devbin
 for b in otelcol-ernie jaeger; do
     xz -T0 -6 -c "$bin/$b" >".devbin/$b.xz"

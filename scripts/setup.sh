@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs, idempotent and fast when already done:
-# Debian packages (Prometheus, Alertmanager, promtool, amtool, Chromium and its WebDriver for the
-# browser tests), the Python venv with the package, the Collector + Jaeger binaries (built from Go
-# modules, cached outside the repo) and the Jaeger UI's built assets (unpacked from an archive given
-# in ERNIE_OTEL_JAEGER_UI into the same cache).
+# Debian packages (Prometheus, Alertmanager, promtool, amtool, openssl, Chromium and its WebDriver for
+# the browser tests), the Python venv with the package, the Go binaries (Collector, Jaeger, Thanos,
+# Kubernetes tools; built from Go modules, cached outside the repo) and the Jaeger UI's built assets
+# (unpacked from an archive given in ERNIE_OTEL_JAEGER_UI into the same cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,8 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 # The browser tests (tests/test_ui_browser.py) drive Debian's Chromium through its chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The fleet TLS test makes a throwaway CA and certificate with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if ((${#need[@]})); then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -83,4 +85,8 @@ else
   [ -z "$ui_src" ] || log "ERNIE_OTEL_JAEGER_UI=$ui_src holds no $JAEGER_UI_ARCHIVE or assets.tar.gz"
   PYTHONPATH=. .venv/bin/python -c 'from ernie_otel.jaeger_ui import HOW_TO_GET; print("[setup] " + HOW_TO_GET)' >&2
 fi
+
+log "building/reusing the Thanos binary (fleet metrics store)"; bash deploy/thanos/build.sh >/dev/null
+log "building/reusing the Kubernetes tools (helm, controller-gen, CRDs, docker-compose)"
+bash scripts/build-k8s-tools.sh >/dev/null  # helm, controller-gen, CRDs, docker-compose for tests/test_k8s.py
 log "done"

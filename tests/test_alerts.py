@@ -1,4 +1,4 @@
-"""alerts/ tested like code (habit 9): the real promtool and amtool, plus the contracts between
+"""alerts/ tested like code: the real promtool and amtool, plus the contracts between
 the rules, the metric catalogue (ernie_otel.names), the runbooks and Alertmanager's routing.
 
 A missing promtool or amtool fails these tests; it never skips them (Debian packages
@@ -36,7 +36,8 @@ REPEAT_OF_SEVERITY = {"critical": "1h", "warning": "4h", "info": "12h"}
 EXPECTED_ALERTS = {
     "HighInferenceLatency", "HighErrorRate", "HighGPUMemoryUsage", "ErnieServeDown",
     "ErnieMetricsAbsent", "HighTimeToFirstToken", "QueueSaturated", "RequestsRejected",
-    "TelemetryExportFailures", "TelemetryReceiverRefused", "NoTraffic",
+    "TelemetryExportFailures", "TelemetryReceiverRefused", "NoTraffic", "SLOErrorBudgetFastBurn",
+    "SLOErrorBudgetSlowBurn",
 }
 # Labels the rules may use besides the catalogue's: target labels, histogram buckets, the
 # Collector's own component labels, the opt-in marker and the recording rules' static labels.

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import free_port
+from helpers import free_port
 from serve_helpers import run_server
 
 ROOT = Path(__file__).resolve().parent.parent

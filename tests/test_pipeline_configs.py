@@ -1,9 +1,11 @@
 """The deployment configs, checked by the real tools that will load them.
 
-collector/otelcol.yaml and collector/jaeger.yaml are validated by the binaries collector/build.sh
-produces, deploy/prometheus.yml by promtool, and both servers are started on free ports (through
-the documented env overrides) to show the configs do what they claim: health, scrape endpoints,
-metric naming, span metrics with exemplars, spans forwarded to Jaeger.
+collector/otelcol.yaml, the fleet tiers and overlays in collector/fleet/ and collector/jaeger.yaml
+are validated by the binaries collector/build.sh produces, deploy/prometheus.yml by promtool, and
+both servers are started on free ports (through the documented env overrides) to show the configs
+do what they claim: health, scrape endpoints, metric naming, span metrics with exemplars, spans
+forwarded to Jaeger, traces kept by Jaeger across a restart. The fleet's end-to-end behaviour
+(routing, sampling, persistent queues) is tests/test_fleet_traces.py.
 """
 
 from __future__ import annotations
@@ -18,22 +20,39 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import (
     REPO_ROOT,
     RunningProcess,
     collector_env,
-    free_port,
+    free_ports,
     http_get,
     http_post_json,
     run_process,
     wait_http,
 )
 
+from ernie_otel.stack import components
+
 # Every test here runs a real binary (otelcol-ernie, jaeger, promtool).
 pytestmark = pytest.mark.integration
 
 OTELCOL_CONFIG = REPO_ROOT / "collector" / "otelcol.yaml"
 JAEGER_CONFIG = REPO_ROOT / "collector" / "jaeger.yaml"
+FLEET_DIR = REPO_ROOT / "collector" / "fleet"
+ENGINE_METRICS_CONFIG = REPO_ROOT / "collector" / "engine-metrics.yaml"
+
+# Every Collector command line the repo documents: (what, the --config files in order).
+COLLECTOR_CONFIG_SETS: dict[str, tuple[Path, ...]] = {
+    "single-server": (OTELCOL_CONFIG,),
+    "single-server+engine-metrics": (OTELCOL_CONFIG, ENGINE_METRICS_CONFIG),
+    "fleet-agent": (OTELCOL_CONFIG, FLEET_DIR / "agent.yaml"),
+    "fleet-agent-secure": (OTELCOL_CONFIG, FLEET_DIR / "agent.yaml", FLEET_DIR / "secure-agent.yaml"),
+    "fleet-lb": (FLEET_DIR / "lb.yaml",),
+    "fleet-lb-secure": (FLEET_DIR / "lb.yaml", FLEET_DIR / "secure-lb.yaml"),
+    "fleet-sampler": (FLEET_DIR / "sampler.yaml",),
+    "fleet-sampler-secure": (FLEET_DIR / "sampler.yaml", FLEET_DIR / "secure-sampler.yaml"),
+}
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
 ALERTS_DIR = REPO_ROOT / "alerts"
 
@@ -60,16 +79,9 @@ def _run(args: list[str | Path], timeout: float = 60) -> subprocess.CompletedPro
 
 
 
-def _jaeger_env() -> dict[str, str]:
-    return {
-        "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "JAEGER_METRICS_HOST": "127.0.0.1",
-        "JAEGER_METRICS_PORT": str(free_port()),
-    }
+def _jaeger_env(data_dir: Path) -> dict[str, str]:
+    """Free ports, and a badger store of the test's own (never the stack's ./.stack/jaeger)."""
+    return components.jaeger_env(free_ports(), data_dir / "jaeger-data")
 
 
 def _otlp_metrics_payload() -> bytes:
@@ -200,9 +212,57 @@ def collector(pipeline_bin: Path, tmp_path: Path) -> Iterator[tuple[RunningProce
 # --- static validation -----------------------------------------------------------------------
 
 
+def _config_args(files: tuple[Path, ...]) -> list[str | Path]:
+    args: list[str | Path] = []
+    for path in files:
+        args += ["--config", path]
+    return args
+
+
 def test_collector_config_validates(pipeline_bin: Path) -> None:
     result = _run([pipeline_bin / "otelcol-ernie", "validate", "--config", OTELCOL_CONFIG])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_fleet_file_is_in_a_validated_set() -> None:
+    """A new tier or overlay in collector/fleet/ cannot escape the validation below."""
+    listed = {path for files in COLLECTOR_CONFIG_SETS.values() for path in files}
+    on_disk = set(FLEET_DIR.glob("*.yaml"))
+    assert on_disk, f"no configs in {FLEET_DIR}"
+    assert on_disk <= listed, f"not validated: {sorted(str(p) for p in on_disk - listed)}"
+
+
+@pytest.mark.parametrize("name", sorted(COLLECTOR_CONFIG_SETS))
+def test_collector_config_sets_validate(pipeline_bin: Path, name: str) -> None:
+    result = _run([pipeline_bin / "otelcol-ernie", "validate", *_config_args(COLLECTOR_CONFIG_SETS[name])])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_fleet_overlay_changes_only_where_traces_go(pipeline_bin: Path) -> None:
+    """The agent is the single-server Collector with traces sent to the lb tier: span metrics are
+    still computed from every span there (before any sampling), metrics and logs are untouched."""
+    result = _run([
+        pipeline_bin / "otelcol-ernie", "print-config", "--mode", "unredacted",
+        *_config_args(COLLECTOR_CONFIG_SETS["fleet-agent"]),
+    ])
+    if result.returncode != 0 and "unknown command" in result.stderr:
+        pytest.fail(f"this otelcol-ernie has no print-config; update the test:\n{result.stderr}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    merged = yaml.safe_load(result.stdout)
+    single = yaml.safe_load(OTELCOL_CONFIG.read_text())
+    pipelines = merged["service"]["pipelines"]
+    # otelcol.yaml's traces exporters with the lb tier for Jaeger: every span-metrics connector stays.
+    single_exporters = single["service"]["pipelines"]["traces"]["exporters"]
+    assert pipelines["traces"]["exporters"] == [
+        "otlp_grpc/lb" if e == "otlp_grpc/jaeger" else e for e in single_exporters]
+    assert "span_metrics" in single_exporters
+    assert pipelines["traces"]["processors"] == single["service"]["pipelines"]["traces"]["processors"]
+    assert pipelines["metrics"] == single["service"]["pipelines"]["metrics"]
+    assert pipelines["logs"] == single["service"]["pipelines"]["logs"]
+    # print-config fills in defaults, so compare what otelcol.yaml sets, not the whole section.
+    dims = merged["connectors"]["span_metrics"]["dimensions"]
+    assert [d["name"] for d in dims] == [d["name"] for d in single["connectors"]["span_metrics"]["dimensions"]]
+    assert merged["exporters"]["otlp_grpc/lb"]["sending_queue"]["storage"] == "file_storage/queue"
 
 
 def test_collector_has_manifest_components(pipeline_bin: Path) -> None:
@@ -220,6 +280,16 @@ def test_collector_has_manifest_components(pipeline_bin: Path) -> None:
         "debug",
         "span_metrics",
         "health_check",
+        # Fleet profile (collector/fleet/): every one of these must also ship in otelcol-contrib.
+        "load_balancing",
+        "tail_sampling",
+        "k8s_attributes",
+        "attributes",
+        "filter",
+        "transform",
+        "file_storage",
+        "bearertokenauth",
+        "prometheus_remote_write",
     }
     assert expected <= names, f"missing {sorted(expected - names)} in:\n{result.stdout}"
 
@@ -316,7 +386,7 @@ def test_collector_span_metrics_with_exemplars(
 
 
 def test_jaeger_starts_on_overridden_ports(pipeline_bin: Path, tmp_path: Path) -> None:
-    env = _jaeger_env()
+    env = _jaeger_env(tmp_path)
     with run_process([pipeline_bin / "jaeger", "--config", JAEGER_CONFIG], tmp_path / "jaeger.log", env=env) as proc:
         try:
             body = wait_http(f"http://{env['JAEGER_QUERY_HTTP_ENDPOINT']}/api/services", timeout=30, proc=proc.proc)
@@ -329,7 +399,7 @@ def test_jaeger_starts_on_overridden_ports(pipeline_bin: Path, tmp_path: Path) -
 
 
 def test_collector_forwards_spans_to_jaeger(pipeline_bin: Path, tmp_path: Path) -> None:
-    jaeger_env = _jaeger_env()
+    jaeger_env = _jaeger_env(tmp_path)
     otel_env = collector_env()
     otel_env["OTELCOL_JAEGER_ENDPOINT"] = jaeger_env["JAEGER_OTLP_GRPC_ENDPOINT"]
     query = f"http://{jaeger_env['JAEGER_QUERY_HTTP_ENDPOINT']}"
@@ -370,3 +440,66 @@ def test_collector_forwards_spans_to_jaeger(pipeline_bin: Path, tmp_path: Path) 
         assert PROBE_SERVICE in services
         # enable_tracing: false — Jaeger must not trace its own query API.
         assert "jaeger" not in services, services
+
+
+def _post_trace_to_jaeger(env: dict[str, str], trace_id: str) -> None:
+    code, body = http_post_json(f"http://{env['JAEGER_OTLP_HTTP_ENDPOINT']}/v1/traces", _otlp_trace_payload(trace_id))
+    assert code == 200, f"{code} {body}"
+
+
+def _wait_trace(query: str, trace_id: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, body = http_get(f"{query}/api/traces/{trace_id}")
+        if code == 200 and PROBE_SERVICE in body:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_jaeger_keeps_traces_across_restart(pipeline_bin: Path, tmp_path: Path) -> None:
+    """Badger on disk by default: a trace written before a restart is still there after it (so an
+    exemplar Prometheus kept through the restart still opens its trace)."""
+    env = _jaeger_env(tmp_path)
+    query = f"http://{env['JAEGER_QUERY_HTTP_ENDPOINT']}"
+    trace_id = "6bf92f3577b34da6a3ce929d0e0e4738"
+    for run in ("before", "after"):
+        with run_process(
+            [pipeline_bin / "jaeger", "--config", JAEGER_CONFIG], tmp_path / f"jaeger-{run}.log", env=env
+        ) as proc:
+            try:
+                wait_http(f"{query}/api/services", timeout=30, proc=proc.proc)
+            except AssertionError as err:
+                raise AssertionError(f"{err}\n{proc.log_tail()}") from None
+            if run == "before":
+                _post_trace_to_jaeger(env, trace_id)
+                assert _wait_trace(query, trace_id, 30), proc.log_tail()
+            else:
+                # Read at once: nothing was re-sent, the trace must come from the store on disk.
+                code, body = http_get(f"{query}/api/traces/{trace_id}")
+                assert code == 200 and PROBE_SERVICE in body, f"{code} {body[:300]}\n{proc.log_tail()}"
+            _assert_running(proc)
+    assert (tmp_path / "jaeger-data" / "keys").is_dir(), "JAEGER_BADGER_DIR was not used"
+
+
+def _env_default(config: Path, var: str) -> str:
+    """The default of ${env:VAR:-default} in a config (every use must agree)."""
+    defaults = set(re.findall(r"\$\{env:" + re.escape(var) + r":-([^}]*)\}", config.read_text()))
+    assert len(defaults) == 1, f"{config.name}: {var} defaults {defaults}"
+    return defaults.pop()
+
+
+def test_fleet_config_defaults_are_the_port_table() -> None:
+    """The configs cannot import ernie_otel/ports.py; this keeps their defaults equal to it."""
+    from ernie_otel.ports import HOST, fleet_port
+
+    lb, sampler, agent = FLEET_DIR / "lb.yaml", FLEET_DIR / "sampler.yaml", FLEET_DIR / "agent.yaml"
+    assert _env_default(lb, "OTELCOL_OTLP_GRPC_ENDPOINT") == f"{HOST}:{fleet_port('lb_otlp_grpc')}"
+    assert _env_default(lb, "OTELCOL_HEALTH_ENDPOINT") == f"{HOST}:{fleet_port('lb_health')}"
+    assert _env_default(lb, "OTELCOL_TELEMETRY_PORT") == str(fleet_port("lb_telemetry"))
+    assert _env_default(agent, "OTELCOL_LB_ENDPOINT") == f"{HOST}:{fleet_port('lb_otlp_grpc')}"
+    assert _env_default(sampler, "OTELCOL_OTLP_GRPC_ENDPOINT") == f"{HOST}:{fleet_port('sampler_otlp_grpc')}"
+    assert _env_default(sampler, "OTELCOL_HEALTH_ENDPOINT") == f"{HOST}:{fleet_port('sampler_health')}"
+    assert _env_default(sampler, "OTELCOL_TELEMETRY_PORT") == str(fleet_port("sampler_telemetry"))
+    samplers = yaml.safe_load(_env_default(lb, "OTELCOL_SAMPLER_ENDPOINTS"))
+    assert samplers == [f"{HOST}:{fleet_port('sampler_otlp_grpc', k)}" for k in range(2)]

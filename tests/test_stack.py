@@ -81,12 +81,13 @@ def test_unknown_port_key_is_refused(tmp_path: Path) -> None:
         Stack(tmp_path, components=[static_server(0)], ports={"static_7": 1})
 
 
-def test_collector_and_jaeger_env_come_from_the_port_map() -> None:
+def test_collector_and_jaeger_env_come_from_the_port_map(tmp_path: Path) -> None:
     ports = free_ports()
-    otel, jaeger = collector_env(ports), jaeger_env(ports)
+    otel, jaeger = collector_env(ports), jaeger_env(ports, tmp_path / "jaeger")
     # The Collector exports spans to exactly where Jaeger listens for them.
     assert otel["OTELCOL_JAEGER_ENDPOINT"] == jaeger["JAEGER_OTLP_GRPC_ENDPOINT"]
     listened = {value.rsplit(":", 1)[-1] for value in (*otel.values(), *jaeger.values())}
+    assert jaeger["JAEGER_BADGER_DIR"] == str(tmp_path / "jaeger")
     owned = {str(ports[key]) for comp in COMPONENTS if comp.name in ("collector", "jaeger") for key in comp.ports}
     assert owned <= listened, owned - listened
 

@@ -198,9 +198,12 @@ class UpstreamBackend:
                 release()
             raise _upstream_error(resp.status_code, content)
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_HEADERS
-                   and not k.lower().startswith(("x-trace-id", "traceresponse"))}
+                   and not k.lower().startswith(("x-trace-id", "traceresponse", "server-timing"))}
         headers.update(call.trace_headers())
+        # The upstream's Server-Timing entries pass through, ours follow (prefixed gateway-).
+        upstream_timing = ", ".join(resp.headers.get_list("server-timing"))
         if req.stream:
+            headers.update(call.timing_headers(upstream_timing))
             return StreamingResponse(self._relay(call, resp, release), status_code=200, headers=headers,
                                      media_type="text/event-stream")
         try:
@@ -225,6 +228,7 @@ class UpstreamBackend:
         st.finish_reason = choice.get("finish_reason")
         text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
         call.record(Outcome.OK, response_id=payload.get("id"), output_text=text)
+        headers.update(call.timing_headers(upstream_timing))
         return Response(content, status_code=200, headers=headers, media_type="application/json")
 
     async def _relay(self, call: Call, resp: httpx.Response, release: Callable[[], None]) -> AsyncIterator[bytes]:

@@ -21,6 +21,8 @@ Modules, one concern each:
 - records.py: stack.json and the /proc checks behind ``status`` and ``down``;
 - components.py: the component table (one entry per process: ports, command, environment, health
   URL, start order, health timeout) and the one builder of the Collector's and Jaeger's environment;
+- fleet.py: the fleet profile (``up --replicas N`` / ``--fleet``): replicas 1..N-1, the Collector
+  tiers, two Prometheus shards and Thanos; the one copy of their launch arguments;
 - render.py: the Prometheus and Alertmanager configs, rendered from the repository's with the stack's ports;
 - core.py: :class:`Stack`, which runs the table; cli.py: the command line.
 """

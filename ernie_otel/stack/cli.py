@@ -1,6 +1,7 @@
 """``ernie-otel stack``: the whole pipeline as local processes, on the default ports of ernie_otel/ports.py.
 
-    ernie-otel stack up [--load] [--foreground | --supervise] [--model tiny|DIR] [--state-dir DIR]
+    ernie-otel stack up [--load] [--foreground | --supervise] [--model tiny|DIR] [--state-dir DIR] [--replicas N]
+        [--fleet]
     ernie-otel stack restart NAME [--state-dir DIR]
     ernie-otel stack status [--state-dir DIR]
     ernie-otel stack down [--state-dir DIR]
@@ -17,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..ports import FLEET_PORTS, HOST, MAX_REPLICAS, REPLICA_BASE_PORT, REPLICA_STRIDE
 from . import bad_requests
 from .core import STACK_DIR_ENV, Stack
 from .procs import log_tail
@@ -32,7 +34,7 @@ def _print_status(stack: Stack) -> int:
     for name, st in status.items():
         state = "running" if st["alive"] else "NOT RUNNING"
         health = {True: "healthy", False: f"UNHEALTHY {st['detail']}", None: ""}[st["healthy"]]
-        print(f"  {stack.title(name):<14} pid {st['pid']:<8} {state:<12} {health}")
+        print(f"  {stack.title(name):<24} pid {st['pid']:<8} {state:<12} {health}")
     ok = all(st["alive"] and st["healthy"] for st in status.values())
     if ok:
         for key, url in stack.urls.items():
@@ -62,6 +64,14 @@ def _foreground(stack: Stack, supervise: bool = False) -> int:
     return 0
 
 
+def _replicas(text: str) -> int:
+    # argparse turns the ValueError into one usage line and exit 2: a bad --replicas never starts anything.
+    value = int(text)
+    if not 1 <= value <= MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_REPLICAS}, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ernie-otel stack", description=(__doc__ or "").split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="stay attached and restart a component that exits (with back-off); implies --foreground")
     up.add_argument("--model", default="tiny", help="'tiny' (built-in random-weight ERNIE-4.5) or a model dir")
     up.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    up.add_argument("--replicas", type=_replicas, default=1, metavar="N",
+                    help=f"ernie-serve replicas (1..{MAX_REPLICAS}; replica i on API port "
+                         f"{REPLICA_BASE_PORT}+{REPLICA_STRIDE}*i); N > 1 implies --fleet")
+    up.add_argument("--fleet", action="store_true",
+                    help="the fleet metrics profile: 2 Prometheus shards + Thanos (query on "
+                         f"{HOST}:{FLEET_PORTS['thanos_query_http']}), even with one replica")
     for name, text in (("status", "what runs, and whether it is healthy"), ("down", "stop what `up` started")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--state-dir", type=Path, default=None, help=state_help)
@@ -104,8 +120,8 @@ def main(argv: list[str]) -> int:
                 raise StackError(f"no stack recorded in {stack.state_dir}: `ernie-otel stack up` first")
             stack.restart(args.name)
             return 0
-        stack = Stack(args.state_dir, model=args.model, load=args.load)
-        if stack.running():  # heal a partly running stack on the ports and with the model it has
+        stack = Stack(args.state_dir, model=args.model, load=args.load, replicas=args.replicas, fleet=args.fleet)
+        if stack.running():  # heal a partly running stack on the ports, model and profile it has
             recorded = Stack.from_state(args.state_dir, load=args.load)
             if recorded.model != stack.model:
                 raise StackError(f"the stack in {stack.state_dir} runs model {recorded.model!r}, not "

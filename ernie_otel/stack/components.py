@@ -34,6 +34,7 @@ from typing import Protocol
 
 from .. import consoles, jaeger_ui
 from ..ports import DEFAULT_PORTS, HOST, PORT_PURPOSE
+from ..slo import SLO_ENV
 from . import render
 from .procs import REPO_ROOT
 from .records import StackError
@@ -133,9 +134,11 @@ def collector_env(ports: Mapping[str, int]) -> dict[str, str]:
     }
 
 
-def jaeger_env(ports: Mapping[str, int]) -> dict[str, str]:
-    """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys."""
+def jaeger_env(ports: Mapping[str, int], data_dir: Path) -> dict[str, str]:
+    """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys, and
+    its badger store in ``data_dir`` (one per Jaeger: badger locks its directory)."""
     env = {
+        "JAEGER_BADGER_DIR": str(data_dir),
         "JAEGER_OTLP_GRPC_ENDPOINT": _addr(ports, "jaeger_otlp_grpc"),
         "JAEGER_OTLP_HTTP_ENDPOINT": _addr(ports, "jaeger_otlp_http"),
         "JAEGER_QUERY_HTTP_ENDPOINT": _addr(ports, "jaeger_query"),
@@ -249,10 +252,15 @@ def _prometheus(ctx: StackContext) -> list[str]:
                               ctx.addr("prometheus"))
 
 
-def _ernie_serve(ctx: StackContext) -> list[str]:
+def ernie_serve_command(ctx: StackContext, api_key: str = "serve", metrics_key: str = "serve_metrics") -> list[str]:
+    """ernie-serve under opentelemetry-instrument on the ports of these keys (the fleet's replica
+    i has its own keys; replica 0 is this table's ernie_serve)."""
     return [venv_script("opentelemetry-instrument"), venv_script("ernie-serve"), "--model", ctx.model,
-            "--host", HOST, "--port", str(ctx.ports["serve"]), "--metrics-port", str(ctx.ports["serve_metrics"]),
+            "--host", HOST, "--port", str(ctx.ports[api_key]), "--metrics-port", str(ctx.ports[metrics_key]),
             "--shutdown-grace", str(SERVE_SHUTDOWN_GRACE_S)]
+
+
+STACK_SLO_TARGETS = '{"ttft_ms": 2000, "tpot_ms": 500, "e2e_ms": 30000}'
 
 
 def _ernie_serve_env(ctx: StackContext) -> dict[str, str]:
@@ -268,6 +276,10 @@ def _ernie_serve_env(ctx: StackContext) -> dict[str, str]:
         # machine (this stack plus a load generator on 2 cores) their spin-waiting turns a
         # 20 ms request into ~350 ms whenever another process holds a core.
         env["OMP_NUM_THREADS"] = "1"
+    if SLO_ENV not in os.environ:
+        # The demo stack judges every request, so the dashboard's SLO row and the burn-rate rules
+        # have data; targets loose enough that a healthy tiny model meets them.
+        env[SLO_ENV] = STACK_SLO_TARGETS
     return env
 
 
@@ -294,7 +306,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("jaeger", "Jaeger", 10, lambda c: jaeger_command(c.binaries()),
               own("jaeger_otlp_grpc", "jaeger_otlp_http", "jaeger_query", "jaeger_query_grpc", "jaeger_health",
                   "jaeger_metrics"),
-              env=lambda c: jaeger_env(c.ports), health=lambda c: jaeger_health_url(c.ports), needs_binaries=True),
+              env=lambda c: jaeger_env(c.ports, c.state_dir / "jaeger"),
+              health=lambda c: jaeger_health_url(c.ports), needs_binaries=True),
     Component("collector", "Collector", 20, lambda c: collector_command(c.binaries()),
               own("otlp_grpc", "otlp_http", "collector_prometheus", "collector_health", "collector_telemetry"),
               env=lambda c: collector_env(c.ports), health=lambda c: collector_health_url(c.ports),
@@ -305,8 +318,8 @@ COMPONENTS: tuple[Component, ...] = (
               health=lambda c: f"{c.url('alertmanager')}/-/ready"),
     Component("prometheus", "Prometheus", 50, _prometheus, own("prometheus"),
               health=lambda c: f"{c.url('prometheus')}/-/ready", health_timeout=60.0),
-    Component("ernie_serve", "ernie-serve", 60, _ernie_serve, own("serve", "serve_metrics"), env=_ernie_serve_env,
-              health=lambda c: f"{c.url('serve')}/health", health_timeout=300.0),
+    Component("ernie_serve", "ernie-serve", 60, ernie_serve_command, own("serve", "serve_metrics"),
+              env=_ernie_serve_env, health=lambda c: f"{c.url('serve')}/health", health_timeout=300.0),
     Component("load", "load (bench)", 70, _load, env=_python_env, profile="load"),
     Component("bad_requests", "bad requests", 80, _bad_requests, env=_python_env, profile="load"),
 )

@@ -18,6 +18,8 @@ from typing import Any
 from .. import consoles, jaeger_ui
 from ..ports import DEFAULT_PORTS, HOST
 from . import components as table
+from . import fleet as fleet_profile
+from . import thanos
 from .components import Component
 from .procs import REPO_ROOT, NotHealthyError, http_status, log_tail, port_free, spawn, wait_http
 from .records import Record, RecordFile, StackError, process_matches, record_of, stop_recorded
@@ -48,8 +50,14 @@ class Stack:
         load: bool = False,
         say: Callable[[str], None] | None = None,
         components: Sequence[Component] | None = None,
+        replicas: int = 1,
+        fleet: bool = False,
     ) -> None:
-        self.table = {c.name: c for c in sorted(components or table.COMPONENTS, key=lambda c: c.order)}
+        # replicas > 1 or fleet: the fleet profile (fleet.py); else the single-server table as it was.
+        self.replicas = replicas
+        self.fleet = fleet or replicas > 1
+        chosen = components if components is not None else fleet_profile.stack_components(replicas, fleet=fleet)
+        self.table = {c.name: c for c in sorted(chosen, key=lambda c: c.order)}
         defaults = {**DEFAULT_PORTS}
         for comp in self.table.values():
             defaults.update(comp.ports)
@@ -87,7 +95,7 @@ class Stack:
 
     @property
     def urls(self) -> dict[str, str]:
-        return {
+        urls = {
             "ernie_serve": f"{self.url('serve')}/v1",
             "ernie_serve_metrics": f"{self.url('serve_metrics')}/metrics",
             "jaeger": self.url("jaeger_query"),
@@ -99,6 +107,16 @@ class Stack:
             "collector_health": f"{self.url('collector_health')}/",
             "webhook_sink": self.url("webhook_sink"),
         }
+        for i in range(1, self.replicas):
+            api_key, metrics_key = fleet_profile.replica_keys(i)
+            if api_key in self.ports:
+                urls[f"ernie_serve_{i}"] = f"{self.url(api_key)}/v1"
+                urls[f"ernie_serve_{i}_metrics"] = f"{self.url(metrics_key)}/metrics"
+        if self.fleet and "thanos_query_http" in self.ports:
+            urls["thanos_query"] = self.url("thanos_query_http")
+            for k in range(thanos.SHARDS):
+                urls[f"prometheus_shard_{k}"] = self.url(f"prometheus_shard_{k}")
+        return urls
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -119,7 +137,8 @@ class Stack:
         return self._records.read()
 
     def _header(self) -> dict[str, Any]:
-        return {"repo": str(REPO_ROOT), "model": self.model, "ports": self.ports, "urls": self.urls}
+        return {"repo": str(REPO_ROOT), "model": self.model, "replicas": self.replicas, "fleet": self.fleet,
+                "ports": self.ports, "urls": self.urls}
 
     def _write_records(self, records: Mapping[str, Record]) -> None:
         self._records.write(records, self._header())
@@ -135,6 +154,9 @@ class Stack:
             data = stack._records.read_data()
         except StackError:
             return stack
+        if "components" not in kwargs and (data.get("replicas", 1), data.get("fleet", False)) != (1, False):
+            # A fleet was recorded: the same table, so that titles and the stop order match it.
+            stack = cls(state_dir, replicas=data.get("replicas", 1), fleet=data.get("fleet", False), **kwargs)
         stack.ports = {**stack.ports, **data.get("ports", {})}
         stack.model = data.get("model", stack.model)
         recorded = data.get("components", {})
@@ -362,6 +384,12 @@ class Stack:
             f"logs                        {self.log_dir}/<component>.log",
             f"stop                        ernie-otel stack down --state-dir {self.state_dir}",
         ]
+        if self.fleet:
+            shards = ", ".join(u[f"prometheus_shard_{k}"] for k in range(thanos.SHARDS))
+            lines[5:5] = [f"  Thanos Query (fleet view) {u['thanos_query']}   (PromQL API and UI)"]
+            lines[-5:-5] = [*(f"{f'ernie-serve {i} (OpenAI API)':<28}{u[f'ernie_serve_{i}']}"
+                              for i in range(1, self.replicas)),
+                            f"Prometheus shards           {shards}"]
         self.say("all healthy:")
         for line in lines:
             self.say("  " + line)

@@ -33,7 +33,8 @@ def substitute(text: str, pattern: str, repl: str | Callable[[re.Match[str]], st
     return new
 
 
-def _default_addr(key: str) -> str:
+def default_addr(key: str) -> str:
+    """The regex of a single-server default address, e.g. 127.0.0.1:9093 for "alertmanager"."""
     return re.escape(f"{HOST}:{DEFAULT_PORTS[key]}")
 
 
@@ -43,15 +44,21 @@ def _write(state_dir: Path, source: Path, text: str) -> Path:
     return path
 
 
-def prometheus_config(state_dir: Path, addr: Addr) -> Path:
+def prometheus_config(state_dir: Path, addr: Addr, *, direct: bool = True) -> Path:
     """deploy/prometheus.yml with only the addresses and the rule path changed: targets follow
     this stack's ports, and rule_files (relative to deploy/) becomes absolute, because the copy
-    lives in the state dir."""
+    lives in the state dir. ``direct=False`` (the fleet profile, whose Prometheus shards scrape
+    the replicas) drops the ernie-serve-direct job: each replica is scraped by one server only."""
     text = PROMETHEUS_CONFIG.read_text()
+    if not direct:
+        # The job's block: from its `- job_name:` line up to the comment or job that follows it.
+        text = substitute(text, r"^  - job_name: ernie-serve-direct\n(?:    .*\n|\s*\n)*", "",
+                          "ernie-serve-direct job", PROMETHEUS_CONFIG)
     text = substitute(text, r"^(\s*-\s*)\.\./alerts/", rf"\g<1>{REPO_ROOT}/alerts/", "rule_files entry",
                       PROMETHEUS_CONFIG)
-    for key in ("collector_prometheus", "serve_metrics", "collector_telemetry", "alertmanager"):
-        text = substitute(text, f'"{_default_addr(key)}"', f'"{addr(key)}"',
+    for key in ("collector_prometheus", *(("serve_metrics",) if direct else ()), "collector_telemetry",
+                "alertmanager"):
+        text = substitute(text, f'"{default_addr(key)}"', f'"{addr(key)}"',
                           f"target {HOST}:{DEFAULT_PORTS[key]}", PROMETHEUS_CONFIG)
     return _write(state_dir, PROMETHEUS_CONFIG, text)
 
@@ -60,7 +67,7 @@ def alertmanager_config(state_dir: Path, addr: Addr) -> Path:
     """alerts/alertmanager.yml with the webhook URLs on this stack's sink and the bearer-token
     files in the state dir (the relay's real tokens live in /etc/alertmanager/secrets)."""
     text = ALERTMANAGER_CONFIG.read_text()
-    text = substitute(text, f"http://{_default_addr('webhook_sink')}/", f"http://{addr('webhook_sink')}/",
+    text = substitute(text, f"http://{default_addr('webhook_sink')}/", f"http://{addr('webhook_sink')}/",
                       "webhook url on the relay port", ALERTMANAGER_CONFIG)
     secrets_dir = state_dir / "secrets"
     secrets_dir.mkdir(parents=True, exist_ok=True)

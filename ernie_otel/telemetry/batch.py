@@ -142,6 +142,15 @@ class TelemetryThread:
                 [{"role": "assistant", "content": item.output_text}], ensure_ascii=False)
         if item.error_type is not None:
             attrs[names.ATTR_ERROR_TYPE] = item.error_type
+        attrs[names.SPAN_ATTR_TENANT] = st.tenant
+        if st.slo.any:
+            for slo, ms in st.slo.as_ms().items():
+                attrs[names.span_attr_slo_target(slo)] = ms
+            if st.slo_verdicts:
+                attrs[names.SPAN_ATTR_SLO_MET] = st.slo_verdicts[-1][1]
+                attrs[names.SPAN_ATTR_SLO_MISSED] = [s.value for s, met in st.slo_verdicts[:-1] if not met]
+        if st.cost is not None:
+            attrs[names.SPAN_ATTR_COST] = st.cost
         decode_end = st.finished if st.first_token is not None else None
         phase_times: tuple[tuple[str, float | None, float | None, Attrs], ...] = (
             (names.SPAN_QUEUE, st.arrival, st.scheduled, {names.SPAN_ATTR_QUEUE_POSITION: st.queue_length_at_arrival}),

@@ -25,7 +25,7 @@ class NvmlSampler:
 
     ``nvml`` is the ``pynvml`` module (from nvidia-ml-py) or a stand-in with the same functions,
     so the logic is testable without a GPU. Any read that fails yields no observation for that
-    GPU; the first failure of each kind is logged, later ones are not (habit 5).
+    GPU; the first failure of each kind is logged, later ones are not (telemetry never breaks serving).
     """
 
     def __init__(self, nvml: Any) -> None:

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Build (or reuse) the Thanos binary the fleet metrics profile runs (receive, query, store,
+# compact, rule and `thanos tools bucket` are all sub-commands of this one binary).
+#
+# Usage:  THANOS=$(bash deploy/thanos/build.sh | tail -1)
+#   The last stdout line is the absolute path of the `thanos` binary; progress goes to stderr.
+#
+# The binary lives outside the repo, under ${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}/thanos/<hash>/
+# (not bin/, whose entries collector/build.sh prunes to its three newest),
+# keyed by everything that changes the output (module version, tags, link flags, replaces, Go
+# version, OS/arch): an unchanged tree answers in well under a second. The build goes into a temp
+# dir renamed into place only after the binary ran, so an interrupted build leaves no half entry.
+#
+# Environment:
+#   ERNIE_OTEL_CACHE         cache root (default ~/.cache/ernie-otel)
+#   ERNIE_OTEL_BUILD_JOBS    go build -p (default: number of CPUs, at most 4)
+#   ERNIE_OTEL_FORCE_BUILD=1 rebuild even when the cache has an entry
+set -euo pipefail
+
+THANOS_MODULE="github.com/thanos-io/thanos"
+# v0.42.5 needs a newer Go than the 1.26 this project builds with.
+THANOS_VERSION="v0.42.4"
+# `slicelabels` is not optional: Thanos' release builds (.promu.yml) use it, and without it every
+# receiver panics on its first gRPC call (`makeslice: len out of range`). `netgo` gives the pure-Go
+# resolver, as in the release builds.
+THANOS_TAGS="netgo,slicelabels"
+THANOS_LDFLAGS="-s -w -X github.com/prometheus/common/version.Version=${THANOS_VERSION#v}"
+# Thanos' own go.mod has these `replace` directives; replaces of a dependency are ignored by Go, so
+# the throwaway module that builds it must repeat them or it resolves versions that do not compile.
+THANOS_REPLACES=(
+  "capnproto.org/go/capnp/v3=capnproto.org/go/capnp/v3@v3.0.0-alpha.30"
+  "github.com/bradfitz/gomemcache=github.com/themihai/gomemcache@v0.0.0-20180902122335-24332e2d58ab"
+  "github.com/sercand/kuberesolver/v4=github.com/sercand/kuberesolver/v5@v5.1.1"
+  "github.com/vimeo/galaxycache=github.com/thanos-community/galaxycache@v0.0.0-20211122094458-3a32041a1f1e"
+  "gopkg.in/alecthomas/kingpin.v2=github.com/alecthomas/kingpin@v1.3.8-0.20210301060133-17f40c25f497"
+  "zenhack.net/go/util=github.com/zenhack/go-util@v0.0.0-20231005031245-66f5419c2aea"
+)
+
+log() { printf '[thanos-build] %s\n' "$*" >&2; }
+die() { printf '[thanos-build] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null 2>&1 || die "go is not on PATH (need Go >= 1.26 to build Thanos ${THANOS_VERSION})"
+
+GO_VERSION="$(go env GOVERSION)"
+CACHE_ROOT="${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}"
+mkdir -p "$CACHE_ROOT/bin" "$CACHE_ROOT/thanos"
+CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd)"
+
+sha256() { if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -c1-64; else shasum -a 256 | cut -c1-64; fi; }
+HASH="$({
+  printf 'thanos=%s@%s\ntags=%s\nldflags=%s\ngo=%s\nos=%s/%s\n' \
+    "$THANOS_MODULE" "$THANOS_VERSION" "$THANOS_TAGS" "$THANOS_LDFLAGS" "$GO_VERSION" \
+    "$(go env GOOS)" "$(go env GOARCH)"
+  printf '%s\n' "${THANOS_REPLACES[@]}"
+} | sha256 | cut -c1-16)"
+DEST="$CACHE_ROOT/thanos/$HASH"
+
+cache_hit() { [[ -x "$DEST/thanos" ]]; }
+
+if [[ "${ERNIE_OTEL_FORCE_BUILD:-0}" != "1" ]] && cache_hit; then
+  log "cache hit: $DEST"
+  printf '%s\n' "$DEST/thanos"
+  exit 0
+fi
+
+# The same lock as collector/build.sh: one Go build at a time on a small box, and a second caller
+# waits and then finds the cache entry instead of compiling the same thing again.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$CACHE_ROOT/bin/.lock"
+  if ! flock -n 9; then
+    log "another build holds $CACHE_ROOT/bin/.lock; waiting for it"
+    flock 9
+  fi
+  if [[ "${ERNIE_OTEL_FORCE_BUILD:-0}" != "1" ]] && cache_hit; then
+    log "cache hit after waiting: $DEST"
+    printf '%s\n' "$DEST/thanos"
+    exit 0
+  fi
+fi
+
+cpus="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
+JOBS="${ERNIE_OTEL_BUILD_JOBS:-$(( cpus < 4 ? cpus : 4 ))}"
+export GOFLAGS="${GOFLAGS:-} -p=${JOBS}"
+export CGO_ENABLED=0
+
+# Holding the lock, a temp dir left here is from a build that was killed (SIGKILL skips the trap).
+for stale in "$CACHE_ROOT"/thanos/.tmp-*; do
+  [[ -e "$stale" ]] || continue
+  log "removing leftover $stale"
+  chmod -R u+w "$stale" 2>/dev/null || true
+  rm -rf "$stale"
+done
+TMP="$(mktemp -d "$CACHE_ROOT/thanos/.tmp-XXXXXX")"
+cleanup() { chmod -R u+w "$TMP" 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+T0=$SECONDS
+log "cache miss: building $THANOS_MODULE@$THANOS_VERSION into $DEST (go $GO_VERSION, -p=$JOBS; ~3 min on 2 cores)"
+mkdir -p "$TMP/mod" "$TMP/out"
+if ! (
+  cd "$TMP/mod"
+  go mod init ernie-otel.invalid/thanos-build
+  for r in "${THANOS_REPLACES[@]}"; do go mod edit -replace "$r"; done
+  go get -tool "$THANOS_MODULE/cmd/thanos@$THANOS_VERSION"
+) >"$TMP/get.log" 2>&1; then
+  tail -n 40 "$TMP/get.log" >&2
+  die "go get $THANOS_MODULE/cmd/thanos@$THANOS_VERSION failed"
+fi
+log "compiling thanos (-tags $THANOS_TAGS)"
+( cd "$TMP/mod" && go build -trimpath -tags "$THANOS_TAGS" -ldflags="$THANOS_LDFLAGS" \
+    -o "$TMP/out/thanos" "$THANOS_MODULE/cmd/thanos" >&2 ) || die "go build of thanos failed"
+
+[[ "$("$TMP/out/thanos" --version 2>&1)" == *"${THANOS_VERSION#v}"* ]] || die "built thanos does not run"
+printf 'hash=%s\nthanos=%s@%s\ntags=%s\ngo=%s\nbuilt=%s\n' \
+  "$HASH" "$THANOS_MODULE" "$THANOS_VERSION" "$THANOS_TAGS" "$GO_VERSION" "$(date -u +%FT%TZ)" \
+  > "$TMP/out/BUILD_INFO"
+rm -rf "$DEST"
+mv "$TMP/out" "$DEST"
+log "done in $(( SECONDS - T0 ))s: $(du -h "$DEST/thanos" | cut -f1) thanos"
+printf '%s\n' "$DEST/thanos"
