@@ -89,14 +89,18 @@ def test_key_file_sighup_rotation_and_401s_counted(tmp_path: Path) -> None:
     path.write_text("alice:alice-key-123\nbob:bob-key-4567\n")
     with run_server(tmp_path, "--api-key-file", str(path), "--max-model-len", "64", name="keys") as served:
         def status(key: str) -> int:
+            # The tenant header claims bob: a named key's name wins over it.
             return httpx.post(served.base + "/v1/completions", json={"prompt": "hi", "max_tokens": 1},
-                              headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code
+                              headers={"Authorization": f"Bearer {key}", "x-tenant-id": "bob"},
+                              timeout=30).status_code
 
         fam = names.ERRORS.prom_name
         before = served.metric_sum(fam, error_type="authentication_error")
         assert status("alice-key-123") == 200 and status("bob-key-4567") == 200
         assert status("mallory-key-0") == 401
         assert served.metric_sum(fam, error_type="authentication_error") == before + 1
+        tenants = names.TENANT_REQUESTS.prom_name
+        assert served.metric_sum(tenants, tenant="alice") == 1 and served.metric_sum(tenants, tenant="bob") == 1
         # Operators' endpoints answer without a key.
         for url in (served.base + "/health", served.base + "/stats", served.metrics_url):
             assert httpx.get(url, timeout=10).status_code == 200, url
