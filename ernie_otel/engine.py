@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .kinds import FinishReason
+from .kinds import SHUTDOWN_MESSAGE, FinishReason
 from .stats import EngineStats, RequestStats
 
 log = logging.getLogger(__name__)
@@ -217,10 +217,11 @@ class Engine:
                 for seq in admitted:
                     self._finish(seq, FinishReason.ERROR.value, error=message)
                 self._fail_running(message)
-        self._fail_running("server shutting down")
+        # A shutdown cancels what runs (the server's grace period is over): not a failure of the request.
+        self._fail_running(SHUTDOWN_MESSAGE, FinishReason.CANCELLED.value)
         with self._cond:
             for seq in list(self._waiting):
-                self._finish(seq, FinishReason.CANCELLED.value, error="server shutting down")
+                self._finish(seq, FinishReason.CANCELLED.value, error=SHUTDOWN_MESSAGE)
             self._waiting.clear()
 
     def _admit_locked(self) -> list[Sequence]:
@@ -244,9 +245,9 @@ class Engine:
                 self._finish(s, FinishReason.CANCELLED.value)
         self._select_rows(keep)
 
-    def _fail_running(self, message: str) -> None:
+    def _fail_running(self, message: str, reason: str = FinishReason.ERROR.value) -> None:
         for s in self._running:
-            self._finish(s, FinishReason.ERROR.value, error=message)
+            self._finish(s, reason, error=message)
         self._running = []
         self._cache = None
         self.stats.running = 0
@@ -310,6 +311,9 @@ class Engine:
                 result.append(int(greedy[row]))
                 continue
             scaled = logits[row] / p.temperature
+            if not bool(torch.isfinite(scaled).all()):  # a temperature so small the logits overflow: its limit
+                result.append(int(greedy[row]))
+                continue
             probs = torch.softmax(scaled, dim=-1)
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)

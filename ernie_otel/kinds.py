@@ -31,6 +31,11 @@ class FinishReason(str, Enum):
     ERROR = "error"
 
 
+# What a client reads when the server's shutdown cancels its request (the local engine and the
+# gateway alike): the one message, so clients and tests can tell it from a failure.
+SHUTDOWN_MESSAGE = "The server shut down before this request finished; retry it."
+
+
 class ErrorType(str, Enum):
     """The fixed set of ``error_type`` values; docs/metrics.md documents each."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ class ServeConfig(Config):
                                 "leaving one to the server beyond two)")
     api_key: str | None = option(None, flag="--api-key", env="ERNIE_SERVE_API_KEY",
                                  help="require this bearer token")
+    api_key_file: str | None = option(None, flag="--api-key-file", env="ERNIE_SERVE_API_KEY_FILE",
+                                      help="accept the keys in this file, one 'key' or 'name:key' a line; "
+                                      "read again on SIGHUP")
+    shutdown_grace: float = option(30.0, flag="--shutdown-grace", convert=to_float, check=at_least(0),
+                                   help="seconds requests in flight may take to finish after SIGTERM; "
+                                   "then (or at a second SIGTERM) they are cancelled")
     default_max_tokens: int = option(256, flag="--default-max-tokens", convert=to_int, check=at_least(1),
                                      help="output limit when a request names none")
     max_request_bytes: int = option(1 << 20, flag="--max-request-bytes", convert=to_int, check=at_least(1),
@@ -170,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         except ModelUnavailableError as exc:
             return _fail(str(exc))
 
+    from .auth import KeyFileError, KeyRing
+
+    try:
+        keys = KeyRing(config.api_key, config.api_key_file)
+    except KeyFileError as exc:
+        return _fail(str(exc))
+
     if config.upstream is not None and config.served_model_name is None:
         try:
             name = discover_upstream_model(config.upstream, config.upstream_api_key)
@@ -205,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                             config.max_tenants),
                         tenant_header=config.tenant_header, price=price, batch_slots=config.max_num_seqs)
 
-    server = ErnieServer(config, recorder_factory)
+    server = ErnieServer(config, recorder_factory, keys=keys)
     if telemetry.prometheus is not None and config.metrics_port:
         from .telemetry.prometheus import serve_metrics
 
@@ -221,10 +235,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from .lifecycle import DrainingServer
+
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                access_log=config.access_log, timeout_graceful_shutdown=5)
+    if config.api_key_file is not None:
+        signal.signal(signal.SIGHUP, lambda *_: keys.reload())
     try:
-        uvicorn.Server(uv_config).run()
+        DrainingServer(uv_config, server, config.shutdown_grace).run()
     finally:
         server.recorder.close()  # what the telemetry thread has not recorded yet, before the exporters go
         telemetry.shutdown()

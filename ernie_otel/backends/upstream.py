@@ -22,7 +22,7 @@ import httpx
 from fastapi.responses import Response, StreamingResponse
 from opentelemetry import propagate, trace
 
-from ..kinds import ErrorType, Operation, Status
+from ..kinds import SHUTDOWN_MESSAGE, ErrorType, Operation, Status
 from ..protocol import SSE_DONE, APIError, sse_lines
 from ..stats import EngineStats, RequestStats
 from .base import Call, Outcome
@@ -79,6 +79,7 @@ class UpstreamBackend:
         self._root = root
         self._max_model_len = max_model_len
         self._connect: asyncio.Task[None] | None = None
+        self._stopping = False  # set by stop(): a connection closed after it is a shutdown cancel
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
                                         limits=httpx.Limits(max_connections=max_in_flight + 8))
 
@@ -107,9 +108,19 @@ class UpstreamBackend:
         self._connect = asyncio.create_task(self.connect())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._connect is not None:
             self._connect.cancel()
         await self.client.aclose()
+
+    @staticmethod
+    def _shutdown_cancel(call: Call) -> APIError:
+        """The server's shutdown closed this request's upstream connection: a cancel (recorded so),
+        not an upstream failure; the client reads the same message as from the local engine."""
+        err = APIError(503, SHUTDOWN_MESSAGE, ErrorType.NOT_READY, openai_type="service_unavailable_error",
+                       status=Status.CANCELLED)
+        call.record(Outcome.SHUTDOWN, err)
+        return err
 
     async def connect(self) -> None:
         """Learn the upstream's model id, to name it in forwarded requests; until then requests go
@@ -175,6 +186,8 @@ class UpstreamBackend:
                            openai_type="server_error", code=ErrorType.UPSTREAM_TIMEOUT.value) from None
         except httpx.HTTPError as exc:
             release()
+            if self._stopping:
+                raise self._shutdown_cancel(call) from None
             raise APIError(502, f"upstream unreachable: {exc!r}", ErrorType.UPSTREAM_CONNECT,
                            openai_type="server_error", code=ErrorType.UPSTREAM_CONNECT.value) from None
         if resp.status_code != 200:
@@ -196,6 +209,8 @@ class UpstreamBackend:
         try:
             content = await resp.aread()
         except httpx.HTTPError as exc:
+            if self._stopping:
+                raise self._shutdown_cancel(call) from None
             err = _stream_error(exc)
             call.record(Outcome.FAILED, err)
             raise err from None
@@ -277,8 +292,11 @@ class UpstreamBackend:
                 saw_done = True
                 yield complete()
         except httpx.HTTPError as exc:
-            err = _stream_error(exc)
-            call.record(Outcome.FAILED, err)
+            if self._stopping:
+                err = self._shutdown_cancel(call)
+            else:
+                err = _stream_error(exc)
+                call.record(Outcome.FAILED, err)
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             return
         finally:

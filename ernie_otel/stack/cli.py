@@ -1,8 +1,13 @@
 """``ernie-otel stack``: the whole pipeline as local processes, on the default ports of ernie_otel/ports.py.
 
-    ernie-otel stack up [--load] [--foreground] [--model tiny|DIR] [--state-dir DIR] [--replicas N] [--fleet]
+    ernie-otel stack up [--load] [--foreground | --supervise] [--model tiny|DIR] [--state-dir DIR] [--replicas N]
+        [--fleet]
+    ernie-otel stack restart NAME [--state-dir DIR]
     ernie-otel stack status [--state-dir DIR]
     ernie-otel stack down [--state-dir DIR]
+
+``up`` on a partly running stack starts only what is missing; ``--supervise`` stays attached and
+restarts a component that exits, with back-off.
 """
 
 from __future__ import annotations
@@ -37,11 +42,15 @@ def _print_status(stack: Stack) -> int:
     return 0 if ok else 1
 
 
-def _foreground(stack: Stack) -> int:
+def _foreground(stack: Stack, supervise: bool = False) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stack.say("running in the foreground; Ctrl-C stops everything")
+    if supervise:
+        stack.say("supervising in the foreground: a component that exits is restarted; Ctrl-C stops everything")
+        stack.supervise(stop.is_set, wait=stop.wait)
+    else:
+        stack.say("running in the foreground; Ctrl-C stops everything")
     reported: set[str] = set()
     while not stop.wait(2.0):
         for name, rec in stack.read_records().items():
@@ -70,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the whole stack and leave it running")
     up.add_argument("--load", action="store_true", help="also drive steady load (plus some bad requests)")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C or SIGTERM stops it all")
+    up.add_argument("--supervise", action="store_true",
+                    help="stay attached and restart a component that exits (with back-off); implies --foreground")
     up.add_argument("--model", default="tiny", help="'tiny' (built-in random-weight ERNIE-4.5) or a model dir")
     up.add_argument("--state-dir", type=Path, default=None, help=state_help)
     up.add_argument("--replicas", type=_replicas, default=1, metavar="N",
@@ -81,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("status", "what runs, and whether it is healthy"), ("down", "stop what `up` started")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    restart = sub.add_parser("restart", help="stop one component and start it again (the rest keeps running)")
+    restart.add_argument("name", help="component name, as `status` lists it (e.g. collector, jaeger)")
+    restart.add_argument("--state-dir", type=Path, default=None, help=state_help)
     return parser
 
 
@@ -100,15 +114,28 @@ def main(argv: list[str]) -> int:
             stack.down()
             stack.say("stopped")
             return 0
+        if args.command == "restart":
+            stack = Stack.from_state(args.state_dir)
+            if not stack.read_records():
+                raise StackError(f"no stack recorded in {stack.state_dir}: `ernie-otel stack up` first")
+            stack.restart(args.name)
+            return 0
         stack = Stack(args.state_dir, model=args.model, load=args.load, replicas=args.replicas, fleet=args.fleet)
+        if stack.running():  # heal a partly running stack on the ports, model and profile it has
+            recorded = Stack.from_state(args.state_dir, load=args.load)
+            if recorded.model != stack.model:
+                raise StackError(f"the stack in {stack.state_dir} runs model {recorded.model!r}, not "
+                                 f"{stack.model!r}; `ernie-otel stack down` first to change it")
+            recorded.load = recorded.load or args.load
+            stack = recorded
         stack.say(f"state, logs and pids in {stack.state_dir}")
         try:
             stack.up()
         except KeyboardInterrupt:
             return 130
         stack.print_urls()
-        if args.foreground:
-            return _foreground(stack)
+        if args.foreground or args.supervise:
+            return _foreground(stack, supervise=args.supervise)
         return 0
     except StackError as exc:
         print(f"ernie-otel stack: {exc}", file=sys.stderr)

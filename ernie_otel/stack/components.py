@@ -51,6 +51,9 @@ LOAD_MAX_TOKENS = 32
 # get data while HighErrorRate (5%) stays quiet unless something is really wrong (every 7 s put
 # the ratio near 4.5% and the alert flapped between pending and firing in the demo).
 BAD_REQUEST_INTERVAL_S = 20.0
+# `down` / `restart` let ernie-serve drain its requests in flight for this long: less than the
+# stack's SIGKILL deadline (core.STOP_TIMEOUT_S, 10 s), so the drain ends on its own terms.
+SERVE_SHUTDOWN_GRACE_S = 8.0
 
 
 class StackContext(Protocol):
@@ -253,7 +256,8 @@ def ernie_serve_command(ctx: StackContext, api_key: str = "serve", metrics_key: 
     """ernie-serve under opentelemetry-instrument on the ports of these keys (the fleet's replica
     i has its own keys; replica 0 is this table's ernie_serve)."""
     return [venv_script("opentelemetry-instrument"), venv_script("ernie-serve"), "--model", ctx.model,
-            "--host", HOST, "--port", str(ctx.ports[api_key]), "--metrics-port", str(ctx.ports[metrics_key])]
+            "--host", HOST, "--port", str(ctx.ports[api_key]), "--metrics-port", str(ctx.ports[metrics_key]),
+            "--shutdown-grace", str(SERVE_SHUTDOWN_GRACE_S)]
 
 
 STACK_SLO_TARGETS = '{"ttft_ms": 2000, "tpot_ms": 500, "e2e_ms": 30000}'
