@@ -191,6 +191,57 @@ def build_binaries(say: Callable[[str], None], *, capture: bool = False, timeout
     return bin_dir
 
 
+# ------------------------------------------------------- OpenSearch trace store (fleet, opt-in)
+OPENSEARCH_BUILD_SCRIPT = REPO_ROOT / "deploy" / "opensearch" / "build.sh"
+JAEGER_OPENSEARCH_CONFIG = REPO_ROOT / "collector" / "jaeger-opensearch.yaml"
+OPENSEARCH_NODES = 2  # collector/jaeger-opensearch.yaml lists this many server URLs
+OPENSEARCH_PORT_STEP = 10  # node k listens on the base ports + 10*k (ernie_otel/ports.py's fleet rule)
+# Both nodes share one JVM: 1.5 GiB is enough for a demo's traces and leaves room on a small box.
+OPENSEARCH_HEAP = "1500m"
+OPENSEARCH_CLUSTER = "ernie-traces"
+
+
+def opensearch_home(*, timeout: float | None = None) -> Path:
+    """deploy/opensearch/build.sh (jars from Maven Central + the compiled launcher, cached); the
+    last line it prints is the cache entry. Its messages go into the error on failure."""
+    try:
+        result = subprocess.run(["bash", str(OPENSEARCH_BUILD_SCRIPT)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"deploy/opensearch/build.sh did not finish within {timeout:.0f}s") from None
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise StackError(f"deploy/opensearch/build.sh failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
+    return Path(lines[-1])
+
+
+def opensearch_node_ports(http: int, transport: int, node: int) -> tuple[int, int]:
+    """(HTTP, transport) port of node ``node`` of a cluster whose node 0 has ``http``/``transport``."""
+    return http + OPENSEARCH_PORT_STEP * node, transport + OPENSEARCH_PORT_STEP * node
+
+
+def opensearch_command(home: Path, base_dir: Path, http: int, transport: int,
+                       nodes: int = OPENSEARCH_NODES) -> list[str]:
+    """The launcher (deploy/opensearch/ErnieOpenSearch.java): ``nodes`` nodes in one JVM, all on
+    127.0.0.1; it reads ``stop K`` lines on stdin (close node K) and exits at end of input."""
+    classpath = os.pathsep.join([str(home / "lib" / "*"), str(home / "classes")])
+    return ["java", f"-Xmx{OPENSEARCH_HEAP}", "-cp", classpath, "ErnieOpenSearch",
+            str(base_dir), OPENSEARCH_CLUSTER, str(http), str(transport), str(nodes)]
+
+
+def opensearch_url(http: int, node: int = 0) -> str:
+    return f"http://{HOST}:{http + OPENSEARCH_PORT_STEP * node}"
+
+
+def jaeger_opensearch_env(http: int) -> dict[str, str]:
+    """collector/jaeger-opensearch.yaml's server URLs: every node of the cluster at ``http``."""
+    return {f"JAEGER_OPENSEARCH_URL_{k}": opensearch_url(http, k) for k in range(OPENSEARCH_NODES)}
+
+
+def jaeger_opensearch_command(bin_dir: Path) -> list[str]:
+    return [*jaeger_command(bin_dir), "--config", str(JAEGER_OPENSEARCH_CONFIG)]
+
+
 def find_alertmanager() -> str | None:
     # Debian installs it as prometheus-alertmanager; upstream tarballs as alertmanager.
     return shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")

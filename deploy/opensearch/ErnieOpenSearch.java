@@ -1,0 +1,102 @@
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+import org.codelibs.opensearch.runner.OpenSearchRunner;
+import org.opensearch.node.Node;
+
+/**
+ * The fleet profile's trace store: an N-node OpenSearch cluster in one JVM, every listener on
+ * 127.0.0.1.
+ *
+ * <pre>java -cp LIB/*:. ErnieOpenSearch BASE_DIR CLUSTER HTTP_PORT TRANSPORT_PORT NODES</pre>
+ *
+ * Node k (0-based) listens on HTTP_PORT + 10k and TRANSPORT_PORT + 10k (the fleet's port rule).
+ * Prints "READY" once the cluster is green. Commands on stdin, one a line, so a test can take one
+ * node away while the others keep serving:
+ *   stop K    close node K (prints "STOPPED K")
+ * End of stdin, or SIGTERM, closes every node and exits.
+ */
+public final class ErnieOpenSearch {
+    private static final int PORT_STEP = 10;
+
+    private ErnieOpenSearch() {
+    }
+
+    private static String nodeName(final int k) {
+        return "node-" + k;
+    }
+
+    public static void main(final String[] args) throws IOException, InterruptedException {
+        if (args.length != 5) {
+            System.err.println("usage: ErnieOpenSearch BASE_DIR CLUSTER HTTP_PORT TRANSPORT_PORT NODES");
+            System.exit(2);
+        }
+        // OpenSearch's log set-up sends System.out into its logger; our protocol lines go to the
+        // real stdout, taken before the nodes start.
+        final PrintStream out = System.out;
+        final String baseDir = args[0];
+        final String cluster = args[1];
+        final int httpPort = Integer.parseInt(args[2]);
+        final int transportPort = Integer.parseInt(args[3]);
+        final int nodes = Integer.parseInt(args[4]);
+
+        final List<String> seeds = new ArrayList<>();
+        for (int k = 0; k < nodes; k++) {
+            seeds.add("127.0.0.1:" + (transportPort + PORT_STEP * k));
+        }
+        final OpenSearchRunner runner = new OpenSearchRunner();
+        // The runner probes for a free HTTP port below 9300 unless told not to; ours are fixed.
+        runner.setMaxHttpPort(-1);
+        runner.onBuild((id, settings) -> {
+            final int k = id - 1; // the runner counts nodes from 1
+            settings.put("node.name", nodeName(k));
+            settings.put("network.host", "127.0.0.1");
+            settings.put("http.port", String.valueOf(httpPort + PORT_STEP * k));
+            settings.put("transport.port", String.valueOf(transportPort + PORT_STEP * k));
+            settings.putList("discovery.seed_hosts", seeds);
+            // Node 0 bootstraps the cluster alone and the others join it: a node that waited for
+            // all of them would block its start (the runner starts nodes one after another).
+            settings.putList("cluster.initial_cluster_manager_nodes", nodeName(0));
+            // Tests write a few spans on a nearly full disk; the watermarks would make every
+            // index read-only there and prove nothing about replication.
+            settings.put("cluster.routing.allocation.disk.threshold_enabled", false);
+        });
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            try {
+                runner.close();
+            } catch (final IOException e) {
+                System.err.println("closing: " + e.getMessage());
+            }
+        }));
+        runner.build("-basePath", baseDir, "-clusterName", cluster, "-numOfNode", String.valueOf(nodes),
+                "-printOnFailure");
+        runner.ensureGreen();
+        out.println("READY");
+        out.flush();
+
+        final BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
+        String line;
+        while ((line = in.readLine()) != null) {
+            final String[] cmd = line.trim().split("\\s+");
+            if (cmd.length == 2 && "stop".equals(cmd[0])) {
+                final Node node = runner.getNode(Integer.parseInt(cmd[1]));
+                if (node != null) {
+                    node.close();
+                    node.awaitClose(30, TimeUnit.SECONDS);
+                }
+                out.println("STOPPED " + cmd[1]);
+                out.flush();
+            } else if (!line.isBlank()) {
+                out.println("unknown command: " + line);
+                out.flush();
+            }
+        }
+        System.exit(0); // the shutdown hook closes the nodes
+    }
+}
