@@ -1,8 +1,8 @@
-import java.io.BufferedReader;
 import java.io.IOException;
-import java.io.InputStreamReader;
 import java.io.PrintStream;
-import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
@@ -14,16 +14,18 @@ import org.opensearch.node.Node;
  * The fleet profile's trace store: an N-node OpenSearch cluster in one JVM, every listener on
  * 127.0.0.1.
  *
- * <pre>java -cp LIB/*:. ErnieOpenSearch BASE_DIR CLUSTER HTTP_PORT TRANSPORT_PORT NODES</pre>
+ * <pre>java -cp LIB/*:CLASSES ErnieOpenSearch BASE_DIR CLUSTER HTTP_PORT TRANSPORT_PORT NODES</pre>
  *
- * Node k (0-based) listens on HTTP_PORT + 10k and TRANSPORT_PORT + 10k (the fleet's port rule).
- * Prints "READY" once the cluster is green. Commands on stdin, one a line, so a test can take one
- * node away while the others keep serving:
- *   stop K    close node K (prints "STOPPED K")
- * End of stdin, or SIGTERM, closes every node and exits.
+ * Node k (0-based) listens on HTTP_PORT + 10k and TRANSPORT_PORT + 10k (the fleet's port rule) and
+ * keeps its data under BASE_DIR/node_(k+1). Prints "READY" once the cluster is green. To take one
+ * node away while the others keep serving (what a test of the replicas needs), create the file
+ * BASE_DIR/stop-node-K: the launcher closes node K and renames the file to stopped-node-K. A file
+ * rather than stdin, so that it works under the stack's supervisor too (it starts every process
+ * with stdin on /dev/null). SIGTERM closes every node and exits.
  */
 public final class ErnieOpenSearch {
     private static final int PORT_STEP = 10;
+    private static final long POLL_MS = 200;
 
     private ErnieOpenSearch() {
     }
@@ -80,23 +82,23 @@ public final class ErnieOpenSearch {
         out.println("READY");
         out.flush();
 
-        final BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
-        String line;
-        while ((line = in.readLine()) != null) {
-            final String[] cmd = line.trim().split("\\s+");
-            if (cmd.length == 2 && "stop".equals(cmd[0])) {
-                final Node node = runner.getNode(Integer.parseInt(cmd[1]));
-                if (node != null) {
-                    node.close();
-                    node.awaitClose(30, TimeUnit.SECONDS);
+        final Path base = Paths.get(baseDir);
+        final boolean[] stopped = new boolean[nodes];
+        while (true) {
+            for (int k = 0; k < nodes; k++) {
+                final Path request = base.resolve("stop-node-" + k);
+                if (stopped[k] || !Files.exists(request)) {
+                    continue;
                 }
-                out.println("STOPPED " + cmd[1]);
-                out.flush();
-            } else if (!line.isBlank()) {
-                out.println("unknown command: " + line);
+                final Node node = runner.getNode(k);
+                node.close();
+                node.awaitClose(30, TimeUnit.SECONDS);
+                stopped[k] = true;
+                Files.move(request, base.resolve("stopped-node-" + k));
+                out.println("STOPPED " + k);
                 out.flush();
             }
+            Thread.sleep(POLL_MS);
         }
-        System.exit(0); // the shutdown hook closes the nodes
     }
 }
