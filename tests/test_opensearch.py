@@ -11,7 +11,9 @@ manager (the harder one to lose) and reads every trace back through Jaeger's que
 from __future__ import annotations
 
 import json
+import re
 import socket
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -25,7 +27,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, set_span_in_context
 
-from ernie_otel.stack import Stack, StackError, components
+from ernie_otel.ports import HOST, fleet_port
+from ernie_otel.stack import Stack, StackError, cli, components, fleet
 
 TRACES = 20
 SPANS_PER_TRACE = 3
@@ -178,3 +181,29 @@ def test_jaeger_traces_survive_losing_a_node(stack: Stack) -> None:
     # The service list reads the services index (also replicated).
     code, body = http_get(f"{query}/api/services", timeout=30.0)
     assert code == 200 and SERVICE in json.loads(body)["data"], body
+
+
+def test_overlay_validates_and_defaults_are_the_port_table(pipeline_bin: Path) -> None:
+    """collector/jaeger-opensearch.yaml on top of collector/jaeger.yaml is a valid Jaeger config, and
+    its default server URLs are node k's HTTP port of ernie_otel/ports.py (the YAML cannot import it)."""
+    result = subprocess.run([*components.jaeger_opensearch_command(pipeline_bin)[:1], "validate",
+                             *components.jaeger_opensearch_command(pipeline_bin)[1:]],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = components.JAEGER_OPENSEARCH_CONFIG.read_text()
+    for k in range(NODES):
+        defaults = set(re.findall(rf"\$\{{env:JAEGER_OPENSEARCH_URL_{k}:-([^}}]+)\}}", text))
+        assert defaults == {f"http://{HOST}:{fleet_port('opensearch_http', k)}"}, (k, defaults)
+
+
+def test_trace_store_flag_is_fleet_only_and_adds_one_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["up", "--trace-store", "opensearch"])
+    assert info.value.code == 2 and "--fleet" in capsys.readouterr().err
+    badger = [c.name for c in fleet.stack_components(1, fleet=True)]
+    table = fleet.stack_components(1, fleet=True, trace_store="opensearch")
+    assert [c.name for c in table] == ["opensearch", *badger]
+    jaeger = next(c for c in table if c.name == "jaeger")
+    assert jaeger.title == "Jaeger (OpenSearch)"
+    with pytest.raises(StackError, match="--fleet"):
+        fleet.stack_components(1, trace_store="opensearch")
