@@ -172,6 +172,7 @@ def test_jaeger_traces_survive_losing_a_node(stack: Stack) -> None:
         assert time.monotonic() < deadline, f"node-{victim} still answers"
         time.sleep(0.5)
     assert (cluster.base / f"stopped-node-{victim}").exists()
+    assert (cluster.base / "ready").read_text() == "green\n"
     assert set(stack.running()) == {"opensearch", "jaeger"}, "the JVM must outlive one node"
     code, _ = http_get(f"{cluster.url(survivor)}/", timeout=10.0)
     assert code == 200

@@ -1,5 +1,4 @@
 import java.io.IOException;
-import java.io.PrintStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
@@ -17,7 +16,7 @@ import org.opensearch.node.Node;
  * <pre>java -cp LIB/*:CLASSES ErnieOpenSearch BASE_DIR CLUSTER HTTP_PORT TRANSPORT_PORT NODES</pre>
  *
  * Node k (0-based) listens on HTTP_PORT + 10k and TRANSPORT_PORT + 10k (the fleet's port rule) and
- * keeps its data under BASE_DIR/node_(k+1). Prints "READY" once the cluster is green. To take one
+ * keeps its data under BASE_DIR/node_(k+1). Writes BASE_DIR/ready once the cluster is green. To take one
  * node away while the others keep serving (what a test of the replicas needs), create the file
  * BASE_DIR/stop-node-K: the launcher closes node K and renames the file to stopped-node-K. A file
  * rather than stdin, so that it works under the stack's supervisor too (it starts every process
@@ -39,9 +38,6 @@ public final class ErnieOpenSearch {
             System.err.println("usage: ErnieOpenSearch BASE_DIR CLUSTER HTTP_PORT TRANSPORT_PORT NODES");
             System.exit(2);
         }
-        // OpenSearch's log set-up sends System.out into its logger; our protocol lines go to the
-        // real stdout, taken before the nodes start.
-        final PrintStream out = System.out;
         final String baseDir = args[0];
         final String cluster = args[1];
         final int httpPort = Integer.parseInt(args[2]);
@@ -51,6 +47,14 @@ public final class ErnieOpenSearch {
         final List<String> seeds = new ArrayList<>();
         for (int k = 0; k < nodes; k++) {
             seeds.add("127.0.0.1:" + (transportPort + PORT_STEP * k));
+        }
+        // A restart on the same data: status and stop requests of the last run mean nothing now.
+        final Path base = Paths.get(baseDir);
+        Files.createDirectories(base);
+        Files.deleteIfExists(base.resolve("ready"));
+        for (int k = 0; k < nodes; k++) {
+            Files.deleteIfExists(base.resolve("stop-node-" + k));
+            Files.deleteIfExists(base.resolve("stopped-node-" + k));
         }
         final OpenSearchRunner runner = new OpenSearchRunner();
         // The runner probes for a free HTTP port below 9300 unless told not to; ours are fixed.
@@ -65,8 +69,8 @@ public final class ErnieOpenSearch {
             // Node 0 bootstraps the cluster alone and the others join it: a node that waited for
             // all of them would block its start (the runner starts nodes one after another).
             settings.putList("cluster.initial_cluster_manager_nodes", nodeName(0));
-            // Tests write a few spans on a nearly full disk; the watermarks would make every
-            // index read-only there and prove nothing about replication.
+            // A developer's disk is often past the 85/90% watermarks, which would leave replicas
+            // unassigned or indices read-only: this store's limit is the trace TTL, not free space.
             settings.put("cluster.routing.allocation.disk.threshold_enabled", false);
         });
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
@@ -79,10 +83,9 @@ public final class ErnieOpenSearch {
         runner.build("-basePath", baseDir, "-clusterName", cluster, "-numOfNode", String.valueOf(nodes),
                 "-printOnFailure");
         runner.ensureGreen();
-        out.println("READY");
-        out.flush();
-
-        final Path base = Paths.get(baseDir);
+        // Status goes to files, not stdout: log4j closes the process's stdout when the second
+        // node reconfigures logging, so nothing printed after that arrives.
+        Files.writeString(base.resolve("ready"), "green\n");
         final boolean[] stopped = new boolean[nodes];
         while (true) {
             for (int k = 0; k < nodes; k++) {
@@ -95,8 +98,6 @@ public final class ErnieOpenSearch {
                 node.awaitClose(30, TimeUnit.SECONDS);
                 stopped[k] = true;
                 Files.move(request, base.resolve("stopped-node-" + k));
-                out.println("STOPPED " + k);
-                out.flush();
             }
             Thread.sleep(POLL_MS);
         }
