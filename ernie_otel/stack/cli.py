@@ -1,7 +1,7 @@
 """``ernie-otel stack``: the whole pipeline as local processes, on the default ports of ernie_otel/ports.py.
 
     ernie-otel stack up [--load] [--foreground | --supervise] [--model tiny|DIR] [--state-dir DIR] [--replicas N]
-        [--fleet]
+        [--fleet] [--trace-store badger|opensearch]
     ernie-otel stack restart NAME [--state-dir DIR]
     ernie-otel stack status [--state-dir DIR]
     ernie-otel stack down [--state-dir DIR]
@@ -21,6 +21,7 @@ from pathlib import Path
 from ..ports import FLEET_PORTS, HOST, MAX_REPLICAS, REPLICA_BASE_PORT, REPLICA_STRIDE
 from . import bad_requests
 from .core import STACK_DIR_ENV, Stack
+from .fleet import TRACE_STORES
 from .procs import log_tail
 from .records import StackError, process_matches
 
@@ -89,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--fleet", action="store_true",
                     help="the fleet metrics profile: 2 Prometheus shards + Thanos (query on "
                          f"{HOST}:{FLEET_PORTS['thanos_query_http']}), even with one replica")
+    up.add_argument("--trace-store", choices=TRACE_STORES, default="badger",
+                    help="where Jaeger keeps traces: its badger directory, or (fleet only) a 2-node "
+                         f"OpenSearch cluster on {HOST}:{FLEET_PORTS['opensearch_http']} and +10")
     for name, text in (("status", "what runs, and whether it is healthy"), ("down", "stop what `up` started")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--state-dir", type=Path, default=None, help=state_help)
@@ -102,7 +106,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["bad-requests"]:
         # Internal (the --load helper); argparse's REMAINDER would not pass its --options through.
         return bad_requests.main(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "up" and args.trace_store != "badger" and not (args.fleet or args.replicas > 1):
+        parser.error(f"--trace-store {args.trace_store} needs the fleet profile (--fleet or --replicas N > 1)")
     try:
         if args.command == "status":
             return _print_status(Stack.from_state(args.state_dir))
@@ -120,7 +127,8 @@ def main(argv: list[str]) -> int:
                 raise StackError(f"no stack recorded in {stack.state_dir}: `ernie-otel stack up` first")
             stack.restart(args.name)
             return 0
-        stack = Stack(args.state_dir, model=args.model, load=args.load, replicas=args.replicas, fleet=args.fleet)
+        stack = Stack(args.state_dir, model=args.model, load=args.load, replicas=args.replicas, fleet=args.fleet,
+                      trace_store=args.trace_store)
         if stack.running():  # heal a partly running stack on the ports, model and profile it has
             recorded = Stack.from_state(args.state_dir, load=args.load)
             if recorded.model != stack.model:

@@ -52,11 +52,14 @@ class Stack:
         components: Sequence[Component] | None = None,
         replicas: int = 1,
         fleet: bool = False,
+        trace_store: str = "badger",
     ) -> None:
         # replicas > 1 or fleet: the fleet profile (fleet.py); else the single-server table as it was.
         self.replicas = replicas
         self.fleet = fleet or replicas > 1
-        chosen = components if components is not None else fleet_profile.stack_components(replicas, fleet=fleet)
+        self.trace_store = trace_store
+        chosen = (components if components is not None
+                  else fleet_profile.stack_components(replicas, fleet=fleet, trace_store=trace_store))
         self.table = {c.name: c for c in sorted(chosen, key=lambda c: c.order)}
         defaults = {**DEFAULT_PORTS}
         for comp in self.table.values():
@@ -138,7 +141,7 @@ class Stack:
 
     def _header(self) -> dict[str, Any]:
         return {"repo": str(REPO_ROOT), "model": self.model, "replicas": self.replicas, "fleet": self.fleet,
-                "ports": self.ports, "urls": self.urls}
+                "trace_store": self.trace_store, "ports": self.ports, "urls": self.urls}
 
     def _write_records(self, records: Mapping[str, Record]) -> None:
         self._records.write(records, self._header())
@@ -156,7 +159,8 @@ class Stack:
             return stack
         if "components" not in kwargs and (data.get("replicas", 1), data.get("fleet", False)) != (1, False):
             # A fleet was recorded: the same table, so that titles and the stop order match it.
-            stack = cls(state_dir, replicas=data.get("replicas", 1), fleet=data.get("fleet", False), **kwargs)
+            stack = cls(state_dir, replicas=data.get("replicas", 1), fleet=data.get("fleet", False),
+                        trace_store=data.get("trace_store", "badger"), **kwargs)
         stack.ports = {**stack.ports, **data.get("ports", {})}
         stack.model = data.get("model", stack.model)
         recorded = data.get("components", {})

@@ -263,7 +263,10 @@ def metrics_components(replicas: int) -> tuple[Component, ...]:
     )
 
 
-def stack_components(replicas: int = 1, *, fleet: bool = False) -> tuple[Component, ...]:
+TRACE_STORES = ("badger", "opensearch")
+
+
+def stack_components(replicas: int = 1, *, fleet: bool = False, trace_store: str = "badger") -> tuple[Component, ...]:
     """The stack's table for `replicas` ernie-serve replicas. More than one replica (or ``fleet``)
     adds the Collector tiers and the fleet metrics topology, and the single Prometheus then scrapes the Collector only
     (each replica is scraped by exactly one shard). replicas=1 without ``fleet`` is
@@ -271,10 +274,19 @@ def stack_components(replicas: int = 1, *, fleet: bool = False) -> tuple[Compone
     if not 1 <= replicas <= MAX_REPLICAS:
         raise StackError(f"--replicas must be 1..{MAX_REPLICAS} (replica ports are numbered up to that); "
                          f"got {replicas}")
+    if trace_store not in TRACE_STORES:
+        raise StackError(f"--trace-store must be one of {', '.join(TRACE_STORES)}; got {trace_store!r}")
     if replicas == 1 and not fleet:
+        if trace_store != "badger":
+            raise StackError(f"--trace-store {trace_store} is part of the fleet profile: add --fleet")
         return table.COMPONENTS
     changed = {"prometheus": lambda c: dataclasses.replace(c, command=_prometheus_collector_only),
                "collector": _agent}
+    store: tuple[Component, ...] = ()
+    if trace_store == "opensearch":
+        # Jaeger keeps its ports and only stores into (and reads from) the 2-node cluster.
+        changed["jaeger"] = table.with_opensearch
+        store = (table.opensearch_component(),)
     base = [changed[c.name](c) if c.name in changed else c for c in table.COMPONENTS]
-    return (*base, *(replica(i) for i in range(1, replicas)), *traces_components(),
+    return (*store, *base, *(replica(i) for i in range(1, replicas)), *traces_components(),
             *metrics_components(replicas))
