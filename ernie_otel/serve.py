@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     def recorder_factory(model_name: str, engine_stats: Any) -> Recorder:
         return Recorder(telemetry.meter_provider, telemetry.tracer_provider, model_name, engine_stats,
                         server_address=config.host, server_port=config.port, bucket_overrides=bucket_overrides,
-                        capture_content=settings.capture_content)
+                        capture_content=settings.capture_content, keep=settings.keep_rule)
 
     server = ErnieServer(config, recorder_factory)
     if telemetry.prometheus is not None and config.metrics_port:

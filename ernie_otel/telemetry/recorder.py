@@ -36,6 +36,7 @@ from ..ports import DEFAULT_PORTS, HOST
 from ..stats import EngineStats
 from .batch import TelemetryThread
 from .instruments import AttributeSets, Instruments
+from .keep import KeepRule
 from .request_path import LogOnce, RequestPath
 from .request_path import RequestTelemetry as RequestTelemetry
 from .sdk_internals import span_writer
@@ -62,6 +63,7 @@ class Recorder(RequestPath):
         bucket_overrides: dict[str, list[float]] | None = None,
         capture_content: bool | None = None,
         flush_interval: float = 0.1,
+        keep: KeepRule | None = None,
     ) -> None:
         self.model = model
         self.tracer = tracer_provider.get_tracer(names.TRACER_NAME)
@@ -72,7 +74,7 @@ class Recorder(RequestPath):
         self.instruments = Instruments(meter_provider, self.attrs, engine_stats, bucket_overrides=bucket_overrides,
                                        before_collect=self.flush)
         self.batch = TelemetryThread(self.instruments, self.attrs, self.spans, flush_interval=flush_interval,
-                                     log_once=log_once)
+                                     log_once=log_once, keep=keep)
         super().__init__(instruments=self.instruments, begin=self.spans.begin, batch=self.batch,
                          capture_content=_capture_content_enabled() if capture_content is None else capture_content,
                          log_once=log_once)

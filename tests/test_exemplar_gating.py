@@ -1,0 +1,208 @@
+"""Issue 13.4: in the fleet profile, exemplars never point at a trace the tail sampler drops.
+
+The recorder applies the sampling Collectors' rule (ernie_otel/telemetry/keep.py) with their
+parameters (the same OTELCOL_SAMPLING_* variables) and attaches exemplars only to kept traces:
+errors, cancelled, slow, slow queue/prefill, baseline-picked. Unit level with the SDK's in-memory
+metric reader; tests/test_fleet_traces.py runs the real samplers against the same hash rule.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from helpers import REPO_ROOT
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from test_fleet_traces import baseline_keeps as reference_baseline_keeps
+
+from ernie_otel.config import ConfigError
+from ernie_otel.kinds import EXEMPLARS_FOLLOW_SAMPLING_ENV, ErrorType, FinishReason, Status
+from ernie_otel.stack import components
+from ernie_otel.stack.fleet import stack_components
+from ernie_otel.telemetry.keep import KeepRule, baseline_keeps, baseline_threshold, fnv1a64
+from ernie_otel.telemetry.recorder import Recorder
+from ernie_otel.telemetry.settings import TelemetrySettings
+
+SAMPLER_YAML = REPO_ROOT / "collector" / "fleet" / "sampler.yaml"
+# Small thresholds and a large baseline so one test sees every clause and both baseline outcomes.
+RULE = KeepRule(baseline_percent=30, hash_salt="ernie-otel", latency_ms=5000, ttft_ms=1000)
+MS = 1_000_000
+
+
+# ------------------------------------------------------------------------ the rule itself
+def test_fnv1a64_matches_the_published_vectors() -> None:
+    assert fnv1a64(b"") == 0xCBF29CE484222325
+    assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C
+    assert fnv1a64(b"foobar") == 0x85944171F73967E8
+
+
+@pytest.mark.parametrize("percent", [10, 30, 12.5])
+def test_baseline_agrees_with_the_sampler_reference_on_1000_random_ids(percent: float) -> None:
+    rng = random.Random(1304)
+    ids = [rng.getrandbits(128) for _ in range(1000)]
+    rule = KeepRule(percent, "ernie-otel", 10_000, 2000)
+    ours = [rule.keeps(t, failed=False, error_type=None, finish_reason="stop", duration_ns=MS, queue_ns=MS,
+                       prefill_ns=MS) for t in ids]
+    assert ours == [reference_baseline_keeps(t, percent, "ernie-otel") for t in ids]
+    # The share picked is the percent (binomial, n=1000: 5 sigma is under 7 points at 30%).
+    assert abs(sum(ours) / len(ids) - percent / 100) < 0.07
+
+
+def test_baseline_threshold_edges() -> None:
+    assert baseline_threshold(0) == 0
+    assert baseline_threshold(100) == 2**64 - 1
+    assert baseline_threshold(50) == (2**64 - 1) // 2
+    # The salt is part of the hash: another salt picks another set. (Random ids: FNV-1a mixes the
+    # last bytes into the low bits only, so ids 1..N that differ in two bytes all hash alike.)
+    rng = random.Random(13)
+    ids = [rng.getrandbits(128) for _ in range(200)]
+    threshold = baseline_threshold(30)
+    assert [baseline_keeps(t, "ernie-otel", threshold) for t in ids] != [baseline_keeps(t, "x", threshold)
+                                                                         for t in ids]
+
+
+def _dropped_by_baseline(rule: KeepRule) -> int:
+    rng = random.Random(4)
+    return next(t for t in iter(lambda: rng.getrandbits(128), None)
+                if not baseline_keeps(t, rule.hash_salt, rule.threshold))
+
+
+def test_each_policy_clause_and_its_boundary() -> None:
+    rule = RULE
+    t = _dropped_by_baseline(rule)
+
+    def keeps(**over: Any) -> bool:
+        args: dict[str, Any] = dict(failed=False, error_type=None, finish_reason="stop", duration_ns=10 * MS,
+                                    queue_ns=MS, prefill_ns=MS)
+        return rule.keeps(t, **{**args, **over})
+
+    assert not keeps()
+    assert keeps(failed=True)
+    assert keeps(error_type=ErrorType.QUEUE_FULL.value)
+    assert keeps(finish_reason=FinishReason.CANCELLED.value)
+    # The latency policy: whole milliseconds >= threshold, i.e. ns >= threshold * 1e6.
+    assert keeps(duration_ns=5000 * MS) and not keeps(duration_ns=5000 * MS - 1)
+    assert keeps(queue_ns=1000 * MS) and not keeps(queue_ns=1000 * MS - 1)
+    assert keeps(prefill_ns=1000 * MS) and not keeps(prefill_ns=None, queue_ns=None)
+
+
+# ------------------------------------------------------------------------ configuration
+def _sampler_default(variable: str) -> str:
+    found = re.search(r"\$\{env:" + variable + r":-([^}]*)\}", SAMPLER_YAML.read_text())
+    assert found, f"{variable} is not in {SAMPLER_YAML}"
+    return found.group(1)
+
+
+def test_settings_read_the_samplers_variables_with_the_samplers_defaults() -> None:
+    off = TelemetrySettings.from_env({})
+    assert off.keep_rule is None  # single server: every trace is kept, every exemplar resolves
+    on = TelemetrySettings.from_env({EXEMPLARS_FOLLOW_SAMPLING_ENV: "true"}).keep_rule
+    assert on == KeepRule(float(_sampler_default("OTELCOL_SAMPLING_BASELINE_PERCENT")),
+                          _sampler_default("OTELCOL_SAMPLING_HASH_SALT"),
+                          int(_sampler_default("OTELCOL_SAMPLING_LATENCY_MS")),
+                          int(_sampler_default("OTELCOL_SAMPLING_TTFT_MS")))
+    given = TelemetrySettings.from_env({
+        EXEMPLARS_FOLLOW_SAMPLING_ENV: "1", "OTELCOL_SAMPLING_BASELINE_PERCENT": "30",
+        "OTELCOL_SAMPLING_HASH_SALT": "s", "OTELCOL_SAMPLING_LATENCY_MS": "5000", "OTELCOL_SAMPLING_TTFT_MS": "1000"})
+    assert given.keep_rule == KeepRule(30.0, "s", 5000, 1000)
+    with pytest.raises(ConfigError, match="OTELCOL_SAMPLING_BASELINE_PERCENT"):
+        TelemetrySettings.from_env({"OTELCOL_SAMPLING_BASELINE_PERCENT": "150"})
+
+
+def test_the_fleet_profile_turns_it_on_for_every_replica_and_only_there() -> None:
+    ctx = SimpleNamespace(model="tiny", url=lambda key: f"http://127.0.0.1:{key}", addr=lambda key: key,
+                          ports={}, state_dir=REPO_ROOT)
+
+    def serve_envs(table: tuple[components.Component, ...]) -> list[dict[str, str]]:
+        return [c.env(ctx) for c in table if c.name.startswith("ernie_serve")]
+
+    fleet = serve_envs(stack_components(3))
+    assert len(fleet) == 3
+    assert all(env[EXEMPLARS_FOLLOW_SAMPLING_ENV] == "true" for env in fleet)
+    assert all(EXEMPLARS_FOLLOW_SAMPLING_ENV not in env for env in serve_envs(stack_components(1)))
+
+
+# ------------------------------------------------------------------ exemplars in the recorder
+def _recorder(keep: KeepRule | None) -> tuple[Recorder, InMemoryMetricReader]:
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    recorder = Recorder(meter_provider, TracerProvider(), "ernie-gating-probe", lambda: None, keep=keep)
+    return recorder, reader
+
+
+def _exemplar_trace_ids(reader: InMemoryMetricReader) -> tuple[set[int], int]:
+    """Trace ids of the exemplars collected now (the reservoirs start afresh after a collection),
+    and how many histogram points had observations."""
+    data = reader.get_metrics_data()
+    found: set[int] = set()
+    points = 0
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    if isinstance(point, HistogramDataPoint):
+                        points += 1
+                        found.update(e.trace_id for e in point.exemplars if e.trace_id)
+    return found, points
+
+
+def _request(recorder: Recorder, kind: str) -> tuple[int, bool]:
+    """One finished request of `kind`; returns its trace id and whether the sampler keeps it."""
+    rt = recorder.start("chat", f"req-{kind}")
+    st = rt.stats
+    st.prompt_tokens, st.output_tokens, st.finish_reason = 4, 3, FinishReason.STOP.value
+    queue, prefill, total = 0.010, 0.020, 0.100  # seconds: fast, under every threshold
+    status, error_type = Status.OK.value, None
+    if kind == "error":
+        status, error_type, st.finish_reason = Status.ERROR.value, ErrorType.ENGINE_ERROR.value, None
+    elif kind == "rejected":
+        status, error_type, st.finish_reason = Status.REJECTED.value, ErrorType.QUEUE_FULL.value, None
+    elif kind == "cancelled":
+        status, st.finish_reason = Status.CANCELLED.value, FinishReason.CANCELLED.value
+    elif kind == "slow":
+        total = 6.0
+    elif kind == "slow_queue":
+        queue, total = 1.5, 1.6
+    elif kind == "slow_prefill":
+        prefill, total = 1.5, 1.6
+    st.scheduled = st.arrival + queue
+    st.first_token = st.scheduled + prefill
+    st.finished = st.arrival + total
+    recorder.finish(rt, status, error_type=error_type)
+    trace_id = rt.span.get_span_context().trace_id
+    kept = kind != "ok" or reference_baseline_keeps(trace_id, RULE.baseline_percent, RULE.hash_salt)
+    return trace_id, kept
+
+
+def test_exemplars_exactly_for_the_traces_the_sampler_keeps() -> None:
+    recorder, reader = _recorder(RULE)
+    kinds = ["error", "rejected", "cancelled", "slow", "slow_queue", "slow_prefill"] + ["ok"] * 40
+    outcomes = {"kept": 0, "dropped": 0}
+    try:
+        for kind in kinds:
+            trace_id, kept = _request(recorder, kind)
+            recorder.flush()
+            found, points = _exemplar_trace_ids(reader)
+            assert points, "the request recorded no histogram"
+            assert found == ({trace_id} if kept else set()), (kind, format(trace_id, "032x"))
+            outcomes["kept" if kept else "dropped"] += 1
+    finally:
+        recorder.close()
+    # Both baseline outcomes happened (P(no OK trace picked at 30% of 40) ~ 6e-7), so the test can fail.
+    assert outcomes["kept"] > 6 and outcomes["dropped"] > 0, outcomes
+
+
+def test_without_the_rule_every_sampled_trace_has_exemplars() -> None:
+    recorder, reader = _recorder(None)
+    try:
+        for _ in range(10):
+            trace_id, _kept = _request(recorder, "ok")
+            recorder.flush()
+            assert _exemplar_trace_ids(reader)[0] == {trace_id}
+    finally:
+        recorder.close()
