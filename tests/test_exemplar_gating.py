@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from helpers import REPO_ROOT
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
@@ -29,6 +32,8 @@ from ernie_otel.telemetry.recorder import Recorder
 from ernie_otel.telemetry.settings import TelemetrySettings
 
 SAMPLER_YAML = REPO_ROOT / "collector" / "fleet" / "sampler.yaml"
+OTELCOL_CONFIG = REPO_ROOT / "collector" / "otelcol.yaml"
+AGENT_OVERLAY = REPO_ROOT / "collector" / "fleet" / "agent.yaml"
 # Small thresholds and a large baseline so one test sees every clause and both baseline outcomes.
 RULE = KeepRule(baseline_percent=30, hash_salt="ernie-otel", latency_ms=5000, ttft_ms=1000)
 MS = 1_000_000
@@ -206,3 +211,20 @@ def test_without_the_rule_every_sampled_trace_has_exemplars() -> None:
             assert _exemplar_trace_ids(reader)[0] == {trace_id}
     finally:
         recorder.close()
+
+
+# ------------------------------------------------------------------ the agent's span metrics
+def _span_metrics_exemplars(pipeline_bin: Path, *configs: Path) -> bool:
+    args = [str(pipeline_bin / "otelcol-ernie"), "print-config", "--mode", "unredacted"]
+    for config in configs:
+        args += ["--config", str(config)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return bool(yaml.safe_load(result.stdout)["connectors"]["span_metrics"]["exemplars"]["enabled"])
+
+
+def test_fleet_agent_span_metrics_carry_no_exemplars(pipeline_bin: Path) -> None:
+    """The agent computes span metrics from every span, before the samplers drop most traces: its
+    exemplars would name dropped traces, so the fleet overlay turns them off (single server: on)."""
+    assert _span_metrics_exemplars(pipeline_bin, OTELCOL_CONFIG)
+    assert not _span_metrics_exemplars(pipeline_bin, OTELCOL_CONFIG, AGENT_OVERLAY)
