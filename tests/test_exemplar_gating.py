@@ -30,6 +30,7 @@ from ernie_otel.stack.fleet import stack_components
 from ernie_otel.telemetry.keep import KeepRule, baseline_keeps, baseline_threshold, fnv1a64
 from ernie_otel.telemetry.recorder import Recorder
 from ernie_otel.telemetry.settings import TelemetrySettings
+from ernie_otel.telemetry.setup import exemplar_filter_kwargs
 
 SAMPLER_YAML = REPO_ROOT / "collector" / "fleet" / "sampler.yaml"
 OTELCOL_CONFIG = REPO_ROOT / "collector" / "otelcol.yaml"
@@ -133,9 +134,14 @@ def test_the_fleet_profile_turns_it_on_for_every_replica_and_only_there() -> Non
 
 
 # ------------------------------------------------------------------ exemplars in the recorder
+def _settings(follow: bool) -> TelemetrySettings:
+    return TelemetrySettings.from_env({EXEMPLARS_FOLLOW_SAMPLING_ENV: "true"} if follow else {})
+
+
 def _recorder(keep: KeepRule | None) -> tuple[Recorder, InMemoryMetricReader]:
     reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
+    # The exemplar filter build_sdk gives the MeterProvider with the same switch.
+    meter_provider = MeterProvider(metric_readers=[reader], **exemplar_filter_kwargs(_settings(keep is not None)))
     recorder = Recorder(meter_provider, TracerProvider(), "ernie-gating-probe", lambda: None, keep=keep)
     return recorder, reader
 
@@ -211,6 +217,20 @@ def test_without_the_rule_every_sampled_trace_has_exemplars() -> None:
             assert _exemplar_trace_ids(reader)[0] == {trace_id}
     finally:
         recorder.close()
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_other_instrumentations_get_no_exemplars_when_they_follow_sampling(follow: bool) -> None:
+    """An HTTP server histogram recorded in its own sampled span (as the FastAPI instrumentation
+    does) would name dropped traces: with the switch on, the SDK's filter admits no such exemplar."""
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader], **exemplar_filter_kwargs(_settings(follow)))
+    duration = meter_provider.get_meter("http-probe").create_histogram("http.server.request.duration", unit="s")
+    with TracerProvider().get_tracer("http-probe").start_as_current_span("GET /probe") as span:
+        duration.record(0.02, {"http.route": "/probe"})
+        trace_id = span.get_span_context().trace_id
+    assert _exemplar_trace_ids(reader)[0] == (set() if follow else {trace_id})
+    meter_provider.shutdown()
 
 
 # ------------------------------------------------------------------ the agent's span metrics

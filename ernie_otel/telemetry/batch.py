@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
@@ -28,6 +29,9 @@ _FAILED = (Status.ERROR.value, Status.REJECTED.value)
 # The invalid span, explicitly: the trace-based exemplar filter attaches nothing to a record made in
 # this context. (An empty Context() would not do: the SDK takes a falsy context as "use the current one".)
 _NO_EXEMPLAR = trace.set_span_in_context(trace.INVALID_SPAN)
+# Marks the records of a trace the fleet's samplers keep; when exemplars follow sampling, the SDK's
+# exemplar filter (exemplar_filter.py) admits only measurements that carry it.
+KEPT_TRACE = otel_context.create_key("ernie-otel.exemplar-trace-kept")
 
 
 class TelemetryThread:
@@ -110,7 +114,7 @@ class TelemetryThread:
             finish_reason=st.finish_reason, duration_ns=st.to_unix_ns(st.finished) - arrival,
             queue_ns=None if scheduled is None else scheduled - arrival,
             prefill_ns=None if scheduled is None or first is None else first - scheduled)
-        return trace.set_span_in_context(rt.span) if kept else _NO_EXEMPLAR
+        return otel_context.set_value(KEPT_TRACE, True, trace.set_span_in_context(rt.span)) if kept else _NO_EXEMPLAR
 
     def record_histograms(self, rt: RequestTelemetry, status: str, error_type: str | None,
                           ctx: Context | None = None) -> None:
