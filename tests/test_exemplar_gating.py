@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 import re
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,10 +20,26 @@ from typing import Any
 import pytest
 import yaml
 from helpers import REPO_ROOT
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from test_fleet_traces import (
+    BASELINE_PERCENT,
+    DECISION_WAIT_S,
+    HASH_SALT,
+    LATENCY_MS,
+    TTFT_MS,
+    Fleet,
+    SentTrace,
+    jaeger_trace,
+    wait_kept,
+)
 from test_fleet_traces import baseline_keeps as reference_baseline_keeps
+from test_fleet_traces import fleet as fleet  # the fixture: real Collector tiers and Jaeger
 
 from ernie_otel.config import ConfigError
 from ernie_otel.kinds import EXEMPLARS_FOLLOW_SAMPLING_ENV, ErrorType, FinishReason, Status
@@ -36,8 +54,10 @@ SAMPLER_YAML = REPO_ROOT / "collector" / "fleet" / "sampler.yaml"
 OTELCOL_CONFIG = REPO_ROOT / "collector" / "otelcol.yaml"
 AGENT_OVERLAY = REPO_ROOT / "collector" / "fleet" / "agent.yaml"
 # Small thresholds and a large baseline so one test sees every clause and both baseline outcomes.
-RULE = KeepRule(baseline_percent=30, hash_salt="ernie-otel", latency_ms=5000, ttft_ms=1000)
+# The fleet fixture's sampler parameters (tests/test_fleet_traces.py).
+RULE = KeepRule(baseline_percent=BASELINE_PERCENT, hash_salt=HASH_SALT, latency_ms=LATENCY_MS, ttft_ms=TTFT_MS)
 MS = 1_000_000
+KEPT_KINDS = frozenset({"error", "rejected", "cancelled", "slow", "slow_queue", "slow_prefill"})
 
 
 # ------------------------------------------------------------------------ the rule itself
@@ -163,7 +183,8 @@ def _exemplar_trace_ids(reader: InMemoryMetricReader) -> tuple[set[int], int]:
 
 
 def _request(recorder: Recorder, kind: str) -> tuple[int, bool]:
-    """One finished request of `kind`; returns its trace id and whether the sampler keeps it."""
+    """One finished request of `kind` (timings set by hand, as the engine would); returns its trace
+    id and whether the sampler keeps it (RULE's parameters are the fleet fixture's)."""
     rt = recorder.start("chat", f"req-{kind}")
     st = rt.stats
     st.prompt_tokens, st.output_tokens, st.finish_reason = 4, 3, FinishReason.STOP.value
@@ -181,18 +202,22 @@ def _request(recorder: Recorder, kind: str) -> tuple[int, bool]:
         queue, total = 1.5, 1.6
     elif kind == "slow_prefill":
         prefill, total = 1.5, 1.6
+    elif kind == "almost_slow":  # just under the thresholds: only the baseline may keep these
+        total = 4.99
+    elif kind == "almost_slow_queue":
+        queue, total = 0.99, 1.2
     st.scheduled = st.arrival + queue
     st.first_token = st.scheduled + prefill
     st.finished = st.arrival + total
     recorder.finish(rt, status, error_type=error_type)
     trace_id = rt.span.get_span_context().trace_id
-    kept = kind != "ok" or reference_baseline_keeps(trace_id, RULE.baseline_percent, RULE.hash_salt)
+    kept = kind in KEPT_KINDS or reference_baseline_keeps(trace_id, RULE.baseline_percent, RULE.hash_salt)
     return trace_id, kept
 
 
 def test_exemplars_exactly_for_the_traces_the_sampler_keeps() -> None:
     recorder, reader = _recorder(RULE)
-    kinds = ["error", "rejected", "cancelled", "slow", "slow_queue", "slow_prefill"] + ["ok"] * 40
+    kinds = [*sorted(KEPT_KINDS), "almost_slow", "almost_slow_queue"] + ["ok"] * 40
     outcomes = {"kept": 0, "dropped": 0}
     try:
         for kind in kinds:
@@ -248,3 +273,71 @@ def test_fleet_agent_span_metrics_carry_no_exemplars(pipeline_bin: Path) -> None
     exemplars would name dropped traces, so the fleet overlay turns them off (single server: on)."""
     assert _span_metrics_exemplars(pipeline_bin, OTELCOL_CONFIG)
     assert not _span_metrics_exemplars(pipeline_bin, OTELCOL_CONFIG, AGENT_OVERLAY)
+
+
+# --------------------------------------------- end to end: real samplers, Jaeger, the agent's Prometheus
+EXEMPLAR_TRACE_ID = re.compile(r'# \{[^}]*trace_id="([0-9a-f]{32})"')
+
+
+def _agent_exemplars(fleet: Fleet) -> tuple[set[str], str]:
+    """The trace ids of the exemplars on the agent's Prometheus endpoint (OpenMetrics), once some arrive."""
+    request = urllib.request.Request(f"http://{fleet.agent_env['OTELCOL_PROMETHEUS_ENDPOINT']}/metrics",
+                                     headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+    deadline, exemplars, body = time.monotonic() + 30, set(), ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read().decode()
+        exemplars = set(EXEMPLAR_TRACE_ID.findall(body))
+        if exemplars:
+            break
+        time.sleep(0.5)
+    return exemplars, body
+
+
+def test_every_exemplar_resolves_after_real_tail_sampling(fleet: Fleet) -> None:
+    """The recorder, exporting OTLP to the fleet's agent -> lb -> two samplers -> Jaeger: the traces
+    in Jaeger are exactly those the rule keeps (errors, cancels, slow, slow queue/prefill, baseline;
+    not the ones just under a threshold), and every exemplar the agent's Prometheus endpoint serves
+    names one of them."""
+    fleet.start_jaeger()
+    fleet.start_sampler(0)
+    fleet.start_sampler(1)
+    fleet.start_lb()
+    fleet.start_agent()
+    otlp = fleet.agent_env["OTELCOL_OTLP_GRPC_ENDPOINT"]
+    resource = Resource.create({"service.name": "ernie-exemplar-probe"})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp, insecure=True),
+                                                          schedule_delay_millis=200))
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=[PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=otlp, insecure=True), export_interval_millis=3_600_000)],
+        **exemplar_filter_kwargs(_settings(True)))
+    recorder = Recorder(meter_provider, tracer_provider, "ernie-exemplar-probe", lambda: None, keep=RULE)
+    sent: dict[str, tuple[str, bool]] = {}
+    try:
+        for kind in [*sorted(KEPT_KINDS), "almost_slow", "almost_slow_queue", "almost_slow"] + ["ok"] * 30:
+            trace_id, kept = _request(recorder, kind)
+            sent[format(trace_id, "032x")] = (kind, kept)
+        recorder.flush()
+        assert tracer_provider.force_flush(10_000) and meter_provider.force_flush(10_000)
+        # Read the exemplars now: an exemplar travels in the one export after its observation (the
+        # SDK's reservoirs start afresh), and the shutdown's final export would replace it.
+        exemplars, body = _agent_exemplars(fleet)
+    finally:
+        recorder.close()
+        meter_provider.shutdown()
+        tracer_provider.shutdown()
+    probe = [line for line in body.splitlines() if line.startswith("ernie_inference_latency_seconds_bucket")]
+    assert exemplars, "no exemplars reached the agent's Prometheus endpoint:\n" + "\n".join(probe[:30])
+    assert exemplars <= set(sent), f"exemplars of traces not sent here: {exemplars - set(sent)}"
+
+    kept = [SentTrace(int(h, 16), kind, 4, {"ernie-exemplar-probe"}, set()) for h, (kind, k) in sent.items() if k]
+    dropped = [h for h, (_, k) in sent.items() if not k]
+    assert dropped and len(kept) > len(KEPT_KINDS), "the baseline kept all or none: the test could not fail"
+    wait_kept(fleet, kept, timeout=30 + 3 * DECISION_WAIT_S)
+    time.sleep(2)  # every decision is taken by now: the kept traces were written after theirs
+    leaked = [(h, sent[h][0]) for h in dropped if jaeger_trace(fleet.query, h) is not None]
+    assert not leaked, f"the samplers kept traces the recorder's rule drops: {leaked}"
+    unresolved = [(h, sent[h][0]) for h in exemplars if jaeger_trace(fleet.query, h) is None]
+    assert not unresolved, f"exemplars naming traces not in Jaeger: {unresolved}"
