@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from e2e_client import E2EStack, wait_for
 from helpers import REPO_ROOT
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -41,9 +42,10 @@ from test_fleet_traces import (
 from test_fleet_traces import baseline_keeps as reference_baseline_keeps
 from test_fleet_traces import fleet as fleet  # the fixture: real Collector tiers and Jaeger
 
+from ernie_otel import names
 from ernie_otel.config import ConfigError
 from ernie_otel.kinds import EXEMPLARS_FOLLOW_SAMPLING_ENV, ErrorType, FinishReason, Status
-from ernie_otel.stack import components
+from ernie_otel.stack import Stack, StackError, components, free_ports
 from ernie_otel.stack.fleet import stack_components
 from ernie_otel.telemetry.keep import KeepRule, baseline_keeps, baseline_threshold, fnv1a64
 from ernie_otel.telemetry.recorder import Recorder
@@ -341,3 +343,41 @@ def test_every_exemplar_resolves_after_real_tail_sampling(fleet: Fleet) -> None:
     assert not leaked, f"the samplers kept traces the recorder's rule drops: {leaked}"
     unresolved = [(h, sent[h][0]) for h in exemplars if jaeger_trace(fleet.query, h) is None]
     assert not unresolved, f"exemplars naming traces not in Jaeger: {unresolved}"
+
+
+# ------------------------------------------- the default stack: exemplars still resolve after down && up
+def _exemplar_ids(e: E2EStack, since: float) -> set[str]:
+    found: set[str] = set()
+    for spec in (names.LATENCY, names.GENAI_TTFT):
+        data = e.prom("/api/v1/query_exemplars", query=f"{spec.prom_name}_bucket{{{e.via_collector}}}",
+                      start=since, end=time.time())
+        for series in data:
+            found |= {ex["labels"].get("trace_id", "") for ex in series["exemplars"]}
+    return found - {""}
+
+
+@pytest.mark.integration
+def test_earlier_exemplars_resolve_after_stack_down_and_up(pipeline_bin: Path, tmp_path: Path) -> None:
+    """Prometheus keeps its exemplars across a restart (TSDB + WAL); Jaeger's badger store keeps the
+    traces they name, so none of them opens "trace not found" after `stack down && stack up`."""
+    stack = Stack(tmp_path / "stack", ports=free_ports(), bin_dir=pipeline_bin, say=lambda line: None)
+    e = E2EStack(stack)
+    since = time.time() - 60
+    try:
+        stack.up()
+        ours = set()
+        for i in range(3):
+            result = e.chat(f"before restart {i}")
+            assert result.status == 200 and result.trace_id, (result.status, result.headers)
+            ours.add(result.trace_id)
+        before = wait_for(lambda: _exemplar_ids(e, since) & ours or None, 60, f"exemplars of {sorted(ours)}")
+        stack.down()
+        stack.up()
+        after = wait_for(lambda: _exemplar_ids(e, since) or None, 60, "the earlier exemplars after the restart")
+        assert before <= after, f"Prometheus lost exemplars across the restart: {sorted(before - after)}"
+        unresolved = [t for t in after if e.trace(t) is None]
+        assert not unresolved, f"exemplars naming traces Jaeger no longer has: {unresolved}\n{e.logs('jaeger')}"
+    except StackError as exc:
+        pytest.fail(f"stack: {exc}\n{e.logs()}")
+    finally:
+        stack.down()
