@@ -74,3 +74,9 @@ ERROR_TYPE_MEANING: dict[ErrorType, str] = {
 class TokenType(str, Enum):
     INPUT = "input"
     OUTPUT = "output"
+
+
+# The switch the stack's fleet profile sets on every ernie-serve replica and TelemetrySettings
+# reads: exemplars only for traces the fleet's tail sampler keeps. Here, not in names, because
+# the stack may not import the telemetry stack's modules (names pulls in OpenTelemetry).
+EXEMPLARS_FOLLOW_SAMPLING_ENV = "ERNIE_OTEL_EXEMPLARS_FOLLOW_SAMPLING"

@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         capture_content=settings.capture_content, slo_targets=config.slo(),
                         slo_objective=config.slo_objective, tenants=TenantResolver(config.tenants or frozenset(),
                                                                             config.max_tenants),
-                        tenant_header=config.tenant_header, price=price, batch_slots=config.max_num_seqs)
+                        tenant_header=config.tenant_header, price=price, batch_slots=config.max_num_seqs,
+                        keep=settings.keep_rule)
 
     server = ErnieServer(config, recorder_factory, keys=keys)
     if telemetry.prometheus is not None and config.metrics_port:

@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ..kinds import EXEMPLARS_FOLLOW_SAMPLING_ENV
 from ..ports import FLEET_PORTS, HOST, MAX_REPLICAS, fleet_port, replica_ports
 from . import components as table
 from . import render
@@ -62,12 +63,22 @@ def replica_keys(index: int) -> tuple[str, str]:
     return ("serve", "serve_metrics") if index == 0 else (f"serve_{index}", f"serve_metrics_{index}")
 
 
+def _replica_env(base: Component) -> Component:
+    """An ernie-serve of the fleet: the tail samplers drop most OK traces, so the recorder applies
+    their rule (same OTELCOL_SAMPLING_* variables, inherited from the stack's environment) and
+    attaches exemplars only to traces they keep."""
+    def env(ctx: StackContext) -> dict[str, str]:
+        return {**base.env(ctx), EXEMPLARS_FOLLOW_SAMPLING_ENV: "true"}
+
+    return dataclasses.replace(base, env=env)
+
+
 def replica(index: int) -> Component:
     """ernie-serve replica `index` (1..): API on ports.replica_ports(index), its own process and
     therefore its own service.instance.id (the SDK makes one per process)."""
     api_key, metrics_key = replica_keys(index)
     api, metrics = replica_ports(index)
-    base = next(c for c in table.COMPONENTS if c.name == "ernie_serve")
+    base = _replica_env(next(c for c in table.COMPONENTS if c.name == "ernie_serve"))
 
     def command(ctx: StackContext) -> list[str]:
         return table.ernie_serve_command(ctx, api_key, metrics_key)
@@ -281,7 +292,7 @@ def stack_components(replicas: int = 1, *, fleet: bool = False, trace_store: str
             raise StackError(f"--trace-store {trace_store} is part of the fleet profile: add --fleet")
         return table.COMPONENTS
     changed = {"prometheus": lambda c: dataclasses.replace(c, command=_prometheus_collector_only),
-               "collector": _agent}
+               "collector": _agent, "ernie_serve": _replica_env}
     store: tuple[Component, ...] = ()
     if trace_store == "opensearch":
         # Jaeger keeps its ports and only stores into (and reads from) the 2-node cluster.

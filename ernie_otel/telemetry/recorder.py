@@ -38,6 +38,7 @@ from ..stats import EngineStats
 from ..tenancy import Price, TenantResolver
 from .batch import TelemetryThread
 from .instruments import AttributeSets, Instruments
+from .keep import KeepRule
 from .request_path import LogOnce, RequestPath
 from .request_path import RequestTelemetry as RequestTelemetry
 from .sdk_internals import span_writer
@@ -70,6 +71,7 @@ class Recorder(RequestPath):
         tenant_header: str | None = None,
         price: Price | None = None,
         batch_slots: int = 1,
+        keep: KeepRule | None = None,
     ) -> None:
         self.model = model
         self.tracer = tracer_provider.get_tracer(names.TRACER_NAME)
@@ -80,7 +82,7 @@ class Recorder(RequestPath):
         self.instruments = Instruments(meter_provider, self.attrs, engine_stats, bucket_overrides=bucket_overrides,
                                        before_collect=self.flush)
         self.batch = TelemetryThread(self.instruments, self.attrs, self.spans, flush_interval=flush_interval,
-                                     log_once=log_once)
+                                     log_once=log_once, keep=keep)
         self.instruments.accounting.configure(slo_targets, slo_objective, priced=price is not None)
         super().__init__(instruments=self.instruments, begin=self.spans.begin, batch=self.batch,
                          capture_content=_capture_content_enabled() if capture_content is None else capture_content,
