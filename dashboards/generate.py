@@ -363,7 +363,7 @@ def _traces() -> list[dict]:
 def _engine() -> list[dict]:
     running, waiting = engine_sel(n.ENGINE_RUNNING), engine_sel(n.ENGINE_WAITING)
     return [
-        row(ENGINE_ROW, 89),
+        row(ENGINE_ROW, 98),
         ts("Engine running vs waiting", "Requests in the engine's running batch and in its own waiting queue, "
            f"as the engine counts them ({_names(n.ENGINE_RUNNING)}; {_names(n.ENGINE_WAITING)}), summed per "
            "engine instance (over a vLLM engine's model_name/engine labels). In gateway mode ernie-serve queues "
@@ -371,20 +371,64 @@ def _engine() -> list[dict]:
            "requests actually wait." + ENGINE_NOTE, "short",
            [tgt(f"sum by (instance) ({running})", "{{instance}} running", "A"),
             tgt(f"sum by (instance) ({waiting})", "{{instance}} waiting", "B")],
-           (0, 90, 8, 8)),
+           (0, 99, 8, 8)),
         ts("Engine KV-cache usage", "Share of the engine's KV-cache blocks in use, 0..1 (1 = full: new requests "
            f"wait and running ones may be preempted), from {_names(n.ENGINE_KV_CACHE_USAGE)}. The highest value "
            "per engine instance (max, so a vLLM that still exposes both its old and new spelling is not counted "
            "twice)." + ENGINE_NOTE, "percentunit",
            [tgt(f"max by (instance) ({engine_sel(n.ENGINE_KV_CACHE_USAGE)})", "{{instance}}")],
-           (8, 90, 8, 8),
+           (8, 99, 8, 8),
            defaults={"min": 0, "max": 1} | thresholds(("green", None), ("orange", 0.8), ("red", 0.95))),
         ts("Engine time to first token", "p50/p95 of the time to first token measured inside the engine, from "
            f"its histogram ({_names(name + '_bucket' for name in n.ENGINE_TTFT)}), over all selected engine "
            "instances. The Performance row's Time to first token is ernie-serve's view of the same requests; the "
            "gap between the two is the gateway hop." + ENGINE_NOTE, "s",
            quantile_targets(engine_sel(n.ENGINE_TTFT, "_bucket"), qs=("0.5", "0.95"), exemplar_ref=""),
-           (16, 90, 8, 8)),
+           (16, 99, 8, 8)),
+    ]
+
+
+SLO_ROW = "SLO"
+_SLO = n.SLO_REQUESTS.prom_name
+_ALL = f'{n.ATTR_SLO}="all"'
+_MISSED = f'{n.ATTR_RESULT}="missed"'
+_MET = f'{n.ATTR_RESULT}="met"'
+SLO_NOTE = (" Only servers started with SLO targets (--slo-ttft/--slo-tpot/--slo-e2e or ERNIE_SLO_TARGETS) "
+            "judge requests; without targets the panel is empty. Tenants are summed.")
+
+
+def _budget(window: str) -> str:
+    """Burn rate of slo="all" over a window: error ratio / error budget (1 - --slo-objective)."""
+    return (f"(sum by ({n.ATTR_MODEL}) (rate({sel(_SLO, ERNIE, _ALL + ', ' + _MISSED)}[{window}]))"
+            f" / sum by ({n.ATTR_MODEL}) (rate({sel(_SLO, ERNIE, _ALL)}[{window}])))"
+            f" / on ({n.ATTR_MODEL}) (1 - max by ({n.ATTR_MODEL}) ({sel(n.SLO_OBJECTIVE.prom_name, ERNIE)}))")
+
+
+def _slo() -> list[dict]:
+    return [
+        row(SLO_ROW, 89),
+        ts("SLO attainment", "Share of judged requests that met their target, per objective (ttft, tpot, e2e, "
+           "all = every target the request had): exact counts from ernie_slo_requests_total, so targets need not "
+           "be bucket edges. Failed and refused requests count as missed; cancels and client errors are not "
+           "judged." + SLO_NOTE, "percentunit",
+           [tgt(f"sum by ({n.ATTR_MODEL}, {n.ATTR_SLO}) ({rate(_SLO, ERNIE, _MET)})"
+                f" / sum by ({n.ATTR_MODEL}, {n.ATTR_SLO}) ({rate(_SLO, ERNIE)})", "{{model}} {{slo}}")],
+           (0, 90, 8, 8), defaults={"min": 0, "max": 1}),
+        panel("stat", "Error budget left (30d)", "Share of the 30-day error budget (1 - --slo-objective) not yet "
+              "spent by requests that missed a target (slo=all): 1 = untouched, 0 = spent, below 0 = overspent."
+              + SLO_NOTE, "percentunit",
+              [tgt(f"1 - {_budget('30d')}", "{{model}}", instant=True)], (8, 90, 4, 8), options=STAT_OPTS,
+              defaults=thresholds(("red", None), ("orange", 0.25), ("green", 0.5))),
+        ts("SLO burn rate", "How many times faster than the budget allows the error budget burns (slo=all), over "
+           "1h and 5m: the fast-burn page (SLOErrorBudgetFastBurn) needs both above 14.4 (or 6h and 30m above 6). "
+           "1 spends exactly the budget over the SLO period." + SLO_NOTE, "short",
+           [tgt(_budget("1h"), "{{model}} 1h", "A"), tgt(_budget("5m"), "{{model}} 5m", "B")],
+           (12, 90, 6, 8)),
+        ts("Goodput", "Output tokens per second of requests that met all their targets (goodput), against all "
+           "output tokens per second." + SLO_NOTE, "short",
+           [tgt(f"sum by ({n.ATTR_MODEL}) ({rate(n.GOODPUT_TOKENS.prom_name, ERNIE)})", "{{model}} goodput", "A"),
+            tgt(f"sum by ({n.ATTR_MODEL}) ({rate(n.GENERATION_TOKENS.prom_name, ERNIE)})", "{{model}} all", "B")],
+           (18, 90, 6, 8), overrides=DASHED_B),
     ]
 
 
@@ -428,7 +472,7 @@ def _templating() -> dict:
 # -------------------------------------------------------------------------------- dashboard
 def build_dashboard() -> dict:
     """The dashboard as Grafana's JSON model, built afresh (panel ids 1.. in dashboard order)."""
-    panels = [*_service_overview(), *_performance(), *_capacity(), *_resources(), *_traces(), *_engine()]
+    panels = [*_service_overview(), *_performance(), *_capacity(), *_resources(), *_traces(), *_slo(), *_engine()]
     for number, p in enumerate(panels, start=1):
         p["id"] = number
     return {

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .kinds import FinishReason
+from .kinds import SHUTDOWN_MESSAGE, FinishReason
 from .stats import EngineStats, RequestStats
 
 log = logging.getLogger(__name__)
@@ -221,10 +221,11 @@ class Engine:
             except Exception as exc:  # the engine survives a failed step; its requests do not
                 log.exception("engine step failed")
                 self._fail_running(f"engine error: {type(exc).__name__}: {exc}")
-        self._fail_running("server shutting down")
+        # A shutdown cancels what runs (the server's grace period is over): not a failure of the request.
+        self._fail_running(SHUTDOWN_MESSAGE, FinishReason.CANCELLED.value)
         with self._cond:
             for seq in list(self._waiting):
-                self._finish(seq, FinishReason.CANCELLED.value, error="server shutting down")
+                self._finish(seq, FinishReason.CANCELLED.value, error=SHUTDOWN_MESSAGE)
             self._waiting.clear()
 
     def _admit_locked(self) -> None:
@@ -249,9 +250,9 @@ class Engine:
                 self._finish(s, FinishReason.CANCELLED.value)
         self._forget_finished()
 
-    def _fail_running(self, message: str) -> None:
+    def _fail_running(self, message: str, reason: str = FinishReason.ERROR.value) -> None:
         for s in self._running:
-            self._finish(s, FinishReason.ERROR.value, error=message)
+            self._finish(s, reason, error=message)
         self._running = []
         self._forget_finished()
 
@@ -341,6 +342,9 @@ class Engine:
                 result.append(int(greedy[row]))
                 continue
             scaled = logits[row] / p.temperature
+            if not bool(torch.isfinite(scaled).all()):  # a temperature so small the logits overflow: its limit
+                result.append(int(greedy[row]))
+                continue
             probs = torch.softmax(scaled, dim=-1)
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)

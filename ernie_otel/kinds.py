@@ -31,6 +31,11 @@ class FinishReason(str, Enum):
     ERROR = "error"
 
 
+# What a client reads when the server's shutdown cancels its request (the local engine and the
+# gateway alike): the one message, so clients and tests can tell it from a failure.
+SHUTDOWN_MESSAGE = "The server shut down before this request finished; retry it."
+
+
 class ErrorType(str, Enum):
     """The fixed set of ``error_type`` values; docs/metrics.md documents each."""
 
@@ -69,3 +74,9 @@ ERROR_TYPE_MEANING: dict[ErrorType, str] = {
 class TokenType(str, Enum):
     INPUT = "input"
     OUTPUT = "output"
+
+
+# The switch the stack's fleet profile sets on every ernie-serve replica and TelemetrySettings
+# reads: exemplars only for traces the fleet's tail sampler keeps. Here, not in names, because
+# the stack may not import the telemetry stack's modules (names pulls in OpenTelemetry).
+EXEMPLARS_FOLLOW_SAMPLING_ENV = "ERNIE_OTEL_EXEMPLARS_FOLLOW_SAMPLING"

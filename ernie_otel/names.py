@@ -40,6 +40,13 @@ ATTR_OPERATION = "operation"
 ATTR_STATUS = "status"
 ATTR_ERROR_TYPE = _error.ERROR_TYPE  # "error.type"
 ATTR_FINISH_REASON = "finish_reason"
+# SLO and attribution labels (request, token, SLO and cost counters only; never on histograms).
+ATTR_TENANT = "tenant"
+ATTR_SLO = "slo"
+ATTR_RESULT = "result"
+ATTR_TOKEN_TYPE = "token_type"
+ATTR_REASON = "reason"
+ATTR_HEADER = "header"
 
 # GenAI semantic-convention keys.
 GEN_AI_OPERATION_NAME = _gen_ai.GEN_AI_OPERATION_NAME
@@ -72,6 +79,16 @@ GPU_NAME = "gpu.name"
 SPAN_ATTR_QUEUE_POSITION = "ernie.queue.length_at_arrival"
 SPAN_ATTR_BATCH_SIZE = "ernie.batch.max_size"
 SPAN_ATTR_DECODE_STEPS = "ernie.decode.steps"
+SPAN_ATTR_TENANT = "ernie.tenant"
+SPAN_ATTR_SLO_MET = "ernie.slo.met"  # bool: met every judged objective
+SPAN_ATTR_SLO_MISSED = "ernie.slo.missed"  # the objectives missed, e.g. ["ttft"]
+SPAN_ATTR_COST = "ernie.cost"
+
+
+def span_attr_slo_target(slo: str) -> str:
+    """The request's own target for one objective, milliseconds (after header overrides)."""
+    return f"ernie.slo.{slo}.target_ms"
+
 
 # Opt-in for prompt/completion content on spans (off by default: content is sensitive).
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -89,6 +106,11 @@ def genai_span_name(operation: str, model: str) -> str:
 # HTTP headers
 TRACE_ID_HEADER = "X-Trace-Id"
 TRACE_RESPONSE_HEADER = "traceresponse"
+# W3C Server-Timing: one entry per phase, milliseconds; the gateway appends its own after the
+# upstream's under GATEWAY_TIMING_PREFIX.
+SERVER_TIMING_HEADER = "Server-Timing"
+SERVER_TIMING_PHASES = ("queue", "prefill", "decode", "total")
+GATEWAY_TIMING_PREFIX = "gateway-"
 
 # --------------------------------------------------------------------------------- metrics
 class Kind(str, Enum):
@@ -201,11 +223,44 @@ PROCESS_MEMORY = MetricSpec(
     "process.memory.usage", Kind.GAUGE, "By", "process_memory_usage_bytes", (),
     "Resident memory of the ernie-serve process.")
 
+_TENANT = (ATTR_MODEL, ATTR_TENANT)
+SLO_REQUESTS = MetricSpec(
+    "ernie_slo_requests", Kind.COUNTER, "{request}", "ernie_slo_requests_total",
+    (*_TENANT, ATTR_SLO, ATTR_RESULT), "Requests judged against an SLO target (slo: ttft, tpot, e2e, all; "
+    "result: met, missed); exact counts, so targets need not be bucket edges.")
+GOODPUT_TOKENS = MetricSpec(
+    "ernie_goodput_tokens", Kind.COUNTER, "{token}", "ernie_goodput_tokens_total",
+    _TENANT, "Output tokens of requests that met all their SLO targets.")
+SLO_TARGET = MetricSpec(
+    "ernie_slo_target", Kind.GAUGE, "s", "ernie_slo_target_seconds",
+    (ATTR_MODEL, ATTR_SLO), "The server's SLO target per objective (per-request headers may override it).")
+SLO_OBJECTIVE = MetricSpec(
+    "ernie_slo_objective", Kind.GAUGE, "{ratio}", "ernie_slo_objective",
+    (ATTR_MODEL,), "Share of judged requests that must meet their targets (--slo-objective); 1 - it is the "
+    "error budget.")
+SLO_HEADER_PROBLEMS = MetricSpec(
+    "ernie_slo_header_problems", Kind.COUNTER, "{header}", "ernie_slo_header_problems_total",
+    (ATTR_MODEL, ATTR_HEADER, ATTR_REASON), "x-slo-*-ms request headers ignored (invalid) or clamped.")
+TENANT_REQUESTS = MetricSpec(
+    "ernie_tenant_requests", Kind.COUNTER, "{request}", "ernie_tenant_requests_total",
+    (*_TENANT, ATTR_STATUS), "Inference requests finished, by tenant and final status.")
+TENANT_TOKENS = MetricSpec(
+    "ernie_tenant_tokens", Kind.COUNTER, "{token}", "ernie_tenant_tokens_total",
+    (*_TENANT, ATTR_TOKEN_TYPE), "Tokens by tenant and token_type (input, output).")
+TENANT_OVERFLOW = MetricSpec(
+    "ernie_tenant_overflow", Kind.COUNTER, "{request}", "ernie_tenant_overflow_total",
+    (ATTR_MODEL, ATTR_REASON), "Requests counted under tenant=\"other\" (reason: unknown, cap).")
+COST = MetricSpec(
+    "ernie_request_cost", Kind.COUNTER, "{currency}", "ernie_request_cost_total",
+    _TENANT, "Cost of finished requests from the pricing file (--pricing-file), in its currency.")
+SLO_METRICS = (SLO_REQUESTS, GOODPUT_TOKENS, SLO_TARGET, SLO_OBJECTIVE, SLO_HEADER_PROBLEMS, TENANT_REQUESTS,
+               TENANT_TOKENS, TENANT_OVERFLOW, COST)
+
 CATALOGUE: tuple[MetricSpec, ...] = (
     REQUESTS, LATENCY, ERRORS, TOKEN_THROUGHPUT, QUEUE_LENGTH, QUEUE_CAPACITY, RUNNING,
     RUNNING_CAPACITY, QUEUE_TIME, PROMPT_TOKENS, GENERATION_TOKENS, GENAI_DURATION, GENAI_TTFT,
     GENAI_TPOT, GENAI_TOKEN_USAGE, GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL,
-    GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER, PROCESS_CPU, PROCESS_MEMORY,
+    GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER, PROCESS_CPU, PROCESS_MEMORY, *SLO_METRICS,
 )
 GPU_METRICS = (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER)
 
@@ -299,6 +354,12 @@ def catalogue_markdown() -> str:
     lines.append(f"- `gen_ai_provider_name`: `{PROVIDER_NAME}` (no registered value exists for Baidu/ERNIE).")
     lines.append("- `gen_ai_token_type`: " + ", ".join(f"`{t.value}`" for t in TokenType))
     lines.append("- `gpu_index`, `gpu_uuid`, `gpu_name`: from NVML, one series set per GPU.")
+    lines.append(f"- `{ATTR_SLO}`: `ttft`, `tpot`, `e2e`, `all`; `{ATTR_RESULT}`: `met`, `missed` (definitions in "
+                 "`ernie_otel/slo.py` and docs/runbooks.md).")
+    lines.append(f"- `{ATTR_TENANT}`: an allow-listed value of the tenant header (`--tenants`), the API key's name, "
+                 "`default` (none given) or `other` (unknown, or past `--max-tenants`); never on histograms.")
+    lines.append(f"- `{ATTR_REASON}` of `ernie_tenant_overflow_total`: `unknown`, `cap`; of "
+                 "`ernie_slo_header_problems_total`: `invalid` (ignored), `clamped`.")
     lines += ["", "### error_type", "", "| value | meaning |", "|---|---|"]
     for err, meaning in ERROR_TYPE_MEANING.items():
         lines.append(f"| `{err.value}` | {meaning} |")
@@ -323,6 +384,26 @@ def catalogue_markdown() -> str:
         f"The response header `{TRACE_ID_HEADER}` carries the trace id; `{TRACE_RESPONSE_HEADER}` the",
         "W3C trace-context-2 form. Message content is recorded only with",
         f"`{CAPTURE_CONTENT_ENV}=true`.",
+        "",
+        "## Per-request accountability",
+        "",
+        f"- The GenAI span carries `{SPAN_ATTR_TENANT}`, with SLO targets `{span_attr_slo_target('<slo>')}` (after",
+        f"  `x-slo-ttft-ms` / `x-slo-tpot-ms` overrides), `{SPAN_ATTR_SLO_MET}` and `{SPAN_ATTR_SLO_MISSED}`, and with",
+        f"  a pricing file `{SPAN_ATTR_COST}`.",
+        f"- Every response carries `{SERVER_TIMING_HEADER}`: "
+        + ", ".join(f"`{p};dur=<ms>`" for p in SERVER_TIMING_PHASES) + ", from the instants the spans",
+        "  are built from. A stream's header holds what is known when it starts (`headers;dur=` for the time",
+        "  until then). In gateway mode the upstream's entries pass through and ours follow, prefixed",
+        f"  `{GATEWAY_TIMING_PREFIX}`.",
+        "- With `--response-metrics`, a request with `\"return_metrics\": true` gets `metrics` (vLLM's field names:",
+        "  `time_to_first_token_ms`, `generation_time_ms` = scheduled to last token, `queue_time_ms`, `mean_itl_ms`,",
+        "  `tokens_per_second`) in the response body, or in the final chunk of a stream (the usage chunk if asked).",
+        "- Tenants: `--tenant-header` (default `x-tenant-id`) names the tenant; only values on `--tenants` become",
+        "  label values, at most `--max-tenants` of them; the rest count as `other` (`ernie_tenant_overflow_total`).",
+        "- Cost: `--pricing-file prices.json`, e.g. `{\"currency\": \"USD\", \"models\": {\"ernie-4.5-0.3b\":",
+        "  {\"input_per_1m\": 0.1, \"output_per_1m\": 0.4}}, \"default\": {\"gpu_hour\": 2.5}}`; a GPU-hour price",
+        "  charges each request its wall time x price / 3600 / `--max-num-seqs`. A file that does not parse stops",
+        "  ernie-serve at start-up (exit 2).",
         "",
     ]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from .kinds import ErrorType, Status
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # ERNIE's template knows system/user/assistant; developer speaks as system, tool as user.
 _TEMPLATE_ROLE = {"developer": "system", "tool": "user"}
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 class APIError(Exception):
@@ -54,6 +55,12 @@ def invalid(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, ErrorType.INVALID_REQUEST, param=param)
 
 
+# Per-request figures in the response body and the final stream chunk (opt-in: --response-metrics
+# plus this request field), under the field names of vLLM's per-request metrics.
+RETURN_METRICS_FIELD = "return_metrics"
+RESPONSE_METRICS_FIELD = "metrics"
+
+
 @dataclass
 class GenerationRequest:
     """A validated chat or completion request."""
@@ -67,17 +74,80 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    return_metrics: bool = False  # per-request figures in the response (with --response-metrics)
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _not_json(constant: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not, and an upstream given them would fail.
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _bad_json(reason: str) -> APIError:
+    return APIError(400, f"We could not parse the JSON body of your request: {reason}", ErrorType.INVALID_JSON,
+                    code="invalid_json")
+
+
+# The request bodies as JSON Schema, for the app's OpenAPI document (clients, and the schema-driven
+# fuzz tests). They describe what is accepted; the parsers below are what enforces it.
+_COMMON_PROPERTIES: dict[str, Any] = {
+    "model": {"type": "string"},
+    "stream": {"type": ["boolean", "null"]},
+    "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
+    "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+    "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+    "seed": {"type": ["integer", "null"], "minimum": SEED_MIN, "maximum": SEED_MAX},
+    "n": {"type": ["integer", "null"], "enum": [1, None]},
+    "stop": {"anyOf": [{"type": "string", "minLength": 1},
+                       {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1}},
+                       {"type": "null"}]},
+    "ignore_eos": {"type": "boolean"},
+}
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}}}
+CHAT_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["messages"],
+    "properties": {**_COMMON_PROPERTIES, "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+                   "messages": {"type": "array", "minItems": 1, "items": {
+                       "type": "object", "required": ["role"], "properties": {
+                           "role": {"enum": list(ROLES)},
+                           "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART},
+                                                 {"type": "null"}]}}}}},
+}
+COMPLETION_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["prompt"],
+    "properties": {**_COMMON_PROPERTIES, "prompt": {"anyOf": [
+        {"type": "string"}, {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string"}}]}},
+}
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400: never an exception the server did not expect.
+
+    Besides syntax errors this refuses what Python's parser lets through or fails on differently:
+    nesting too deep for its recursion (RecursionError), integers past its digit limit, NaN and
+    Infinity or numbers that overflow to them, and lone surrogate escapes (``"\\ud800"``), which
+    decode into a str that no tokenizer, upstream request or response body can encode as UTF-8.
+    """
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"We could not parse the JSON body of your request: {exc}", ErrorType.INVALID_JSON,
-                       code="invalid_json") from None
+        data = json.loads(body, parse_constant=_not_json, parse_float=_finite_float)
+        json.dumps(data, ensure_ascii=False).encode()  # raises on a lone surrogate anywhere in the body
+    except RecursionError:
+        raise _bad_json("the JSON is nested too deeply.") from None
+    except UnicodeEncodeError:
+        raise _bad_json("a string holds a lone UTF-16 surrogate, which is not valid Unicode text.") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit, NaN/Infinity
+        raise _bad_json(str(exc)) from None
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object.")
     return data
@@ -142,6 +212,8 @@ def _common(data: dict[str, Any], req: GenerationRequest, max_tokens_keys: tuple
     if seed is not None:
         if not _is_int(seed):
             raise invalid("'seed' must be an integer.", "seed")
+        if not SEED_MIN <= seed <= SEED_MAX:  # what a 64-bit generator seed holds
+            raise invalid(f"'seed' must be between {SEED_MIN} and {SEED_MAX}.", "seed")
         req.seed = seed
     n = data.get("n")
     if n is not None and (not _is_int(n) or n != 1):
@@ -158,6 +230,10 @@ def _common(data: dict[str, Any], req: GenerationRequest, max_tokens_keys: tuple
     if not isinstance(ignore_eos, bool):
         raise invalid("'ignore_eos' must be a boolean.", "ignore_eos")
     req.ignore_eos = ignore_eos
+    return_metrics = data.get(RETURN_METRICS_FIELD, False)
+    if not isinstance(return_metrics, bool):
+        raise invalid(f"'{RETURN_METRICS_FIELD}' must be a boolean.", RETURN_METRICS_FIELD)
+    req.return_metrics = return_metrics
 
 
 def _content_text(content: Any, param: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from .config import (
     to_lower,
 )
 from .ports import DEFAULT_PORTS, HOST
+from .slo import NO_TARGETS, SLO_ENV, SloTargets, merge, ms_target, targets_from_json
+from .tenancy import DEFAULT_MAX_TENANTS, DEFAULT_TENANT_HEADER, TenantResolver, load_pricing, tenant_list
 
 if TYPE_CHECKING:
     from .telemetry.recorder import Recorder
@@ -41,6 +44,15 @@ log = logging.getLogger("ernie_otel.serve")
 PROG = "ernie-serve"
 DEFAULT_MODEL = "baidu/ERNIE-4.5-0.3B-PT"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _objective(value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f"must be between 0 and 1 (exclusive), e.g. 0.99, not {value}")
+
+
+def _pricing_file(path: str) -> None:
+    load_pricing(path)  # a file that does not parse stops start-up with its one-line reason
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,12 @@ class ServeConfig(Config):
                                 "leaving one to the server beyond two)")
     api_key: str | None = option(None, flag="--api-key", env="ERNIE_SERVE_API_KEY",
                                  help="require this bearer token")
+    api_key_file: str | None = option(None, flag="--api-key-file", env="ERNIE_SERVE_API_KEY_FILE",
+                                      help="accept the keys in this file, one 'key' or 'name:key' a line; "
+                                      "read again on SIGHUP")
+    shutdown_grace: float = option(30.0, flag="--shutdown-grace", convert=to_float, check=at_least(0),
+                                   help="seconds requests in flight may take to finish after SIGTERM; "
+                                   "then (or at a second SIGTERM) they are cancelled")
     default_max_tokens: int = option(256, flag="--default-max-tokens", convert=to_int, check=at_least(1),
                                      help="output limit when a request names none")
     max_request_bytes: int = option(1 << 20, flag="--max-request-bytes", convert=to_int, check=at_least(1),
@@ -86,8 +104,37 @@ class ServeConfig(Config):
                                      help="seconds to wait for the upstream (504 beyond)")
     upstream_api_key: str | None = option(None, flag="--upstream-api-key", env="ERNIE_UPSTREAM_API_KEY",
                                           help="bearer token for the upstream")
+    slo_ttft: float | None = option(None, flag="--slo-ttft", convert=ms_target, metavar="MS",
+                                    help="SLO target: time to first token, milliseconds")
+    slo_tpot: float | None = option(None, flag="--slo-tpot", convert=ms_target, metavar="MS",
+                                    help="SLO target: time per output token after the first, milliseconds")
+    slo_e2e: float | None = option(None, flag="--slo-e2e", convert=ms_target, metavar="MS",
+                                   help="SLO target: end-to-end latency, milliseconds")
+    # RUF009 takes option() for a shared default; the default here is None (SloTargets is frozen anyway).
+    slo_targets: SloTargets | None = option(  # noqa: RUF009
+        None, flag="--slo-targets", env=SLO_ENV, convert=targets_from_json, metavar="JSON",
+        help='SLO targets as JSON, e.g. {"ttft_ms": 500, "tpot_ms": 50, "e2e_ms": 20000}; '
+        "--slo-ttft/--slo-tpot/--slo-e2e win")
+    slo_objective: float = option(0.99, flag="--slo-objective", convert=to_float, check=_objective,
+                                  help="share of judged requests that must meet their targets (error budget: 1 - it)")
+    tenant_header: str = option(DEFAULT_TENANT_HEADER, flag="--tenant-header", convert=to_lower,
+                                help="request header naming the tenant (values off --tenants count as 'other')")
+    tenants: frozenset[str] | None = option(None, flag="--tenants", env="ERNIE_TENANTS", convert=tenant_list,
+                                     metavar="A,B,...", help="allow-listed tenant names (label values)")
+    max_tenants: int = option(DEFAULT_MAX_TENANTS, flag="--max-tenants", convert=to_int, check=at_least(1),
+                              help="hard cap on distinct tenant label values; beyond it: 'other'")
+    pricing_file: str | None = option(None, flag="--pricing-file", env="ERNIE_PRICING_FILE", check=_pricing_file,
+                                      help="JSON prices per 1M input/output tokens or per GPU-hour, by model: "
+                                      "turns the cost counter on")
+    response_metrics: bool = option(False, flag="--response-metrics", kind="switch",
+                                    help="allow requests to ask for their own timings (\"return_metrics\": true)")
     access_log: bool = option(False, flag="--access-log", kind="switch", help="log every request")
     log_level: str = option("info", flag="--log-level", convert=to_lower, choices=LOG_LEVELS, help="log level")
+
+
+    def slo(self) -> SloTargets:
+        """The model's SLO targets: the JSON form, with the single flags winning."""
+        return merge(self.slo_targets or NO_TARGETS, self.slo_ttft, self.slo_tpot, self.slo_e2e)
 
 
 def build_parser() -> OneLineParser:
@@ -135,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         except ModelUnavailableError as exc:
             return _fail(str(exc))
 
+    from .auth import KeyFileError, KeyRing
+
+    try:
+        keys = KeyRing(config.api_key, config.api_key_file)
+    except KeyFileError as exc:
+        return _fail(str(exc))
+
     if config.upstream is not None and config.served_model_name is None:
         try:
             name = discover_upstream_model(config.upstream, config.upstream_api_key)
@@ -157,12 +211,21 @@ def main(argv: list[str] | None = None) -> int:
 
     bucket_overrides = {key: list(bounds) for key, bounds in settings.bucket_overrides.items()}
 
+    pricing = load_pricing(config.pricing_file) if config.pricing_file else None
+
     def recorder_factory(model_name: str, engine_stats: Any) -> Recorder:
+        price = pricing.for_model(model_name) if pricing is not None else None
+        if pricing is not None and price is None:
+            log.warning("%s prices neither %r nor a default: no cost is counted", config.pricing_file, model_name)
         return Recorder(telemetry.meter_provider, telemetry.tracer_provider, model_name, engine_stats,
                         server_address=config.host, server_port=config.port, bucket_overrides=bucket_overrides,
-                        capture_content=settings.capture_content)
+                        capture_content=settings.capture_content, slo_targets=config.slo(),
+                        slo_objective=config.slo_objective, tenants=TenantResolver(config.tenants or frozenset(),
+                                                                            config.max_tenants),
+                        tenant_header=config.tenant_header, price=price, batch_slots=config.max_num_seqs,
+                        keep=settings.keep_rule)
 
-    server = ErnieServer(config, recorder_factory)
+    server = ErnieServer(config, recorder_factory, keys=keys)
     if telemetry.prometheus is not None and config.metrics_port:
         from .telemetry.prometheus import serve_metrics
 
@@ -178,10 +241,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from .lifecycle import DrainingServer
+
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                access_log=config.access_log, timeout_graceful_shutdown=5)
+    if config.api_key_file is not None:
+        signal.signal(signal.SIGHUP, lambda *_: keys.reload())
     try:
-        uvicorn.Server(uv_config).run()
+        DrainingServer(uv_config, server, config.shutdown_grace).run()
     finally:
         server.recorder.close()  # what the telemetry thread has not recorded yet, before the exporters go
         telemetry.shutdown()

@@ -12,6 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .slo import NO_TARGETS, SloTargets, Verdicts
+
 
 @dataclass(slots=True)
 class RequestStats:
@@ -36,6 +38,11 @@ class RequestStats:
     top_p: float | None = None
     seed: int | None = None
     stream: bool = False
+    # Accountability: whose request, judged against which targets, with what verdicts and cost.
+    tenant: str = "default"  # tenancy.DEFAULT_TENANT
+    slo: SloTargets = NO_TARGETS
+    slo_verdicts: Verdicts = ()
+    cost: float | None = None
 
     def to_unix_ns(self, t: float) -> int:
         return self.arrival_unix_ns + int((t - self.arrival) * 1e9)
@@ -58,6 +65,38 @@ class RequestStats:
         if self.first_token is None or self.finished is None or self.output_tokens < 2:
             return None
         return (self.finished - self.first_token) / (self.output_tokens - 1)
+
+    def phases_ms(self) -> dict[str, float]:
+        """Server-Timing's phases in milliseconds (queue, prefill, decode, total), the same instants
+        the phase spans are built from; a phase the request never reached is left out."""
+        end = self.finished if self.finished is not None else time.perf_counter()
+        out: dict[str, float] = {}
+        if self.scheduled is not None:
+            out["queue"] = (self.scheduled - self.arrival) * 1000.0
+            if self.first_token is not None:
+                out["prefill"] = (self.first_token - self.scheduled) * 1000.0
+                out["decode"] = (end - self.first_token) * 1000.0
+        out["total"] = (end - self.arrival) * 1000.0
+        return out
+
+    def response_metrics(self) -> dict[str, float | None]:
+        """The per-request figures under vLLM's field names: generation is scheduled to last token
+        (prefill + decode); mean ITL is the time per output token after the first."""
+        end = self.finished if self.finished is not None else time.perf_counter()
+        ttft, tpot = self.ttft, self.time_per_output_token
+        generation = None if self.scheduled is None else end - self.scheduled
+        return {
+            "time_to_first_token_ms": None if ttft is None else round(ttft * 1000.0, 3),
+            "generation_time_ms": None if generation is None else round(generation * 1000.0, 3),
+            "queue_time_ms": None if self.scheduled is None else round((self.scheduled - self.arrival) * 1000.0, 3),
+            "mean_itl_ms": None if tpot is None else round(tpot * 1000.0, 3),
+            "tokens_per_second": None if not generation else round(self.output_tokens / generation, 3),
+        }
+
+
+def server_timing(phases_ms: dict[str, float], prefix: str = "") -> str:
+    """A W3C Server-Timing header value from :meth:`RequestStats.phases_ms`."""
+    return ", ".join(f"{prefix}{name};dur={ms:.3f}" for name, ms in phases_ms.items())
 
 
 class ThroughputWindow:

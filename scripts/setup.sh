@@ -19,6 +19,9 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # The fleet TLS test makes a throwaway CA and certificate with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The fleet's OpenSearch trace store: Maven resolves it, javac compiles its launcher, java runs it.
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
 if ((${#need[@]})); then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -87,6 +90,7 @@ else
 fi
 
 log "building/reusing the Thanos binary (fleet metrics store)"; bash deploy/thanos/build.sh >/dev/null
+log "resolving/reusing OpenSearch and its launcher (fleet trace store)"; bash deploy/opensearch/build.sh >/dev/null
 log "building/reusing the Kubernetes tools (helm, controller-gen, CRDs, docker-compose)"
 bash scripts/build-k8s-tools.sh >/dev/null  # helm, controller-gen, CRDs, docker-compose for tests/test_k8s.py
 log "done"

@@ -39,6 +39,15 @@ class Served:
     def metrics_text(self) -> str:
         return self._ok(self.metrics_url)
 
+    def metric_sum(self, family: str, **labels: str) -> float:
+        """The sum of a metric family's samples (on /metrics) whose labels include ``labels``."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            if (line.startswith((family + "{", family + " "))
+                    and all(f'{k}="{v}"' in line for k, v in labels.items())):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     @staticmethod
     def _ok(url: str) -> str:
         status, body = http_get(url)

@@ -36,7 +36,8 @@ REPEAT_OF_SEVERITY = {"critical": "1h", "warning": "4h", "info": "12h"}
 EXPECTED_ALERTS = {
     "HighInferenceLatency", "HighErrorRate", "HighGPUMemoryUsage", "ErnieServeDown",
     "ErnieMetricsAbsent", "HighTimeToFirstToken", "QueueSaturated", "RequestsRejected",
-    "TelemetryExportFailures", "TelemetryReceiverRefused", "NoTraffic",
+    "TelemetryExportFailures", "TelemetryReceiverRefused", "NoTraffic", "SLOErrorBudgetFastBurn",
+    "SLOErrorBudgetSlowBurn",
 }
 # Labels the rules may use besides the catalogue's: target labels, histogram buckets, the
 # Collector's own component labels, the opt-in marker and the recording rules' static labels.

@@ -13,8 +13,9 @@ What a test may change, and nothing else (each asserted below):
   credentials_file paths, group_wait / group_interval / repeat_interval).
 
 One stack serves the module and the tests run in file order: the error-rate alert first, then
-ernie-serve is stopped for the down alert and the inhibition check. Each test waits for what it
-needs itself, so either one also passes run alone. A missing binary fails, never skips.
+ernie-serve is stopped for the down alert and the inhibition check, then a new one with an SLO
+target no request can meet takes its metrics port for the fast-burn page. Each test waits for what
+it needs itself, so each one also passes run alone. A missing binary fails, never skips.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ ALERT_TIMEOUT_S = 60.0
 ERROR_RATE = "HighErrorRate"
 SERVE_DOWN = "ErnieServeDown"
 METRICS_ABSENT = "ErnieMetricsAbsent"
+FAST_BURN = "SLOErrorBudgetFastBurn"
 # The job deploy/prometheus.yml scrapes --metrics-port under (ernie-serve-direct), read from the
 # file: the test server takes that job's target.
 SERVE_JOB = direct_scrape_job()
@@ -490,4 +492,37 @@ def test_serve_down_pages_and_inhibits_its_warnings(stack: AlertStack) -> None:
     assert inhibited(), stack.diagnostics()
     late = [d for d in stack.webhook.snapshot() if d.at > cutoff and d.alerts(ERROR_RATE)]
     assert not late, f"{ERROR_RATE} delivered while inhibited:\n{stack.diagnostics()}"
+    assert not stack.webhook.refused, stack.webhook.refused
+
+
+@pytest.mark.integration
+def test_slo_fast_burn_pages(stack: AlertStack, tmp_path: Path) -> None:
+    """Last, once the first ernie-serve is down: a new one on the same metrics port (the same scrape
+    target and instance) with a TTFT target no request can meet (0.01 ms). Every judged request
+    misses, the error budget burns at 100x over every window -> SLOErrorBudgetFastBurn (P1) -> pager."""
+    stack.load.stop()
+    if stack.serve.proc.poll() is None:  # run alone: the down test has not stopped it
+        stack.serve.proc.terminate()
+        stack.serve.proc.wait(timeout=30)
+    started = time.monotonic()
+    with run_server(tmp_path, "--metrics-port", str(stack.serve.metrics_port), "--slo-ttft", "0.01",
+                    name="serve-slo") as slow:
+        load = ErrorLoad(slow.base, stack.model)  # its valid third is judged; bad JSON is the caller's
+        load.start()
+        try:
+            found = stack.wait_for(f"{FAST_BURN} at /pager",
+                                   lambda: [(d, a) for d, a in stack.webhook.find(FAST_BURN, after=started)
+                                            if d.path == "/pager"])
+        finally:
+            load.stop()
+    _, alert = found[0]
+    assert _rule_labels(FAST_BURN) == {"severity": "critical", "priority": "P1"}
+    assert {d.path for d, _ in stack.webhook.find(FAST_BURN)} == {"/pager"}
+    labels = alert["labels"]
+    assert (labels["job"], labels["instance"], labels["model"], labels["slo"]) == (
+        SERVE_JOB, stack.instance, stack.model, "all")
+    assert load.statuses.get(200, 0) > 0, load.statuses
+    missed = stack.query(f'{names.SLO_REQUESTS.prom_name}{{job="{SERVE_JOB}",{names.ATTR_SLO}="ttft",'
+                         f'{names.ATTR_RESULT}="missed"}} > 0')
+    assert missed, stack.diagnostics()
     assert not stack.webhook.refused, stack.webhook.refused

@@ -38,13 +38,17 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "--device": "auto", "--dtype": "auto", "--torch-threads": 0,
     "--api-key": None, "--default-max-tokens": 256, "--max-request-bytes": 1 << 20, "--otlp-endpoint": None,
     "--upstream": None, "--upstream-timeout": 120.0, "--upstream-api-key": None, "--access-log": False,
-    "--log-level": "info",
+    "--log-level": "info", "--slo-ttft": None, "--slo-tpot": None, "--slo-e2e": None, "--slo-targets": None,
+    "--slo-objective": 0.99, "--tenant-header": "x-tenant-id", "--tenants": None, "--max-tenants": 50,
+    "--pricing-file": None, "--response-metrics": False,
+    "--api-key-file": None, "--shutdown-grace": 30.0,
 }
 BENCH_DEFAULTS: dict[str, Any] = {
     "--url": f"http://{HOST}:{DEFAULT_PORTS['serve']}", "--model": None, "--endpoint": "chat", "--requests": 64,
     "--duration": None, "--concurrency": 8, "--rate": None, "--prompt-tokens": 32, "--max-tokens": 32,
     "--stream": True, "--include-usage": True, "--ignore-eos": False, "--temperature": None, "--extra-body": {},
-    "--api-key": None, "--timeout": 600.0, "--seed": 0,
+    "--api-key": None, "--timeout": 600.0, "--seed": 0, "--slo-ttft": None, "--slo-tpot": None, "--slo-e2e": None,
+    "--slo-headers": False,
 }
 PROGRAMS: dict[str, tuple[type[Config], Callable[[], argparse.ArgumentParser], dict[str, Any]]] = {
     "ernie-serve": (ServeConfig, serve.build_parser, SERVE_DEFAULTS),

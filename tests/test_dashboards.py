@@ -52,6 +52,8 @@ WINDOW_ALLOWLIST: dict[str, set[str]] = {
     "Requests (last 24h)": {"24h"},
     "Average latency (5m)": {"5m"},
     "Errors by type": {"$__range"},
+    "Error budget left (30d)": {"30d"},
+    "SLO burn rate": {"1h", "5m"},
 }
 
 # Metric families without a model label: filtered by job/instance only (GPU gauges from NVML,
@@ -78,7 +80,8 @@ ENGINE_MATCHERS = {("job", "=~", "$engine_job"), ("instance", "=~", "$engine_ins
 ENGINE_VARIABLES = ("engine_job", "engine_instance")
 
 # Sections of the dashboard and, per panel, the metric families it must show.
-REQUIRED_ROWS = ["Service overview", "Performance", "Capacity", "Resources", "Traces (spanmetrics)", ENGINE_ROW]
+REQUIRED_ROWS = ["Service overview", "Performance", "Capacity", "Resources", "Traces (spanmetrics)", "SLO",
+                 ENGINE_ROW]
 _SM_CALLS, _SM_DUR = names.SPANMETRICS_CALLS_PROM, names.SPANMETRICS_DURATION_PROM
 REQUIRED_PANELS: dict[str, set[str]] = {
     "Request rate": {names.REQUESTS.prom_name},

@@ -72,6 +72,10 @@ def test_gateway_propagates_the_trace(gateway: Served) -> None:
                    json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
     assert r.status_code == 200
     assert r.headers[names.TRACE_ID_HEADER] == trace_id
+    # Server-Timing: the upstream ernie-serve's own phases pass through, the gateway's follow.
+    timing = [part.strip().split(";")[0] for part in r.headers[names.SERVER_TIMING_HEADER].split(",")]
+    ours = [names.GATEWAY_TIMING_PREFIX + p for p in ("queue", "prefill", "decode", "total")]
+    assert timing == ["queue", "prefill", "decode", "total", *ours], timing
 
 
 def test_upstream_4xx_passes_through(upstream: Served, tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def _expected_families() -> set[str]:
     """Every non-GPU catalogue family, as Prometheus names its series."""
     out = set()
     for spec in names.CATALOGUE:
-        if spec in names.GPU_METRICS:
+        if spec in names.GPU_METRICS or spec is names.COST:  # cost needs --pricing-file; the stack has none
             continue
         if spec.kind is names.Kind.HISTOGRAM:
             out |= {f"{spec.prom_name}_bucket", f"{spec.prom_name}_sum", f"{spec.prom_name}_count"}
@@ -208,6 +208,43 @@ def test_same_metric_and_label_names_on_both_paths(e2e_stack: E2EStack) -> None:
     if not _has_nvidia_gpu():
         gpu = "|".join(spec.prom_name for spec in names.GPU_METRICS)
         assert e.series(f'{{__name__=~"{gpu}", job=~"{COLLECTOR_JOB}|{DIRECT_JOB}"}}') == []
+
+
+@pytest.mark.integration
+def test_slo_counts_are_exact_on_both_paths(e2e_stack: E2EStack) -> None:
+    """Requests below and above their TTFT target (given per request, as a gateway does) arrive as
+    exact met/missed counts in Prometheus, scraped directly and through the Collector alike."""
+    e = e2e_stack
+
+    def counts(selector: str) -> tuple[float, float]:
+        def one(result: str) -> float:
+            return e.scalar(f'sum({names.SLO_REQUESTS.prom_name}{{{selector}, {names.ATTR_SLO}="ttft", '
+                            f'{names.ATTR_RESULT}="{result}"}})') or 0.0
+        return one("met"), one("missed")
+
+    wait_for(lambda: all(e.series(f"{names.SLO_REQUESTS.prom_name}{{{s}}}") for s in (e.direct, e.via_collector)),
+             40, "SLO series on both paths")
+    # Earlier tests' requests must be in Prometheus before the baseline is taken.
+    wait_for(lambda: e.requests_total(e.via_collector) == e.sent == e.requests_total(e.direct), 40,
+             "earlier requests counted on both paths")
+    before = {s: counts(s) for s in (e.direct, e.via_collector)}
+    for i in range(3):  # a 600 s target: met
+        assert e.chat(f"slo met {i}", max_tokens=2, headers={"x-slo-ttft-ms": "600000"}).status == 200
+    for i in range(2):  # a 1 ms target (the lowest a header may set): missed
+        assert e.chat(f"slo missed {i}", max_tokens=2, headers={"x-slo-ttft-ms": "1"}).status == 200
+    for selector in (e.direct, e.via_collector):
+        met0, missed0 = before[selector]
+        seen: list[tuple[float, float]] = []
+
+        def arrived(selector: str = selector, met0: float = met0, missed0: float = missed0,
+                    seen: list[tuple[float, float]] = seen) -> bool:
+            seen.append(counts(selector))
+            return seen[-1] == (met0 + 3, missed0 + 2)
+
+        try:
+            wait_for(arrived, 40, f"3 met and 2 missed more on {selector}")
+        except AssertionError:
+            raise AssertionError(f"{selector}: before {before[selector]}, now {seen[-1]}") from None
 
 
 # ----------------------------------------------------------------------- 5. Collector outage

@@ -29,7 +29,7 @@ from thanos_fleet import instant, metric_value, scalar_or_none
 
 from ernie_otel import names
 from ernie_otel.ports import DEFAULT_PORTS
-from ernie_otel.stack import Stack, fleet, main, process_matches
+from ernie_otel.stack import Stack, fleet, main, process_matches, thanos
 from ernie_otel.stack.procs import port_free
 
 REPLICAS = 3
@@ -98,9 +98,9 @@ def _listening_inodes() -> dict[str, str]:
 def test_the_fleet_runs_every_process(fleet_stack: Stack) -> None:
     expected = {"jaeger", "collector", "collector_lb", *(f"collector_sampler_{k}" for k in range(fleet.SAMPLERS)),
                 "webhook_sink", "alertmanager", "prometheus",
-                *(f"thanos_receive_{k}" for k in range(fleet.INGESTERS)), "thanos_router", "thanos_query",
+                *(f"thanos_receive_{k}" for k in range(thanos.INGESTERS)), "thanos_router", "thanos_query",
                 "thanos_store", "thanos_compact", "thanos_compact_1m", "thanos_rule",
-                *(f"prometheus_shard_{k}" for k in range(fleet.SHARDS)),
+                *(f"prometheus_shard_{k}" for k in range(thanos.SHARDS)),
                 "ernie_serve", *(f"ernie_serve_{i}" for i in range(1, REPLICAS))}
     status = fleet_stack.status()
     assert set(status) == expected
@@ -172,11 +172,11 @@ def test_thanos_query_sums_the_replicas_and_each_is_scraped_once(fleet_stack: St
     # Each replica target is in exactly one shard's own TSDB: the one hashmod of its address picks.
     targets = {fleet_stack.addr(fleet.replica_keys(i)[1]) for i in range(REPLICAS)}
     scraped_by: dict[str, list[int]] = {t: [] for t in targets}
-    for k in range(fleet.SHARDS):
+    for k in range(thanos.SHARDS):
         for series in instant(fleet_stack.url(f"prometheus_shard_{k}"), 'up{job="ernie-serve-direct"}'):
             assert series["value"][1] == "1", series
             scraped_by[series["metric"]["instance"]].append(k)
-    assert scraped_by == {t: [fleet.hashmod(t, fleet.SHARDS)] for t in targets}
+    assert scraped_by == {t: [thanos.hashmod(t, thanos.SHARDS)] for t in targets}
     # ... and not by the Collector's Prometheus, which in the fleet profile scrapes no replica.
     assert instant(fleet_stack.url("prometheus"), 'up{job="ernie-serve-direct"}') == []
 

@@ -23,6 +23,7 @@ from helpers import free_port, run_process, wait_http
 from thanos_fleet import HOST, api, build_thanos, instant, iter_blocks, objstore_config
 
 from ernie_otel import names
+from ernie_otel.stack import thanos as launch
 
 DAY = 86_400
 # Raw samples are backfilled every 15 s, not every 5 s as the stack scrapes: the same tier
@@ -80,7 +81,7 @@ def _write_agg(path: Path, start: int, end: int) -> None:
 def _compact(thanos: Path, objstore: Path, data: Path, selector: str, raw: str) -> str:
     """One run of the stack's compactor (ernie_otel/stack/thanos.py), with the tiers' retention."""
     return _run([
-        *thanos.compact_args(thanos, data, objstore, http=free_port(), selector=selector, raw_retention=raw,
+        *launch.compact_args(thanos, data, objstore, http=free_port(), selector=selector, raw_retention=raw,
                             wait=False),
         # Backfilled blocks are "new" by upload time; a live compactor keeps the defaults (30m / 48h).
         "--consistency-delay=0s", "--delete-delay=0s",
@@ -122,11 +123,11 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
     _compact(thanos, objstore, tmp / "compact-1m", "compact-1m-selector.yml", raw="7d")
 
     store_grpc, store_http, query_http = free_port(), free_port(), free_port()
-    with run_process([*thanos.store_args(thanos, tmp / "store", objstore, http=store_http, grpc=store_grpc),
+    with run_process([*launch.store_args(thanos, tmp / "store", objstore, http=store_http, grpc=store_grpc),
                       # A block the compactor marked for deletion is gone for this test at once
                       # (live: the store stops reading it after 24h, the compactor deletes it at 48h).
                       "--ignore-deletion-marks-delay=0s"], tmp / "store.log") as store, \
-         run_process(thanos.query_args(thanos, query_http, free_port(), [store_grpc]), tmp / "query.log") as query:
+         run_process(launch.query_args(thanos, query_http, free_port(), [store_grpc]), tmp / "query.log") as query:
         wait_http(f"http://{HOST}:{store_http}/-/ready", timeout=120, proc=store.proc)
         base = f"http://{HOST}:{query_http}"
         wait_http(f"{base}/-/ready", timeout=60, proc=query.proc)

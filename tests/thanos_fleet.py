@@ -23,31 +23,31 @@ import pytest
 from helpers import free_port, http_get
 
 from ernie_otel import names
-from ernie_otel.stack import thanos
+from ernie_otel.stack import thanos as launch
 from ernie_otel.stack.records import StackError
 
-SHARD_CONFIG = thanos.SHARD_CONFIG
-THANOS_DIR = thanos.THANOS_DIR
-HOST = thanos.HOST
-REPLICA_LABEL = thanos.REPLICA_LABEL
+SHARD_CONFIG = launch.SHARD_CONFIG
+THANOS_DIR = launch.THANOS_DIR
+HOST = launch.HOST
+REPLICA_LABEL = launch.REPLICA_LABEL
 MODEL = "ernie-4.5-0.3b"
 
 # The launch code the stack uses (ernie_otel/stack/thanos.py): one copy of every argument list.
-hashmod = thanos.hashmod
-query_args = thanos.query_args
-receive_args = thanos.receive_args
+hashmod = launch.hashmod
+query_args = launch.query_args
+receive_args = launch.receive_args
 
 
 def build_thanos() -> Path:
     """The cached `thanos` binary (deploy/thanos/build.sh); a failed build fails the test."""
     try:
-        return thanos.build_thanos(timeout=3600)
+        return launch.build_thanos(timeout=3600)
     except StackError as err:
         pytest.fail(str(err))
 
 
 @dataclass(frozen=True)
-class ReceivePorts(thanos.ReceivePorts):
+class ReceivePorts(launch.ReceivePorts):
     """A receiver's listeners on free ports."""
 
     grpc: int = field(default_factory=free_port)
@@ -57,18 +57,18 @@ class ReceivePorts(thanos.ReceivePorts):
 
 
 def objstore_config(tmp: Path, bucket: Path) -> Path:
-    return thanos.objstore_config(tmp, bucket)
+    return launch.objstore_config(tmp, bucket)
 
 
 def hashring_config(tmp: Path, ingesters: list[ReceivePorts]) -> Path:
-    return thanos.hashring_config(tmp, list(ingesters))
+    return launch.hashring_config(tmp, list(ingesters))
 
 
 def rule_args(thanos: Path, tmp: Path, *, http: int, grpc: int, query_http: int, alertmanager_port: int,
-              rule_file: Path = thanos.FLEET_GLOBAL_RULES, objstore: Path | None = None,
+              rule_file: Path = launch.FLEET_GLOBAL_RULES, objstore: Path | None = None,
               eval_interval: str = "2s") -> list[str]:
     """The stack's ruler, evaluating every 2 s (not every minute) so that alerts fire within a test."""
-    return thanos.rule_args(thanos, tmp, http=http, grpc=grpc, query_http=query_http,
+    return launch.rule_args(thanos, tmp, http=http, grpc=grpc, query_http=query_http,
                            alertmanager_port=alertmanager_port, rule_file=rule_file, objstore=objstore,
                            eval_interval=eval_interval)
 
@@ -76,15 +76,15 @@ def rule_args(thanos: Path, tmp: Path, *, http: int, grpc: int, query_http: int,
 def shard_config(tmp: Path, index: int, *, remote_write_port: int, alertmanager_port: int,
                  targets: list[str], meta_targets: dict[str, list[str]], interval: str = "1s") -> Path:
     """The stack's shard `index` config, scraping every `interval`, with these targets."""
-    thanos.write_targets(tmp, "ernie-serve-test", targets)
+    launch.write_targets(tmp, "ernie-serve-test", targets)
     for job, addresses in meta_targets.items():
-        thanos.write_targets(tmp, f"{job}-test", addresses)
-    return thanos.shard_config(tmp, index, remote_write=f"{HOST}:{remote_write_port}",
+        launch.write_targets(tmp, f"{job}-test", addresses)
+    return launch.shard_config(tmp, index, remote_write=f"{HOST}:{remote_write_port}",
                               alertmanager=f"{HOST}:{alertmanager_port}", interval=interval)
 
 
 def prometheus_args(config: Path, port: int, data: Path) -> list[str]:
-    return thanos.prometheus_shard_args("prometheus", config, port, data)
+    return launch.prometheus_shard_args("prometheus", config, port, data)
 
 
 # -------------------------------------------------------------------------- fake targets

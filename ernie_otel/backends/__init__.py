@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .base import Backend, Call, Outcome, error_response, record_outcome
+from .base import Backend, Call, Outcome, error_response, record_outcome, timing_headers
 
-__all__ = ["Backend", "BackendSettings", "Call", "Outcome", "error_response", "make_backend", "record_outcome"]
+__all__ = ["Backend", "BackendSettings", "Call", "Outcome", "error_response", "make_backend", "record_outcome",
+           "timing_headers"]
 
 
 class BackendSettings(Protocol):

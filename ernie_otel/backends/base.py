@@ -17,9 +17,10 @@ from typing import Any, Protocol
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from .. import names
 from ..kinds import ErrorType, FinishReason, Operation, Status
 from ..protocol import APIError, GenerationRequest
-from ..stats import EngineStats
+from ..stats import EngineStats, server_timing
 from ..telemetry.recorder import Recorder, RequestTelemetry
 
 
@@ -68,6 +69,7 @@ class Call:
     http: Request
     rt: RequestTelemetry
     recorder: Recorder
+    response_metrics: bool = False  # the server allows it and the request asked for its figures
 
     def accept(self, *, max_tokens: int | None, prompt_tokens: int = 0) -> None:
         """The backend took the request's parameters: they go on the span from here on."""
@@ -82,6 +84,27 @@ class Call:
 
     def trace_headers(self) -> dict[str, str]:
         return self.recorder.trace_headers(self.rt)
+
+    def timing_headers(self, upstream: str | None = None) -> dict[str, str]:
+        """``Server-Timing`` from the request's stats (the instants its spans are built from); in
+        gateway mode after the upstream's own entries, ours prefixed."""
+        return timing_headers(self.rt, upstream)
+
+    def metrics(self) -> dict[str, float | None] | None:
+        """The per-request figures for the response body, if asked for (after ``record``)."""
+        return self.rt.stats.response_metrics() if self.response_metrics else None
+
+
+def timing_headers(rt: RequestTelemetry, upstream: str | None = None) -> dict[str, str]:
+    """``Server-Timing`` for a finished request (queue, prefill, decode, total; ms). Streams call it
+    when their headers go out: then the phases so far, and ``headers`` for the time until then."""
+    phases = rt.stats.phases_ms()
+    if rt.stats.finished is None:
+        phases["headers"] = phases.pop("total")
+    if upstream is None:
+        return {names.SERVER_TIMING_HEADER: server_timing(phases)}
+    ours = server_timing(phases, names.GATEWAY_TIMING_PREFIX)  # gateway mode: "" is an upstream without any
+    return {names.SERVER_TIMING_HEADER: f"{upstream}, {ours}" if upstream else ours}
 
 
 class Backend(Protocol):

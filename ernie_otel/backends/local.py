@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine import AsyncDeliverer, Engine, EngineStoppedError, Event, QueueFullError, SamplingParams, Sequence
 from ..kinds import ErrorType, FinishReason, Operation, Status
-from ..protocol import SSE_DONE, APIError, GenerationRequest, sse_event
+from ..protocol import RESPONSE_METRICS_FIELD, SSE_DONE, APIError, GenerationRequest, sse_event
 from ..stats import EngineStats
 from .base import Call, Outcome, error_response
 from .loading import load_model, resolve_model_path
@@ -118,8 +118,9 @@ class LocalBackend:
                            openai_type="service_unavailable_error", status=Status.REJECTED) from None
         headers = call.trace_headers()
         if req.stream:
+            # The phases known before the first byte; the final chunk's metrics carry the rest.
             return StreamingResponse(self._stream(call, seq, events), media_type="text/event-stream",
-                                     headers={**headers, "Cache-Control": "no-cache"})
+                                     headers={**headers, **call.timing_headers(), "Cache-Control": "no-cache"})
         return await self._complete(call, seq, events, headers)
 
     # -------------------------------------------------------------------- request checks
@@ -194,9 +195,10 @@ class LocalBackend:
             raise
         err = self._ended_early(call, finish)
         if err is not None:
-            return error_response(err, headers)
+            return error_response(err, {**headers, **call.timing_headers()})
         text = "".join(parts)
         call.record(Outcome.OK, response_id=call.response_id, output_text=text)
+        headers = {**headers, **call.timing_headers()}
         base = {"id": call.response_id, "created": int(time.time()), "model": self.model_name,
                 "usage": self._usage(seq)}
         if call.operation is Operation.CHAT:
@@ -206,6 +208,9 @@ class LocalBackend:
         else:
             body = {**base, "object": "text_completion", "choices": [{
                 "index": 0, "text": text, "logprobs": None, "finish_reason": finish.finish_reason}]}
+        metrics = call.metrics()
+        if metrics is not None:
+            body[RESPONSE_METRICS_FIELD] = metrics
         return JSONResponse(body, headers=headers)
 
     async def _stream(self, call: Call, seq: Sequence, events: asyncio.Queue[Event]) -> AsyncIterator[bytes]:
@@ -244,11 +249,20 @@ class LocalBackend:
                     continue
                 if event.delta:
                     yield sse_event(chunk(event.delta, None))
-                yield sse_event(chunk(None, event.finish_reason))
-                if include_usage:
-                    yield sse_event({"id": response_id, "object": obj, "created": created, "model": model_name,
-                                     "choices": [], "usage": self._usage(seq)})
+                # Recorded before the last chunks go out, so the final chunk can carry the request's
+                # figures (the same instants as its spans).
                 call.record(Outcome.OK, response_id=response_id, output_text="".join(parts))
+                metrics = call.metrics()
+                last = chunk(None, event.finish_reason)
+                if metrics is not None and not include_usage:
+                    last[RESPONSE_METRICS_FIELD] = metrics
+                yield sse_event(last)
+                if include_usage:
+                    usage = {"id": response_id, "object": obj, "created": created, "model": model_name,
+                             "choices": [], "usage": self._usage(seq)}
+                    if metrics is not None:
+                        usage[RESPONSE_METRICS_FIELD] = metrics
+                    yield sse_event(usage)
                 break
             yield SSE_DONE
         finally:

@@ -22,7 +22,7 @@ import httpx
 from fastapi.responses import Response, StreamingResponse
 from opentelemetry import propagate, trace
 
-from ..kinds import ErrorType, Operation, Status
+from ..kinds import SHUTDOWN_MESSAGE, ErrorType, Operation, Status
 from ..protocol import SSE_DONE, APIError, sse_lines
 from ..stats import EngineStats, RequestStats
 from .base import Call, Outcome
@@ -79,6 +79,7 @@ class UpstreamBackend:
         self._root = root
         self._max_model_len = max_model_len
         self._connect: asyncio.Task[None] | None = None
+        self._stopping = False  # set by stop(): a connection closed after it is a shutdown cancel
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
                                         limits=httpx.Limits(max_connections=max_in_flight + 8))
 
@@ -107,9 +108,19 @@ class UpstreamBackend:
         self._connect = asyncio.create_task(self.connect())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._connect is not None:
             self._connect.cancel()
         await self.client.aclose()
+
+    @staticmethod
+    def _shutdown_cancel(call: Call) -> APIError:
+        """The server's shutdown closed this request's upstream connection: a cancel (recorded so),
+        not an upstream failure; the client reads the same message as from the local engine."""
+        err = APIError(503, SHUTDOWN_MESSAGE, ErrorType.NOT_READY, openai_type="service_unavailable_error",
+                       status=Status.CANCELLED)
+        call.record(Outcome.SHUTDOWN, err)
+        return err
 
     async def connect(self) -> None:
         """Learn the upstream's model id, to name it in forwarded requests; until then requests go
@@ -175,6 +186,8 @@ class UpstreamBackend:
                            openai_type="server_error", code=ErrorType.UPSTREAM_TIMEOUT.value) from None
         except httpx.HTTPError as exc:
             release()
+            if self._stopping:
+                raise self._shutdown_cancel(call) from None
             raise APIError(502, f"upstream unreachable: {exc!r}", ErrorType.UPSTREAM_CONNECT,
                            openai_type="server_error", code=ErrorType.UPSTREAM_CONNECT.value) from None
         if resp.status_code != 200:
@@ -185,14 +198,19 @@ class UpstreamBackend:
                 release()
             raise _upstream_error(resp.status_code, content)
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_HEADERS
-                   and not k.lower().startswith(("x-trace-id", "traceresponse"))}
+                   and not k.lower().startswith(("x-trace-id", "traceresponse", "server-timing"))}
         headers.update(call.trace_headers())
+        # The upstream's Server-Timing entries pass through, ours follow (prefixed gateway-).
+        upstream_timing = ", ".join(resp.headers.get_list("server-timing"))
         if req.stream:
+            headers.update(call.timing_headers(upstream_timing))
             return StreamingResponse(self._relay(call, resp, release), status_code=200, headers=headers,
                                      media_type="text/event-stream")
         try:
             content = await resp.aread()
         except httpx.HTTPError as exc:
+            if self._stopping:
+                raise self._shutdown_cancel(call) from None
             err = _stream_error(exc)
             call.record(Outcome.FAILED, err)
             raise err from None
@@ -210,6 +228,7 @@ class UpstreamBackend:
         st.finish_reason = choice.get("finish_reason")
         text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
         call.record(Outcome.OK, response_id=payload.get("id"), output_text=text)
+        headers.update(call.timing_headers(upstream_timing))
         return Response(content, status_code=200, headers=headers, media_type="application/json")
 
     async def _relay(self, call: Call, resp: httpx.Response, release: Callable[[], None]) -> AsyncIterator[bytes]:
@@ -273,8 +292,11 @@ class UpstreamBackend:
                 saw_done = True
                 yield complete()
         except httpx.HTTPError as exc:
-            err = _stream_error(exc)
-            call.record(Outcome.FAILED, err)
+            if self._stopping:
+                err = self._shutdown_cancel(call)
+            else:
+                err = _stream_error(exc)
+                call.record(Outcome.FAILED, err)
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             return
         finally:

@@ -42,6 +42,13 @@ def format_result(r: BenchResult) -> str:
         f"{r.tokens_from_usage} counted from usage, {r.tokens_from_chunks} from chunks)",
         f"requests/s:      {r.requests_per_s:.2f}",
     ]
+    if r.slo_targets_ms:
+        targets = ", ".join(f"{k} {v:g} ms" for k, v in r.slo_targets_ms.items())
+        attained = ", ".join(f"{k} {_fmt(None if v is None else v * 100)}% of {r.slo_judged[k]}"
+                             for k, v in r.slo_attainment.items())
+        lines += [f"SLO targets:     {targets}", f"SLO attainment:  {attained}",
+                  f"goodput:         {_fmt(r.goodput_requests_per_s, 2)} requests/s, "
+                  f"{_fmt(r.goodput_tokens_per_s)} output tokens/s (requests that met all their targets)"]
     if r.errors:
         lines.append("errors:")
         lines += [f"  {count:>6}  {key}" for key, count in r.errors.items()]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import Config, ConfigError, above, at_least, http_url, option, to_float, to_int, to_json_object
 from ..ports import DEFAULT_PORTS, HOST
+from ..slo import SloTargets, ms_target
 
 RESERVOIR_SIZE = 10_000
 
@@ -46,6 +47,16 @@ class BenchConfig(Config):
     timeout: float = option(600.0, flag="--timeout", convert=to_float, check=above(0),
                             help="per-request timeout in seconds")
     seed: int = option(0, flag="--seed", convert=to_int, help="seed for Poisson arrivals and sampling reservoirs")
+    # The server's definitions (ernie_otel.slo), measured from the client: TTFT needs --stream.
+    slo_ttft: float | None = option(None, flag="--slo-ttft", convert=ms_target, metavar="MS",
+                                    help="SLO target for goodput: time to first token, ms")
+    slo_tpot: float | None = option(None, flag="--slo-tpot", convert=ms_target, metavar="MS",
+                                    help="SLO target for goodput: time per output token after the first, ms")
+    slo_e2e: float | None = option(None, flag="--slo-e2e", convert=ms_target, metavar="MS",
+                                   help="SLO target for goodput: end-to-end latency, ms")
+    slo_headers: bool = option(False, flag="--slo-headers", kind="switch",
+                               help="send the TTFT/TPOT targets as x-slo-ttft-ms / x-slo-tpot-ms, so the server "
+                               "judges each request against the same targets")
     # Prompts are numbered from this offset; None: a random one per run, so that a run never
     # repeats an earlier run's prompts (a server with a prefix cache would serve those from it).
     prompt_offset: int | None = None
@@ -54,6 +65,9 @@ class BenchConfig(Config):
     def check(self) -> None:
         if self.rate is None and not self.concurrency:
             raise ConfigError(f"give {self.label('concurrency')} (closed loop) or {self.label('rate')} (open loop)")
+
+    def slo(self) -> SloTargets:
+        return SloTargets(self.slo_ttft, self.slo_tpot, self.slo_e2e)
 
     @property
     def unbounded(self) -> bool:

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from .. import slo
+from ..kinds import Status
 from ..protocol import sse_lines
 from .config import BenchConfig
 from .results import BenchResult, Reservoir
@@ -86,6 +88,11 @@ class Bench:
         self.from_usage = 0
         self.from_chunks = 0
         self.errors: dict[str, int] = {}
+        self.targets = cfg.slo()
+        self.slo_met: dict[str, int] = {s.value: 0 for s in self.targets.configured()}
+        self.slo_judged: dict[str, int] = dict(self.slo_met)
+        self.goodput_requests = 0
+        self.goodput_tokens = 0
         self.started: float | None = None
         self.ended: float | None = None
         self._stop = asyncio.Event()
@@ -116,11 +123,42 @@ class Bench:
             ttft_ms=self._ttft.summary(), tpot_ms=self._tpot.summary(), latency_ms=self._latency.summary(),
             errors=dict(sorted(self.errors.items(), key=lambda kv: -kv[1])),
             tokens_from_usage=self.from_usage, tokens_from_chunks=self.from_chunks,
+            **self._goodput(wall),
         )
+
+    def _goodput(self, wall: float) -> dict[str, Any]:
+        if not self.targets.any:
+            return {}
+        return {
+            "slo_targets_ms": self.targets.as_ms(),
+            "slo_attainment": {k: (self.slo_met[k] / n if n else None) for k, n in self.slo_judged.items()},
+            "slo_judged": dict(self.slo_judged),
+            "goodput_requests_per_s": self.goodput_requests / wall if wall > 0 else 0.0,
+            "goodput_tokens_per_s": self.goodput_tokens / wall if wall > 0 else 0.0,
+        }
+
+    def _judge(self, o: _Outcome) -> None:
+        """The server's SLO rules (ernie_otel.slo) on what the client saw."""
+        if not self.targets.any:
+            return
+        if o.ok:
+            tpot = (o.latency - o.ttft) / (o.tokens - 1) if (
+                self.cfg.stream and o.ttft is not None and o.tokens > 1) else None
+            verdicts = slo.evaluate(self.targets, Status.OK.value, None, o.ttft, tpot, o.latency)
+        else:
+            verdicts = slo.missed_all(self.targets)
+        for objective, met in verdicts:
+            self.slo_judged[objective.value] += 1
+            self.slo_met[objective.value] += met
+        if slo.met_all(verdicts):
+            self.goodput_requests += 1
+            self.goodput_tokens += o.tokens
 
     async def run(self) -> BenchResult:
         cfg = self.cfg
         headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        if cfg.slo_headers:
+            headers.update(slo.header_values(self.targets))
         cap = cfg.concurrency or 1000
         limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
         timeout = httpx.Timeout(cfg.timeout, connect=min(10.0, cfg.timeout))
@@ -312,6 +350,7 @@ class Bench:
                         prompt_tokens=int(usage.get("prompt_tokens") or 0), from_usage=from_usage)
 
     def _record(self, o: _Outcome) -> None:
+        self._judge(o)
         if not o.ok:
             self.failed += 1
             key = o.error or "unknown"

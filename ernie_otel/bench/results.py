@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -45,6 +45,14 @@ class BenchResult:
     errors: dict[str, int]
     tokens_from_usage: int  # successful requests whose token count came from `usage`
     tokens_from_chunks: int  # ... from counting content chunks (server sent no usage)
+    # Goodput (only with --slo-*): targets in ms; per objective the share of judged requests that
+    # met it (failed requests miss every target, as on the server); output tokens and requests per
+    # second of the requests that met all their targets.
+    slo_targets_ms: dict[str, float] = field(default_factory=dict)
+    slo_attainment: dict[str, float | None] = field(default_factory=dict)
+    slo_judged: dict[str, int] = field(default_factory=dict)
+    goodput_requests_per_s: float | None = None
+    goodput_tokens_per_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

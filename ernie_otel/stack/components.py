@@ -23,6 +23,7 @@ likewise each component's command line (collector_command(), prometheus_command(
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -33,7 +34,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import consoles, jaeger_ui
-from ..ports import DEFAULT_PORTS, HOST, PORT_PURPOSE
+from ..ports import DEFAULT_PORTS, FLEET_STRIDE, HOST, PORT_PURPOSE, fleet_port
+from ..slo import SLO_ENV
 from . import render
 from .procs import REPO_ROOT
 from .records import StackError
@@ -50,6 +52,9 @@ LOAD_MAX_TOKENS = 32
 # get data while HighErrorRate (5%) stays quiet unless something is really wrong (every 7 s put
 # the ratio near 4.5% and the alert flapped between pending and firing in the demo).
 BAD_REQUEST_INTERVAL_S = 20.0
+# `down` / `restart` let ernie-serve drain its requests in flight for this long: less than the
+# stack's SIGKILL deadline (core.STOP_TIMEOUT_S, 10 s), so the drain ends on its own terms.
+SERVE_SHUTDOWN_GRACE_S = 8.0
 
 
 class StackContext(Protocol):
@@ -191,6 +196,86 @@ def build_binaries(say: Callable[[str], None], *, capture: bool = False, timeout
     return bin_dir
 
 
+# ------------------------------------------------------- OpenSearch trace store (fleet, opt-in)
+OPENSEARCH_BUILD_SCRIPT = REPO_ROOT / "deploy" / "opensearch" / "build.sh"
+JAEGER_OPENSEARCH_CONFIG = REPO_ROOT / "collector" / "jaeger-opensearch.yaml"
+OPENSEARCH_NODES = 2  # collector/jaeger-opensearch.yaml lists this many server URLs
+OPENSEARCH_PORT_STEP = FLEET_STRIDE  # node k: node 0's ports + 10*k (ErnieOpenSearch.java's PORT_STEP too)
+# Both nodes share one JVM: 1.5 GiB is enough for a demo's traces and leaves room on a small box.
+OPENSEARCH_HEAP = "1500m"
+OPENSEARCH_CLUSTER = "ernie-traces"
+OPENSEARCH_DIR = "opensearch"  # under the stack's state dir: node_1/, node_2/ and the stop files
+
+
+def opensearch_home(*, timeout: float | None = None) -> Path:
+    """deploy/opensearch/build.sh (jars from Maven Central + the compiled launcher, cached); the
+    last line it prints is the cache entry. Its messages go into the error on failure."""
+    try:
+        result = subprocess.run(["bash", str(OPENSEARCH_BUILD_SCRIPT)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"deploy/opensearch/build.sh did not finish within {timeout:.0f}s") from None
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise StackError(f"deploy/opensearch/build.sh failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
+    return Path(lines[-1])
+
+
+def opensearch_node_ports(http: int, transport: int, node: int) -> tuple[int, int]:
+    """(HTTP, transport) port of node ``node`` of a cluster whose node 0 has ``http``/``transport``."""
+    return http + OPENSEARCH_PORT_STEP * node, transport + OPENSEARCH_PORT_STEP * node
+
+
+def opensearch_command(home: Path, base_dir: Path, http: int, transport: int,
+                       nodes: int = OPENSEARCH_NODES) -> list[str]:
+    """The launcher (deploy/opensearch/ErnieOpenSearch.java): ``nodes`` nodes in one JVM, all on
+    127.0.0.1; it reads ``stop K`` lines on stdin (close node K) and exits at end of input."""
+    classpath = os.pathsep.join([str(home / "lib" / "*"), str(home / "classes")])
+    return ["java", f"-Xmx{OPENSEARCH_HEAP}", "-cp", classpath, "ErnieOpenSearch",
+            str(base_dir), OPENSEARCH_CLUSTER, str(http), str(transport), str(nodes)]
+
+
+def opensearch_stop_file(base_dir: Path, node: int) -> Path:
+    """Creating this file makes the launcher close node ``node`` (it renames it to stopped-node-K)."""
+    return base_dir / f"stop-node-{node}"
+
+
+def opensearch_url(http: int, node: int = 0) -> str:
+    return f"http://{HOST}:{http + OPENSEARCH_PORT_STEP * node}"
+
+
+def jaeger_opensearch_env(http: int) -> dict[str, str]:
+    """collector/jaeger-opensearch.yaml's server URLs: every node of the cluster at ``http``."""
+    return {f"JAEGER_OPENSEARCH_URL_{k}": opensearch_url(http, k) for k in range(OPENSEARCH_NODES)}
+
+
+def jaeger_opensearch_command(bin_dir: Path) -> list[str]:
+    return [*jaeger_command(bin_dir), "--config", str(JAEGER_OPENSEARCH_CONFIG)]
+
+
+def opensearch_component() -> Component:
+    """The 2-node OpenSearch cluster (one JVM) of ``stack up --fleet --trace-store opensearch``.
+    Node k listens on the node-0 ports + 10*k; healthy when the cluster is green with all nodes."""
+    keys = {f"opensearch_{kind}_{k}": fleet_port(f"opensearch_{kind}", k)
+            for kind in ("http", "transport") for k in range(OPENSEARCH_NODES)}
+
+    def command(ctx: StackContext) -> list[str]:
+        return opensearch_command(opensearch_home(), ctx.state_dir / OPENSEARCH_DIR, ctx.ports["opensearch_http_0"],
+                                  ctx.ports["opensearch_transport_0"])
+
+    return Component("opensearch", f"OpenSearch ({OPENSEARCH_NODES} nodes)", 5, command, keys,
+                     health=lambda c: (f"{opensearch_url(c.ports['opensearch_http_0'])}/_cluster/health"
+                                       f"?wait_for_status=green&wait_for_nodes={OPENSEARCH_NODES}&timeout=1s"),
+                     health_timeout=240.0)
+
+
+def with_opensearch(jaeger: Component) -> Component:
+    """Jaeger with collector/jaeger-opensearch.yaml over the cluster of opensearch_component()."""
+    return dataclasses.replace(
+        jaeger, title="Jaeger (OpenSearch)", command=lambda c: jaeger_opensearch_command(c.binaries()),
+        env=lambda c: {**jaeger.env(c), **jaeger_opensearch_env(c.ports["opensearch_http_0"])})
+
+
 def find_alertmanager() -> str | None:
     # Debian installs it as prometheus-alertmanager; upstream tarballs as alertmanager.
     return shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")
@@ -252,7 +337,11 @@ def ernie_serve_command(ctx: StackContext, api_key: str = "serve", metrics_key: 
     """ernie-serve under opentelemetry-instrument on the ports of these keys (the fleet's replica
     i has its own keys; replica 0 is this table's ernie_serve)."""
     return [venv_script("opentelemetry-instrument"), venv_script("ernie-serve"), "--model", ctx.model,
-            "--host", HOST, "--port", str(ctx.ports[api_key]), "--metrics-port", str(ctx.ports[metrics_key])]
+            "--host", HOST, "--port", str(ctx.ports[api_key]), "--metrics-port", str(ctx.ports[metrics_key]),
+            "--shutdown-grace", str(SERVE_SHUTDOWN_GRACE_S)]
+
+
+STACK_SLO_TARGETS = '{"ttft_ms": 2000, "tpot_ms": 500, "e2e_ms": 30000}'
 
 
 def _ernie_serve_env(ctx: StackContext) -> dict[str, str]:
@@ -268,6 +357,10 @@ def _ernie_serve_env(ctx: StackContext) -> dict[str, str]:
         # machine (this stack plus a load generator on 2 cores) their spin-waiting turns a
         # 20 ms request into ~350 ms whenever another process holds a core.
         env["OMP_NUM_THREADS"] = "1"
+    if SLO_ENV not in os.environ:
+        # The demo stack judges every request, so the dashboard's SLO row and the burn-rate rules
+        # have data; targets loose enough that a healthy tiny model meets them.
+        env[SLO_ENV] = STACK_SLO_TARGETS
     return env
 
 

@@ -21,13 +21,15 @@ from . import components as table
 from . import fleet as fleet_profile
 from . import thanos
 from .components import Component
-from .procs import REPO_ROOT, NotHealthyError, http_status, port_free, spawn, wait_http
+from .procs import REPO_ROOT, NotHealthyError, http_status, log_tail, port_free, spawn, wait_http
 from .records import Record, RecordFile, StackError, process_matches, record_of, stop_recorded
 from .render import OTELCOL_CONFIG, PROMETHEUS_CONFIG
 
 STACK_DIR_ENV = "ERNIE_OTEL_STACK_DIR"
 STATE_FILE = "stack.json"
 STOP_TIMEOUT_S = 10.0
+# A component that has run this long since its last (re)start is stable: its back-off starts over.
+STABLE_AFTER_S = 60.0
 
 
 def default_state_dir() -> Path:
@@ -50,11 +52,14 @@ class Stack:
         components: Sequence[Component] | None = None,
         replicas: int = 1,
         fleet: bool = False,
+        trace_store: str = "badger",
     ) -> None:
         # replicas > 1 or fleet: the fleet profile (fleet.py); else the single-server table as it was.
         self.replicas = replicas
         self.fleet = fleet or replicas > 1
-        chosen = components if components is not None else fleet_profile.stack_components(replicas, fleet=fleet)
+        self.trace_store = trace_store
+        chosen = (components if components is not None
+                  else fleet_profile.stack_components(replicas, fleet=fleet, trace_store=trace_store))
         self.table = {c.name: c for c in sorted(chosen, key=lambda c: c.order)}
         defaults = {**DEFAULT_PORTS}
         for comp in self.table.values():
@@ -136,7 +141,7 @@ class Stack:
 
     def _header(self) -> dict[str, Any]:
         return {"repo": str(REPO_ROOT), "model": self.model, "replicas": self.replicas, "fleet": self.fleet,
-                "ports": self.ports, "urls": self.urls}
+                "trace_store": self.trace_store, "ports": self.ports, "urls": self.urls}
 
     def _write_records(self, records: Mapping[str, Record]) -> None:
         self._records.write(records, self._header())
@@ -154,7 +159,8 @@ class Stack:
             return stack
         if "components" not in kwargs and (data.get("replicas", 1), data.get("fleet", False)) != (1, False):
             # A fleet was recorded: the same table, so that titles and the stop order match it.
-            stack = cls(state_dir, replicas=data.get("replicas", 1), fleet=data.get("fleet", False), **kwargs)
+            stack = cls(state_dir, replicas=data.get("replicas", 1), fleet=data.get("fleet", False),
+                        trace_store=data.get("trace_store", "badger"), **kwargs)
         stack.ports = {**stack.ports, **data.get("ports", {})}
         stack.model = data.get("model", stack.model)
         recorded = data.get("components", {})
@@ -238,16 +244,25 @@ class Stack:
         self._set_record(name, None)
         return stopped
 
-    def up(self) -> None:
-        """Start every component in order; all healthy, or nothing left running and a StackError."""
+    def up(self) -> list[str]:
+        """Start, in order, every component that is not running; returns the names started.
+
+        On a partly running stack (components killed, crashed, or a machine that lost some) this
+        heals it: what still runs is left alone -- ernie-serve keeps its requests in flight -- and
+        only the missing components start. All healthy, or a StackError with what this call
+        started stopped again (what ran before is never touched).
+        """
         if not PROMETHEUS_CONFIG.exists() or not OTELCOL_CONFIG.exists():
             raise StackError(f"configs not found under {REPO_ROOT}: `ernie-otel stack` runs from a checkout")
         alive = self.running()
-        if alive:
-            raise StackError(f"a stack from {self.state_dir} is already running ({', '.join(alive)}); "
-                             "see `ernie-otel stack status`, stop it with `ernie-otel stack down`")
         self._set_stale_records_aside()
-        names = self.component_names
+        names = [name for name in self.component_names if name not in alive]
+        if alive:
+            if not names:
+                self.say("every component is already running; nothing to start")
+                return []
+            self.say("already running, left alone: " + ", ".join(self.title(n) for n in alive)
+                     + "; starting: " + ", ".join(self.title(n) for n in names))
         self._check_ports(names)  # before the build: fail in a second, not after it
         if any(self.component(name).needs_binaries for name in names):
             self.binaries()
@@ -263,6 +278,56 @@ class Stack:
             for name in reversed(started):
                 self.stop(name)
             raise
+        return started
+
+    def restart(self, name: str) -> Record:
+        """Stop one component (if it runs) and start it again on the same ports."""
+        if name not in self.table:  # before anything stops
+            raise StackError(f"unknown component {name!r}; known: {', '.join(self.component_names)}")
+        if self.stop(name):
+            self.say(f"stopped {self.title(name)}")
+        return self.start(name)
+
+    def supervise(self, stop: Callable[[], bool], *, poll_s: float = 2.0, first_backoff_s: float = 1.0,
+                  max_backoff_s: float = 60.0, wait: Callable[[float], bool] | None = None) -> None:
+        """Until ``stop()``: restart a component whose process exited, logging it, with a back-off
+        per component that doubles after every failed or short-lived start (up to
+        ``max_backoff_s``) and resets once it has stayed up for a minute.
+
+        ``wait(seconds)`` sleeps and returns True when the supervisor should stop (default: a
+        plain sleep, then ``stop()``).
+        """
+        def pause(seconds: float) -> bool:
+            time.sleep(seconds)
+            return stop()
+
+        sleep = wait or pause
+        backoff: dict[str, float] = {}
+        not_before: dict[str, float] = {}
+        while not stop():
+            records = self.read_records()
+            for name in self.component_names:
+                rec = records.get(name)
+                if rec is not None and process_matches(rec):
+                    if time.time() - rec.started_at > STABLE_AFTER_S:
+                        backoff.pop(name, None)
+                    continue
+                now = time.monotonic()
+                if now < not_before.get(name, 0.0):
+                    continue
+                delay = backoff.get(name, 0.0)
+                tail = f"; last lines of {rec.log}:\n{log_tail(Path(rec.log), 10)}" if rec is not None else ""
+                self.say(f"{self.title(name)} is not running: restarting it{tail}")
+                self._set_record(name, None)
+                try:
+                    self.start(name)
+                except StackError as exc:
+                    self.say(f"{self.title(name)} failed to restart: {exc}")
+                backoff[name] = min(max_backoff_s, max(first_backoff_s, delay * 2))
+                not_before[name] = time.monotonic() + backoff[name]
+                self.say(f"{self.title(name)}: next restart no sooner than {backoff[name]:.0f}s from now")
+            if sleep(poll_s):
+                return
 
     def _set_stale_records_aside(self) -> None:
         """Records whose processes are gone (a reboot, a kill -9) must not confuse the next down."""

@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ..kinds import EXEMPLARS_FOLLOW_SAMPLING_ENV
 from ..ports import FLEET_PORTS, HOST, MAX_REPLICAS, fleet_port, replica_ports
 from . import components as table
 from . import render
@@ -62,12 +63,22 @@ def replica_keys(index: int) -> tuple[str, str]:
     return ("serve", "serve_metrics") if index == 0 else (f"serve_{index}", f"serve_metrics_{index}")
 
 
+def _replica_env(base: Component) -> Component:
+    """An ernie-serve of the fleet: the tail samplers drop most OK traces, so the recorder applies
+    their rule (same OTELCOL_SAMPLING_* variables, inherited from the stack's environment) and
+    attaches exemplars only to traces they keep."""
+    def env(ctx: StackContext) -> dict[str, str]:
+        return {**base.env(ctx), EXEMPLARS_FOLLOW_SAMPLING_ENV: "true"}
+
+    return dataclasses.replace(base, env=env)
+
+
 def replica(index: int) -> Component:
     """ernie-serve replica `index` (1..): API on ports.replica_ports(index), its own process and
     therefore its own service.instance.id (the SDK makes one per process)."""
     api_key, metrics_key = replica_keys(index)
     api, metrics = replica_ports(index)
-    base = next(c for c in table.COMPONENTS if c.name == "ernie_serve")
+    base = _replica_env(next(c for c in table.COMPONENTS if c.name == "ernie_serve"))
 
     def command(ctx: StackContext) -> list[str]:
         return table.ernie_serve_command(ctx, api_key, metrics_key)
@@ -263,7 +274,10 @@ def metrics_components(replicas: int) -> tuple[Component, ...]:
     )
 
 
-def stack_components(replicas: int = 1, *, fleet: bool = False) -> tuple[Component, ...]:
+TRACE_STORES = ("badger", "opensearch")
+
+
+def stack_components(replicas: int = 1, *, fleet: bool = False, trace_store: str = "badger") -> tuple[Component, ...]:
     """The stack's table for `replicas` ernie-serve replicas. More than one replica (or ``fleet``)
     adds the Collector tiers and the fleet metrics topology, and the single Prometheus then scrapes the Collector only
     (each replica is scraped by exactly one shard). replicas=1 without ``fleet`` is
@@ -271,10 +285,19 @@ def stack_components(replicas: int = 1, *, fleet: bool = False) -> tuple[Compone
     if not 1 <= replicas <= MAX_REPLICAS:
         raise StackError(f"--replicas must be 1..{MAX_REPLICAS} (replica ports are numbered up to that); "
                          f"got {replicas}")
+    if trace_store not in TRACE_STORES:
+        raise StackError(f"--trace-store must be one of {', '.join(TRACE_STORES)}; got {trace_store!r}")
     if replicas == 1 and not fleet:
+        if trace_store != "badger":
+            raise StackError(f"--trace-store {trace_store} is part of the fleet profile: add --fleet")
         return table.COMPONENTS
     changed = {"prometheus": lambda c: dataclasses.replace(c, command=_prometheus_collector_only),
-               "collector": _agent}
+               "collector": _agent, "ernie_serve": _replica_env}
+    store: tuple[Component, ...] = ()
+    if trace_store == "opensearch":
+        # Jaeger keeps its ports and only stores into (and reads from) the 2-node cluster.
+        changed["jaeger"] = table.with_opensearch
+        store = (table.opensearch_component(),)
     base = [changed[c.name](c) if c.name in changed else c for c in table.COMPONENTS]
-    return (*base, *(replica(i) for i in range(1, replicas)), *traces_components(),
+    return (*store, *base, *(replica(i) for i in range(1, replicas)), *traces_components(),
             *metrics_components(replicas))

@@ -79,8 +79,13 @@ def stop_recorded(record: Record, proc: subprocess.Popen[bytes] | None, timeout:
     """SIGTERM to the recorded process' group, SIGKILL after `timeout`. Returns whether a process
     was stopped; a pid that is no longer ours is left alone (and said so). `proc`: our own
     Popen of it, if this process started it."""
+    if proc is not None and proc.pid != record.pid:
+        # Our Popen of an earlier run: the component was restarted since (by another `stack up`
+        # or the supervisor). Waiting on it would return at once, before the recorded one is gone.
+        proc.poll()  # reap it
+        proc = None
     # A child of this very process is ours beyond doubt (e.g. stopping one that failed to start).
-    owned = proc is not None and proc.pid == record.pid and proc.poll() is None
+    owned = proc is not None and proc.poll() is None
     if not owned and not process_matches(record):
         stat = proc_stat(record.pid)
         if stat is not None and stat[0] not in ("Z", "X"):

@@ -14,21 +14,31 @@ import threading
 import time
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from .. import names
 from ..kinds import Status, TokenType
 from .instruments import AttributeSets, Attrs, Instruments
+from .keep import KeepRule
 from .request_path import Finished, LogOnce, RequestTelemetry
 from .sdk_internals import Phase, SpanWriter
 
 _FAILED = (Status.ERROR.value, Status.REJECTED.value)
+# The invalid span, explicitly: the trace-based exemplar filter attaches nothing to a record made in
+# this context. (An empty Context() would not do: the SDK takes a falsy context as "use the current one".)
+_NO_EXEMPLAR = trace.set_span_in_context(trace.INVALID_SPAN)
+# Marks the records of a trace the fleet's samplers keep; when exemplars follow sampling, the SDK's
+# exemplar filter (exemplar_filter.py) admits only measurements that carry it.
+KEPT_TRACE = otel_context.create_key("ernie-otel.exemplar-trace-kept")
 
 
 class TelemetryThread:
     def __init__(self, instruments: Instruments, attrs: AttributeSets, writer: SpanWriter, *,
-                 flush_interval: float, log_once: LogOnce) -> None:
+                 flush_interval: float, log_once: LogOnce, keep: KeepRule | None = None) -> None:
         self.instruments = instruments
+        self.keep = keep
         self.attrs = attrs
         self.writer = writer
         self.flush_interval = flush_interval
@@ -71,7 +81,7 @@ class TelemetryThread:
                 except IndexError:
                     break
                 try:
-                    self.record_histograms(item.rt, item.status, item.error_type)
+                    self.record_histograms(item.rt, item.status, item.error_type, self.exemplar_context(item))
                 except Exception as exc:
                     self._log_once("metrics", exc)
                 try:
@@ -88,14 +98,34 @@ class TelemetryThread:
             thread.join(timeout=5)
         self.flush()
 
-    def record_histograms(self, rt: RequestTelemetry, status: str, error_type: str | None) -> None:
+    def exemplar_context(self, item: Finished) -> Context:
+        """The GenAI span's context, so trace-based exemplars link buckets to this trace -- unless
+        the fleet's tail sampler will drop the trace: then no span, so no exemplar points at it."""
+        rt = item.rt
+        if self.keep is None:
+            return trace.set_span_in_context(rt.span)
+        st = rt.stats
+        assert st.finished is not None  # finish() set it
+        # The timestamps end_spans gives the spans, so the sampler measures the same durations.
+        arrival, scheduled = st.arrival_unix_ns, st.to_unix_ns(st.scheduled) if st.scheduled is not None else None
+        first = st.to_unix_ns(st.first_token) if st.first_token is not None else None
+        kept = self.keep.keeps(
+            rt.span.get_span_context().trace_id, failed=item.status in _FAILED, error_type=item.error_type,
+            finish_reason=st.finish_reason, duration_ns=st.to_unix_ns(st.finished) - arrival,
+            queue_ns=None if scheduled is None else scheduled - arrival,
+            prefill_ns=None if scheduled is None or first is None else first - scheduled)
+        return otel_context.set_value(KEPT_TRACE, True, trace.set_span_in_context(rt.span)) if kept else _NO_EXEMPLAR
+
+    def record_histograms(self, rt: RequestTelemetry, status: str, error_type: str | None,
+                          ctx: Context | None = None) -> None:
         st = rt.stats
         op = st.operation
         ins, attrs = self.instruments, self.attrs
         assert st.finished is not None  # finish() set it
         e2e = st.finished - st.arrival
-        # The span's context on every record: trace-based exemplars link buckets to this trace.
-        ctx = trace.set_span_in_context(rt.span)
+        # The same context on every record: exemplars link buckets to this trace (exemplar_context).
+        if ctx is None:
+            ctx = trace.set_span_in_context(rt.span)
         ins.latency.record(e2e, attrs.request[(op, status)], ctx)
         ins.genai_duration.record(
             e2e, attrs.genai[op] if error_type is None else attrs.genai_error[(op, error_type)], ctx)
@@ -142,6 +172,15 @@ class TelemetryThread:
                 [{"role": "assistant", "content": item.output_text}], ensure_ascii=False)
         if item.error_type is not None:
             attrs[names.ATTR_ERROR_TYPE] = item.error_type
+        attrs[names.SPAN_ATTR_TENANT] = st.tenant
+        if st.slo.any:
+            for slo, ms in st.slo.as_ms().items():
+                attrs[names.span_attr_slo_target(slo)] = ms
+            if st.slo_verdicts:
+                attrs[names.SPAN_ATTR_SLO_MET] = st.slo_verdicts[-1][1]
+                attrs[names.SPAN_ATTR_SLO_MISSED] = [s.value for s, met in st.slo_verdicts[:-1] if not met]
+        if st.cost is not None:
+            attrs[names.SPAN_ATTR_COST] = st.cost
         decode_end = st.finished if st.first_token is not None else None
         phase_times: tuple[tuple[str, float | None, float | None, Attrs], ...] = (
             (names.SPAN_QUEUE, st.arrival, st.scheduled, {names.SPAN_ATTR_QUEUE_POSITION: st.queue_length_at_arrival}),

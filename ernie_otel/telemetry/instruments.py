@@ -17,7 +17,9 @@ from opentelemetry.util.types import AttributeValue
 
 from .. import names
 from ..kinds import ErrorType, Operation, Status, TokenType
+from ..slo import HEADER_TPOT, HEADER_TTFT, HeaderProblem, Slo, SloResult, SloTargets
 from ..stats import EngineStats
+from ..tenancy import DEFAULT_TENANT, Overflow
 
 Attrs = dict[str, AttributeValue]
 
@@ -124,6 +126,7 @@ class Instruments:
         gauge(names.TOKEN_THROUGHPUT, lambda s: s.tokens.rate())
         gauge(names.QUEUE_CAPACITY, lambda s: s.max_queue_len)
         gauge(names.RUNNING_CAPACITY, lambda s: s.max_num_seqs)
+        self.accounting = Accounting(meter, attrs.model)
         meter.create_observable_counter(names.PROCESS_CPU.otel_name, callbacks=[_process_cpu],
                                         unit=names.PROCESS_CPU.unit, description=names.PROCESS_CPU.description)
         meter.create_observable_gauge(names.PROCESS_MEMORY.otel_name, callbacks=[_process_memory],
@@ -137,5 +140,79 @@ def _counter(meter: Meter, spec: names.MetricSpec, totals: dict[Any, int], attrs
             before_collect()
         # list(): the request path may add a key's value meanwhile; the keys never change.
         return [Observation(v, attrs[k]) for k, v in list(totals.items())]
+    meter.create_observable_counter(spec.otel_name, callbacks=[observe], unit=spec.unit,
+                                    description=spec.description)
+
+
+class Accounting:
+    """SLO, goodput, tenant and cost totals: keyed by tenant, so their keys grow as tenants appear
+    (at most the tenant cap + 2); the request path adds with ``dict.get``, the callbacks build each
+    key's attribute set once and keep it."""
+
+    def __init__(self, meter: Meter, model: str) -> None:
+        self.model = model
+        self.targets: SloTargets | None = None
+        self.objective: float | None = None
+        # (tenant, slo, result); the default tenant's series exist from start-up once targets are set.
+        self.slo: dict[tuple[str, str, str], int] = {}
+        self.goodput: dict[str, int] = {}
+        self.requests: dict[tuple[str, str], int] = {(DEFAULT_TENANT, s.value): 0 for s in Status}
+        self.tokens: dict[tuple[str, str], int] = {(DEFAULT_TENANT, t.value): 0 for t in TokenType}
+        self.overflow: dict[str, int] = dict.fromkeys((o.value for o in Overflow), 0)
+        self.header_problems: dict[tuple[str, str], int] = {
+            (h, p.value): 0 for h in (HEADER_TTFT, HEADER_TPOT) for p in HeaderProblem}
+        self.cost: dict[str, float] = {}
+        m: Attrs = {names.ATTR_MODEL: model}
+        _lazy_counter(meter, names.SLO_REQUESTS, self.slo, (names.ATTR_TENANT, names.ATTR_SLO, names.ATTR_RESULT), m)
+        _lazy_counter(meter, names.GOODPUT_TOKENS, self.goodput, (names.ATTR_TENANT,), m)
+        _lazy_counter(meter, names.TENANT_REQUESTS, self.requests, (names.ATTR_TENANT, names.ATTR_STATUS), m)
+        _lazy_counter(meter, names.TENANT_TOKENS, self.tokens, (names.ATTR_TENANT, names.ATTR_TOKEN_TYPE), m)
+        _lazy_counter(meter, names.TENANT_OVERFLOW, self.overflow, (names.ATTR_REASON,), m)
+        _lazy_counter(meter, names.SLO_HEADER_PROBLEMS, self.header_problems, (names.ATTR_HEADER, names.ATTR_REASON), m)
+        self._cost_counter = (meter, m)
+
+        def targets(_: CallbackOptions) -> Iterable[Observation]:
+            t = self.targets
+            if t is None:
+                return []
+            return [Observation(getattr(t, s.value), {**m, names.ATTR_SLO: s.value})
+                    for s in t.configured() if s is not Slo.ALL]
+
+        def objective(_: CallbackOptions) -> Iterable[Observation]:
+            return [] if self.objective is None else [Observation(self.objective, m)]
+
+        meter.create_observable_gauge(names.SLO_TARGET.otel_name, callbacks=[targets], unit=names.SLO_TARGET.unit,
+                                      description=names.SLO_TARGET.description)
+        meter.create_observable_gauge(names.SLO_OBJECTIVE.otel_name, callbacks=[objective],
+                                      unit=names.SLO_OBJECTIVE.unit, description=names.SLO_OBJECTIVE.description)
+
+    def configure(self, targets: SloTargets, objective: float, priced: bool) -> None:
+        """Start-up: the server's targets (their series start at 0) and whether cost is counted."""
+        self.targets, self.objective = targets, objective
+        for slo in targets.configured():
+            for result in SloResult:
+                self.slo.setdefault((DEFAULT_TENANT, slo.value, result.value), 0)
+        if targets.any:
+            self.goodput.setdefault(DEFAULT_TENANT, 0)
+        if priced:
+            self.cost.setdefault(DEFAULT_TENANT, 0.0)
+            meter, m = self._cost_counter
+            _lazy_counter(meter, names.COST, self.cost, (names.ATTR_TENANT,), m)
+
+
+def _lazy_counter(meter: Meter, spec: names.MetricSpec, totals: dict[Any, Any], keys: tuple[str, ...],
+                  base: Attrs) -> None:
+    cache: dict[Any, Attrs] = {}
+
+    def attrs_of(key: Any) -> Attrs:
+        found = cache.get(key)
+        if found is None:
+            values = key if isinstance(key, tuple) else (key,)
+            found = cache[key] = {**base, **dict(zip(keys, values, strict=True))}
+        return found
+
+    def observe(_: CallbackOptions) -> Iterable[Observation]:
+        # list(): the request path may add keys meanwhile (a new tenant); copying is atomic under the GIL.
+        return [Observation(v, attrs_of(k)) for k, v in list(totals.items())]
     meter.create_observable_counter(spec.otel_name, callbacks=[observe], unit=spec.unit,
                                     description=spec.description)

@@ -33,9 +33,12 @@ from opentelemetry.trace import TracerProvider
 
 from .. import names
 from ..ports import DEFAULT_PORTS, HOST
+from ..slo import NO_TARGETS, SloTargets
 from ..stats import EngineStats
+from ..tenancy import Price, TenantResolver
 from .batch import TelemetryThread
 from .instruments import AttributeSets, Instruments
+from .keep import KeepRule
 from .request_path import LogOnce, RequestPath
 from .request_path import RequestTelemetry as RequestTelemetry
 from .sdk_internals import span_writer
@@ -62,6 +65,13 @@ class Recorder(RequestPath):
         bucket_overrides: dict[str, list[float]] | None = None,
         capture_content: bool | None = None,
         flush_interval: float = 0.1,
+        slo_targets: SloTargets = NO_TARGETS,
+        slo_objective: float = 0.99,
+        tenants: TenantResolver | None = None,
+        tenant_header: str | None = None,
+        price: Price | None = None,
+        batch_slots: int = 1,
+        keep: KeepRule | None = None,
     ) -> None:
         self.model = model
         self.tracer = tracer_provider.get_tracer(names.TRACER_NAME)
@@ -72,10 +82,12 @@ class Recorder(RequestPath):
         self.instruments = Instruments(meter_provider, self.attrs, engine_stats, bucket_overrides=bucket_overrides,
                                        before_collect=self.flush)
         self.batch = TelemetryThread(self.instruments, self.attrs, self.spans, flush_interval=flush_interval,
-                                     log_once=log_once)
+                                     log_once=log_once, keep=keep)
+        self.instruments.accounting.configure(slo_targets, slo_objective, priced=price is not None)
         super().__init__(instruments=self.instruments, begin=self.spans.begin, batch=self.batch,
                          capture_content=_capture_content_enabled() if capture_content is None else capture_content,
-                         log_once=log_once)
+                         log_once=log_once, slo_targets=slo_targets, tenants=tenants, tenant_header=tenant_header,
+                         price=price, batch_slots=batch_slots)
 
     @property
     def uses_sdk_internals(self) -> bool:

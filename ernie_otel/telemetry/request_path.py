@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,10 @@ from opentelemetry.trace import Span, SpanContext
 from opentelemetry.util.types import Attributes
 
 from .. import names
+from ..kinds import Status
+from ..slo import NO_TARGETS, SloResult, SloTargets, evaluate, request_targets
 from ..stats import RequestStats
+from ..tenancy import Price, TenantResolver
 
 if TYPE_CHECKING:
     from .batch import TelemetryThread
@@ -82,6 +85,11 @@ class RequestPath:
         batch: TelemetryThread,
         capture_content: bool,
         log_once: LogOnce,
+        slo_targets: SloTargets = NO_TARGETS,
+        tenants: TenantResolver | None = None,
+        tenant_header: str | None = None,
+        price: Price | None = None,
+        batch_slots: int = 1,
     ) -> None:
         self.capture_content = capture_content
         self._begin = begin
@@ -93,6 +101,20 @@ class RequestPath:
         self._errors = instruments.errors
         self._prompt_tokens = instruments.prompt_tokens
         self._generation_tokens = instruments.generation_tokens
+        acc = instruments.accounting
+        self._slo_counts = acc.slo
+        self._goodput = acc.goodput
+        self._tenant_requests = acc.requests
+        self._tenant_tokens = acc.tokens
+        self._overflow = acc.overflow
+        self._header_problems = acc.header_problems
+        self._cost = acc.cost
+        # Accountability (see ernie_otel.slo / ernie_otel.tenancy).
+        self.slo_targets = slo_targets
+        self.tenants = tenants
+        self.tenant_header = tenant_header
+        self.price = price
+        self.batch_slots = batch_slots
 
     def start(self, operation: str, request_id: str) -> RequestTelemetry:
         stats = RequestStats(request_id=request_id, operation=operation)
@@ -111,6 +133,24 @@ class RequestPath:
             names.TRACE_ID_HEADER: trace_id,
             names.TRACE_RESPONSE_HEADER: f"00-{trace_id}-{format(ctx.span_id, '016x')}-{int(ctx.trace_flags):02x}",
         }
+
+    def attribute(self, rt: RequestTelemetry, headers: Mapping[str, str], key_name: str | None = None) -> None:
+        """Whose request this is and which targets it is judged against, from its headers (and the
+        name of the API key that authenticated it). Bad headers are counted, never an error."""
+        try:
+            st = rt.stats
+            if self.tenants is not None:
+                tenant, overflow = self.tenants.resolve(
+                    headers.get(self.tenant_header) if self.tenant_header else None, key_name)
+                st.tenant = tenant
+                if overflow is not None:
+                    self._overflow[overflow.value] += 1
+            if self.slo_targets.any:
+                st.slo, problems = request_targets(self.slo_targets, headers)
+                for header, problem in problems:
+                    self._header_problems[(header, problem.value)] += 1
+        except Exception as exc:
+            self._log_once("attribution", exc)
 
     def set_request_params(self, rt: RequestTelemetry, messages: Any = None) -> None:
         """Parameters are in ``rt.stats``; only the (opt-in) content needs keeping here."""
@@ -144,9 +184,43 @@ class RequestPath:
             self._errors[(op, error_type)] += 1
         self._prompt_tokens[op] += st.prompt_tokens
         self._generation_tokens[op] += st.output_tokens
+        try:
+            self._account(st, status, error_type)
+        except Exception as exc:
+            self._log_once("accounting", exc)
         self._pending.append(Finished(rt, status, error_type, exception, response_id,
                                       output_text if self.capture_content else None))
         if not self._wake.is_set():
             if self._batch.thread is None:
                 self._batch.start()
             self._wake.set()
+
+    def _account(self, st: RequestStats, status: str, error_type: str | None) -> None:
+        """Tenant, SLO, goodput and cost totals of a finished request: dict arithmetic only."""
+        tenant = st.tenant
+        key = (tenant, status)
+        self._tenant_requests[key] = self._tenant_requests.get(key, 0) + 1
+        if st.prompt_tokens or st.output_tokens:
+            for token_type, n in (("input", st.prompt_tokens), ("output", st.output_tokens)):
+                tk = (tenant, token_type)
+                self._tenant_tokens[tk] = self._tenant_tokens.get(tk, 0) + n
+        if st.slo.any:
+            assert st.finished is not None
+            verdicts = evaluate(st.slo, status, error_type, st.ttft, st.time_per_output_token,
+                                st.finished - st.arrival)
+            st.slo_verdicts = verdicts
+            for slo, met in verdicts:
+                sk = (tenant, slo.value, _MET if met else _MISSED)
+                self._slo_counts[sk] = self._slo_counts.get(sk, 0) + 1
+            if verdicts and verdicts[-1][1]:
+                self._goodput[tenant] = self._goodput.get(tenant, 0) + st.output_tokens
+        if self.price is not None and status != _REJECTED:
+            assert st.finished is not None
+            cost = self.price.cost(st.prompt_tokens, st.output_tokens, st.finished - st.arrival, self.batch_slots)
+            st.cost = cost
+            self._cost[tenant] = self._cost.get(tenant, 0.0) + cost
+
+
+_MET = SloResult.MET.value
+_MISSED = SloResult.MISSED.value
+_REJECTED = Status.REJECTED.value

@@ -18,6 +18,8 @@ from types import MappingProxyType
 
 from .. import names
 from ..config import Config, at_least, between, from_sources, option, to_bool, to_float, to_int, to_lower
+from ..kinds import EXEMPLARS_FOLLOW_SAMPLING_ENV
+from .keep import KeepRule
 
 SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
             "parentbased_traceidratio")
@@ -104,6 +106,18 @@ class TelemetrySettings(Config):
                                         help="URLs without HTTP server spans and metrics")
     # Seconds (http.server.request.duration), not the old milliseconds histogram promtool rejects.
     semconv_opt_in: str = option("http", env=SEMCONV_ENV, help="semantic-convention stability opt-in")
+    # The fleet's tail-sampling policies (collector/fleet/sampler.yaml): the same variables and
+    # defaults, so the recorder attaches exemplars only to traces the samplers keep.
+    exemplars_follow_sampling: bool = option(False, env=EXEMPLARS_FOLLOW_SAMPLING_ENV, convert=to_bool,
+                                             help="exemplars only for traces the fleet's tail sampler keeps")
+    sampling_baseline_percent: float = option(10.0, env="OTELCOL_SAMPLING_BASELINE_PERCENT", convert=to_float,
+                                              check=between(0, 100), help="tail sampler's baseline percent")
+    sampling_hash_salt: str = option("ernie-otel", env="OTELCOL_SAMPLING_HASH_SALT",
+                                     help="tail sampler's baseline hash salt")
+    sampling_latency_ms: int = option(10000, env="OTELCOL_SAMPLING_LATENCY_MS", convert=to_int, check=at_least(0),
+                                      help="tail sampler's slow-request threshold, ms")
+    sampling_ttft_ms: int = option(2000, env="OTELCOL_SAMPLING_TTFT_MS", convert=to_int, check=at_least(0),
+                                   help="tail sampler's slow queue/prefill threshold, ms")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TelemetrySettings:
@@ -119,6 +133,14 @@ class TelemetrySettings(Config):
     @property
     def ratio(self) -> float:
         return 1.0 if self.sampler_arg is None else self.sampler_arg
+
+    @property
+    def keep_rule(self) -> KeepRule | None:
+        """The tail sampler's rule when exemplars follow it; None: every sampled trace is kept."""
+        if not self.exemplars_follow_sampling:
+            return None
+        return KeepRule(self.sampling_baseline_percent, self.sampling_hash_salt, self.sampling_latency_ms,
+                        self.sampling_ttft_ms)
 
 
 def publish_semconv_opt_in(settings: TelemetrySettings, environ: MutableMapping[str, str] | None = None) -> None:

@@ -129,6 +129,17 @@ def _exporter_names(chosen: tuple[str, ...] | None, otlp: bool, endpoint: str | 
     return tuple(out)
 
 
+def exemplar_filter_kwargs(settings: TelemetrySettings) -> dict[str, Any]:
+    """The MeterProvider's exemplar filter: the SDK's (trace-based unless OTEL_METRICS_EXEMPLAR_FILTER
+    says otherwise), or, when exemplars follow the fleet's tail sampling, exemplars only for the
+    traces the recorder says are kept -- no other instrumentation's exemplar may name a dropped trace."""
+    if settings.keep_rule is None:
+        return {}
+    from .exemplar_filter import KeptTracesExemplarFilter
+
+    return {"exemplar_filter": KeptTracesExemplarFilter()}
+
+
 def build_sdk(settings: TelemetrySettings, *, prometheus: bool, otlp: bool, otlp_endpoint: str | None = None,
               resource_attributes: dict[str, str] | None = None,
               ) -> tuple[SdkMeterProvider, SdkTracerProvider, ErniePrometheusReader | None]:
@@ -158,7 +169,7 @@ def build_sdk(settings: TelemetrySettings, *, prometheus: bool, otlp: bool, otlp
     tracer = SdkTracerProvider(resource=resource, sampler=build_sampler(settings))
     for name in span_exporters:
         tracer.add_span_processor(BatchSpanProcessor(_span_exporter(name, settings, otlp_endpoint)))
-    meter = SdkMeterProvider(resource=resource, metric_readers=readers)
+    meter = SdkMeterProvider(resource=resource, metric_readers=readers, **exemplar_filter_kwargs(settings))
     metrics.set_meter_provider(meter)
     trace.set_tracer_provider(tracer)
     return meter, tracer, reader
