@@ -29,7 +29,6 @@ from .protocol import (
     parse_json,
 )
 from .serve import ServeConfig
-from .serve import main as main  # the entry point of installs made before ernie-serve moved to ernie_otel.serve
 from .stats import EngineStats
 from .telemetry.recorder import Recorder
 from .telemetry.setup import describe_telemetry
