@@ -8,18 +8,31 @@ AssertionError. Fixtures live in the plugin tests/plugins/ernie_pipeline.py, not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from ernie_otel.stack import components, procs
 from ernie_otel.stack.procs import REPO_ROOT, free_port, free_ports, http_get, http_post_json
 from ernie_otel.stack.procs import Running as RunningProcess
 
-__all__ = ["REPO_ROOT", "RunningProcess", "collector_env", "free_port", "free_ports", "http_get", "http_post_json",
-           "run_process", "wait_http"]
+__all__ = [
+    "REPO_ROOT",
+    "RunningProcess",
+    "app_in_thread",
+    "collector_env",
+    "free_port",
+    "free_ports",
+    "http_get",
+    "http_post_json",
+    "run_process",
+    "wait_http",
+]
 
 
 def collector_env() -> dict[str, str]:
@@ -44,3 +57,23 @@ def wait_http(url: str, timeout: float = 30.0, status: int = 200, headers: Mappi
         return procs.wait_http(url, timeout=timeout, proc=proc, status=status, headers=headers)
     except procs.NotHealthyError as exc:
         raise AssertionError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def app_in_thread(app: Any, timeout: float = 120.0) -> Iterator[str]:
+    """An ASGI app (ErnieServer.create_app) served by uvicorn on a free 127.0.0.1 port in a thread of
+    the test's own process, for tests that read telemetry through in-memory SDK readers; yields its
+    base URL once /health answers 200, and stops the server after the block."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=procs.HOST, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://{procs.HOST}:{port}"
+    try:
+        wait_http(base + "/health", timeout=timeout)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

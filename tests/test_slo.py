@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
-from helpers import free_port
+from helpers import app_in_thread
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -272,25 +270,8 @@ def served() -> Iterator[Served]:
                         tenants=TenantResolver(frozenset({"team-a"}), 4), tenant_header=config.tenant_header)
 
     server = ErnieServer(config, recorder)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(server.create_app(telemetry), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        raise TimeoutError("app did not become healthy")
-    yield Served(base, reader, spans, server)
-    uv.should_exit = True
-    thread.join(timeout=15)
+    with app_in_thread(server.create_app(telemetry)) as base:
+        yield Served(base, reader, spans, server)
 
 
 @dataclass

@@ -17,8 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from helpers import free_port
+from helpers import app_in_thread
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -73,25 +72,8 @@ def env() -> Iterator[Env]:
     telemetry = Telemetry(meter_provider, tracer_provider, None, "standalone")
     config = ServeConfig(model="tiny", max_num_seqs=1, max_queue_len=0, max_model_len=1024)
     server = ErnieServer(config, lambda model, stats: Recorder(meter_provider, tracer_provider, model, stats))
-    app = server.create_app(telemetry)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        raise TimeoutError("app did not become healthy")
-    yield Env(base, reader, spans, server)
-    uv.should_exit = True
-    thread.join(timeout=15)
+    with app_in_thread(server.create_app(telemetry)) as base:
+        yield Env(base, reader, spans, server)
 
 
 def _points(metric: Any) -> list[Any]:
