@@ -2,11 +2,9 @@
 over a transformers ``Ernie4_5ForCausalLM``.
 
 One background thread owns the model. Each iteration it drops cancelled sequences, admits
-waiting ones up to ``max_num_seqs`` and runs one forward pass (``_step``) over a flat batch: the
-next token of every decoding sequence plus chunks of the admitted prompts, at most
-``max_num_batched_tokens`` tokens in all (chunked prefill: admitting a request never stalls the
-running streams for a whole prompt, and the prompt rides on the decodes' pass over the weights).
-Finished sequences leave the batch at once, so a freed slot is reused on the next iteration. Results go back to asyncio
+waiting ones up to ``max_num_seqs`` (prefilled together, left-padded), merges their KV cache into
+the running batch and runs one decode step for every running sequence. Finished sequences leave
+the batch at once, so a freed slot is reused on the next iteration. Results go back to asyncio
 through ``loop.call_soon_threadsafe``: one call per event loop per step, carrying every sequence's
 event (each call wakes the loop through its self-pipe: a system call and a thread switch, which
 per sequence per step cost more than the rest of the hand-over on a busy machine).
@@ -71,10 +69,9 @@ class Sequence:
     cancelled: bool = False
     finished: bool = False
     generator: torch.Generator | None = None
-    # Bookkeeping in the engine's KV cache row.
-    uid: int = -1  # owner id of this sequence's cache columns (unique for the engine's life)
-    fed: int = 0  # prompt tokens already through the model
-    computed: int = 0  # tokens whose K/V are cached, once the prompt is in
+    # Row bookkeeping in the running batch's KV cache.
+    pad: int = 0  # left-padding columns in this row
+    computed: int = 0  # real tokens whose K/V are cached
     next_token: int = 0
 
 
@@ -127,25 +124,18 @@ class Engine:
         max_num_seqs: int = 8,
         max_queue_len: int = 64,
         max_model_len: int = 2048,
-        max_num_batched_tokens: int = 0,
         step_hook: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
+        self.device = next(model.parameters()).device
         self.max_model_len = max_model_len
-        # Tokens per step, decodes included (vLLM's meaning); 0: whole prompts in one step.
-        self.max_num_batched_tokens = max_num_batched_tokens
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats(max_num_seqs=max_num_seqs, max_queue_len=max_queue_len)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
-        self._cache: Any = None  # one DynamicCache row holding every running sequence's K/V
-        self._owner = torch.zeros(0, dtype=torch.long)  # per cache column: its sequence's uid
-        self._kpos = torch.zeros(0, dtype=torch.long)  # per cache column: its token's position
-        self._next_uid = 0
+        self._cache: Any = None
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="ernie-engine", daemon=True)
@@ -213,14 +203,20 @@ class Engine:
                     self._cond.wait()
                 if self._stop:
                     break
-                self._admit_locked()
+                admitted = self._admit_locked()
             try:
                 self._drop_cancelled()
+                if admitted:
+                    self._prefill(admitted)
+                    admitted = []
                 if self._running:
-                    self._step()
+                    self._decode_step()
             except Exception as exc:  # the engine survives a failed step; its requests do not
                 log.exception("engine step failed")
-                self._fail_running(f"engine error: {type(exc).__name__}: {exc}")
+                message = f"engine error: {type(exc).__name__}: {exc}"
+                for seq in admitted:
+                    self._finish(seq, FinishReason.ERROR.value, error=message)
+                self._fail_running(message)
         # A shutdown cancels what runs (the server's grace period is over): not a failure of the request.
         self._fail_running(SHUTDOWN_MESSAGE, FinishReason.CANCELLED.value)
         with self._cond:
@@ -228,109 +224,82 @@ class Engine:
                 self._finish(seq, FinishReason.CANCELLED.value, error=SHUTDOWN_MESSAGE)
             self._waiting.clear()
 
-    def _admit_locked(self) -> None:
-        """Move waiting sequences into the batch; their prompts go in over the next steps."""
-        while self._waiting and len(self._running) < self.stats.max_num_seqs:
+    def _admit_locked(self) -> list[Sequence]:
+        admitted: list[Sequence] = []
+        while self._waiting and len(self._running) + len(admitted) < self.stats.max_num_seqs:
             seq = self._waiting.popleft()
             if seq.cancelled:
                 self._finish(seq, FinishReason.CANCELLED.value)
                 continue
             seq.stats.scheduled = time.perf_counter()
-            seq.uid = self._next_uid
-            self._next_uid += 1
-            self._running.append(seq)
+            admitted.append(seq)
         self.stats.waiting = len(self._waiting)
-        self.stats.running = len(self._running)
+        return admitted
 
     def _drop_cancelled(self) -> None:
-        if not any(s.cancelled for s in self._running):
+        keep = [i for i, s in enumerate(self._running) if not s.cancelled]
+        if len(keep) == len(self._running):
             return
         for s in self._running:
             if s.cancelled:
                 self._finish(s, FinishReason.CANCELLED.value)
-        self._forget_finished()
+        self._select_rows(keep)
 
     def _fail_running(self, message: str, reason: str = FinishReason.ERROR.value) -> None:
         for s in self._running:
             self._finish(s, reason, error=message)
         self._running = []
-        self._forget_finished()
+        self._cache = None
+        self.stats.running = 0
 
-    def _step(self) -> None:
-        """One forward pass over a flat batch: a token for every decoding sequence, then prompt
-        chunks of the sequences still prefilling, up to ``max_num_batched_tokens`` in all.
+    def _prefill(self, batch: list[Sequence]) -> None:
+        from transformers import DynamicCache
 
-        The tokens of every sequence lie side by side in one row (no padding: a 40-token prompt
-        next to 7 decodes costs 47 token-rows, not 8 x 40), and one KV cache row holds all the
-        sequences' keys; a mask lets each token see only its own sequence's earlier tokens. So a
-        newly admitted prompt rides on the same pass over the weights as the running decodes,
-        which on a CPU (decode is bound by reading the weights) costs them little.
-        """
-        decoding = [s for s in self._running if s.fed == len(s.prompt_ids)]
-        prefilling = [s for s in self._running if s.fed < len(s.prompt_ids)]
-        ids: list[int] = []
-        positions: list[int] = []
-        owners: list[int] = []
-        sampled: list[Sequence] = []
-        sample_at: list[int] = []
-        for s in decoding:
-            ids.append(s.next_token)
-            positions.append(s.computed)
-            owners.append(s.uid)
-            sampled.append(s)
-            sample_at.append(len(ids) - 1)
-        budget = self.max_num_batched_tokens if self.max_num_batched_tokens > 0 else 1 << 62
-        left = max(budget - len(decoding), 1)  # a prompt always makes progress
-        for s in prefilling:
-            if left <= 0:
-                break
-            k = min(left, len(s.prompt_ids) - s.fed)
-            ids.extend(s.prompt_ids[s.fed:s.fed + k])
-            positions.extend(range(s.fed, s.fed + k))
-            owners.extend([s.uid] * k)
-            s.fed += k
-            left -= k
-            if s.fed == len(s.prompt_ids):  # prompt complete: its last position gives the first token
-                s.computed = s.fed
-                sampled.append(s)
-                sample_at.append(len(ids) - 1)
-        q_owner = torch.tensor(owners, dtype=torch.long)
-        q_pos = torch.tensor(positions, dtype=torch.long)
-        k_owner = torch.cat([self._owner, q_owner])
-        k_pos = torch.cat([self._kpos, q_pos])
-        visible = (k_owner[None, :] == q_owner[:, None]) & (k_pos[None, :] <= q_pos[:, None])
-        # Additive mask (what eager attention expects; SDPA takes it too). Every token sees itself,
-        # so no row is fully masked.
-        mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, torch.finfo(self.dtype).min)
-        if self._cache is None:
-            from transformers import DynamicCache
-
-            self._cache = DynamicCache(config=self.model.config)
+        width = max(len(s.prompt_ids) for s in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, s in enumerate(batch):
+            n = len(s.prompt_ids)
+            ids[row, width - n:] = torch.tensor(s.prompt_ids, dtype=torch.long)
+            mask[row, width - n:] = 1
+            s.pad = width - n
+            s.computed = n
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
         out = self.model(
-            input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
-            position_ids=q_pos[None, :].to(self.device), attention_mask=mask[None, None].to(self.device),
-            cache=self._cache, use_cache=True,
-            logits_to_keep=torch.tensor(sample_at, dtype=torch.long, device=self.device),
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
         )
-        self._owner, self._kpos = k_owner, k_pos
-        size = len(decoding)
-        if size:
-            self.stats.steps += 1
-            self.stats.max_batch_seen = max(self.stats.max_batch_seen, size)
-            for s in decoding:
-                s.computed += 1
-                s.stats.decode_steps += 1
-                if size > s.stats.max_batch_size:
-                    s.stats.max_batch_size = size
-        if not sampled:
-            return
-        tokens = self._sample(out.logits[0], sampled)
+        tokens = self._sample(out.logits[:, -1, :], batch)
         now = time.perf_counter()
-        for s in sampled[len(decoding):]:
+        for s in batch:
             s.stats.first_token = now
-        self._emit(sampled, tokens, now)
-        if any(s.finished for s in sampled):
-            self._forget_finished()
+        self._emit(batch, tokens, now)  # marks sequences that finished on their first token
+        self._merge(batch, cache)  # the model filled the cache in place
+
+    def _decode_step(self) -> None:
+        batch = self._running
+        width = self._cache_width()
+        ids = torch.tensor([[s.next_token] for s in batch], dtype=torch.long)
+        mask = torch.ones((len(batch), width + 1), dtype=torch.long)
+        for row, s in enumerate(batch):
+            if s.pad:
+                mask[row, : s.pad] = 0
+        positions = torch.tensor([[s.computed] for s in batch], dtype=torch.long)
+        out = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device), cache=self._cache, use_cache=True, logits_to_keep=1,
+        )
+        size = len(batch)
+        self.stats.steps += 1
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, size)
+        for s in batch:
+            s.computed += 1
+            s.stats.decode_steps += 1
+            if size > s.stats.max_batch_size:
+                s.stats.max_batch_size = size
+        tokens = self._sample(out.logits[:, -1, :], batch)
+        self._emit(batch, tokens, time.perf_counter())
 
     def _sample(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
         logits = logits.float().cpu()
@@ -358,9 +327,10 @@ class Engine:
         return result
 
     def _emit(self, batch: list[Sequence], tokens: list[int], now: float) -> None:
+        finished_rows: set[int] = set()
         produced = 0
         out: list[tuple[Callable[[Event], None], Event]] = []
-        for s, tok in zip(batch, tokens, strict=True):
+        for row, (s, tok) in enumerate(zip(batch, tokens, strict=True)):
             if s.cancelled:
                 continue  # dropped at the start of the next iteration
             reason = None
@@ -384,8 +354,12 @@ class Engine:
                 s.finished = True
                 s.stats.finish_reason = reason
                 out.append((s.deliver, Event(delta, reason)))
+                finished_rows.add(row)
         deliver_all(out)
         self.stats.tokens.add(produced, now)
+        # Admitted (prefill) rows are not in the running batch yet: _merge drops their finished ones.
+        if batch is self._running and finished_rows:
+            self._select_rows([i for i in range(len(batch)) if i not in finished_rows])
 
     def _detokenize(self, s: Sequence, final: bool) -> tuple[str, bool]:
         """New text for the client, holding back what could still become a stop string."""
@@ -419,26 +393,52 @@ class Engine:
         seq.stats.finish_reason = reason
         seq.deliver(Event("", reason, error))
 
-    # ------------------------------------------------------------------ the KV cache row
-    def _forget_finished(self) -> None:
-        """Take finished sequences out of the batch. Their cache columns stay (masked: their
-        owner id is never reused) until they are the larger part of the row, then the row is
-        compacted: one copy every few finishes instead of one per finish."""
-        self._running = [s for s in self._running if not s.finished]
+    # ------------------------------------------------------------------ KV cache rows
+    def _layers(self, cache: Any) -> list[Any]:
+        return list(cache.layers)
+
+    def _cache_width(self) -> int:
+        return 0 if self._cache is None else int(self._cache.layers[0].keys.shape[-2])
+
+    def _merge(self, batch: list[Sequence], new_cache: Any) -> None:
+        """Append prefilled rows to the running batch, left-padding the narrower cache."""
+        if self._cache is None or not self._running:
+            self._cache = new_cache
+            self._running = list(batch)
+        else:
+            old_w, new_w = self._cache_width(), int(new_cache.layers[0].keys.shape[-2])
+            width = max(old_w, new_w)
+            for old_layer, new_layer in zip(self._layers(self._cache), self._layers(new_cache), strict=True):
+                for attr in ("keys", "values"):
+                    a, b = getattr(old_layer, attr), getattr(new_layer, attr)
+                    a = torch.nn.functional.pad(a, (0, 0, width - old_w, 0))
+                    b = torch.nn.functional.pad(b, (0, 0, width - new_w, 0))
+                    setattr(old_layer, attr, torch.cat([a, b], dim=0))
+            for s in self._running:
+                s.pad += width - old_w
+            for s in batch:
+                s.pad += width - new_w
+            self._running.extend(batch)
         self.stats.running = len(self._running)
-        if not self._running:
+        # Sequences that finished on their first token leave again at once.
+        if any(s.finished for s in self._running):
+            self._select_rows([i for i, s in enumerate(self._running) if not s.finished])
+
+    def _select_rows(self, keep: list[int]) -> None:
+        if not keep:
+            self._running = []
             self._cache = None
-            self._owner = self._kpos = torch.zeros(0, dtype=torch.long)
+            self.stats.running = 0
             return
-        if self._cache is None:
-            return
-        live = torch.isin(self._owner, torch.tensor([s.uid for s in self._running], dtype=torch.long))
-        kept = int(live.sum())
-        if 2 * kept > live.numel():
-            return
-        index = live.nonzero().squeeze(1)
-        self._owner, self._kpos = self._owner[index], self._kpos[index]
-        index = index.to(self.device)
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(2, index)
-            layer.values = layer.values.index_select(2, index)
+        self._running = [self._running[i] for i in keep]
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        trim = min(s.pad for s in self._running)
+        for layer in self._layers(self._cache):
+            for attr in ("keys", "values"):
+                t = getattr(layer, attr).index_select(0, index)
+                if trim:
+                    t = t[:, :, trim:, :]
+                setattr(layer, attr, t.contiguous() if trim else t)
+        for s in self._running:
+            s.pad -= trim
+        self.stats.running = len(self._running)
