@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,8 +35,30 @@ class NotHealthyError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------- ports
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Below the kernel's ephemeral range: a port the OS hands out for bind(0) is also what it hands to
+# outgoing connections (gRPC clients, health polls), which took a picked port before its server
+# bound it in CI. Ports given out by this process are not given out twice.
+_PICK_RANGE = (20000, _ephemeral_low() - 1)
+_given: set[int] = set()
+_rng = random.SystemRandom()  # not the seedable global one: tests seed that
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    """A TCP port on 127.0.0.1 that is free now, outside the ephemeral range, never given out
+    twice by this process (falls back to the OS's pick)."""
+    low, high = _PICK_RANGE
+    for _ in range(200 if high > low else 0):
+        port = _rng.randint(low, high)
+        if port not in _given and port_free(port):
+            _given.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
