@@ -33,21 +33,18 @@ JAEGER_RELEASE="v2.13.0"
 # service.version are empty.
 JAEGER_LDFLAGS="-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=${JAEGER_RELEASE}"
 
-log() { printf '[build] %s\n' "$*" >&2; }
-die() { printf '[build] ERROR: %s\n' "$*" >&2; exit 1; }
-
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BUILD_TAG=build
+# shellcheck source=../scripts/build-cache.sh
+source "$SCRIPT_DIR/../scripts/build-cache.sh"
 MANIFEST="$SCRIPT_DIR/manifest.yaml"
 [[ -f "$MANIFEST" ]] || die "manifest not found: $MANIFEST"
 command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to build the Collector ${BUILDER_VERSION} and Jaeger)"
 
 GO_VERSION="$(go env GOVERSION)"
 PLATFORM="$(go env GOOS)/$(go env GOARCH)"
-CACHE_ROOT="${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}"
-mkdir -p "$CACHE_ROOT/bin" "$CACHE_ROOT/tools"
-CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd)"
+cache_setup tools
 
-sha256() { if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -c1-64; else shasum -a 256 | cut -c1-64; fi; }
 # The recipe line changes when the way the Collector is compiled changes (here: ocb generates,
 # then `go mod tidy -e` + `go build`), so such an edit of this script also rebuilds.
 COLLECTOR_HASH="$({
@@ -60,43 +57,11 @@ COLLECTOR_DEST="$CACHE_ROOT/bin/collector-$COLLECTOR_HASH"
 JAEGER_DEST="$CACHE_ROOT/bin/jaeger-$JAEGER_HASH"
 DEST="$CACHE_ROOT/bin/$COLLECTOR_HASH-$JAEGER_HASH"
 
-FORCE="${ERNIE_OTEL_FORCE_BUILD:-0}"
 cache_hit() { [[ -x "$DEST/otelcol-ernie" && -x "$DEST/jaeger" ]]; }
-
-if [[ "$FORCE" != "1" ]] && cache_hit; then
-  log "cache hit: $DEST"
-  printf '%s\n' "$DEST"
-  exit 0
-fi
-
-# Two callers (a test session and a developer shell) must not compile the same thing twice at
-# once on a 2-core box; the second waits and then finds the cache entry.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$CACHE_ROOT/bin/.lock"
-  if ! flock -n 9; then
-    log "another build holds $CACHE_ROOT/bin/.lock; waiting for it"
-    flock 9
-  fi
-  if [[ "$FORCE" != "1" ]] && cache_hit; then
-    log "cache hit after waiting: $DEST"
-    printf '%s\n' "$DEST"
-    exit 0
-  fi
-  # Holding the lock, any temp dir is left over from a build that was killed (SIGKILL skips the
-  # cleanup trap); each holds generated sources and up to ~200 MB of binaries.
-  for stale in "$CACHE_ROOT"/bin/.tmp-*; do
-    [[ -e "$stale" ]] || continue
-    log "removing leftover $stale"
-    chmod -R u+w "$stale" 2>/dev/null || true
-    rm -rf "$stale"
-  done
-fi
-
-cpus="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
-JOBS="${ERNIE_OTEL_BUILD_JOBS:-$(( cpus < 4 ? cpus : 4 ))}"
-export GOFLAGS="${GOFLAGS:-} -p=${JOBS}"
-# Static binaries: they run on any Linux box and need no C toolchain.
-export CGO_ENABLED=0
+reuse_or_lock cache_hit "$DEST"
+# Each temp dir holds generated sources and up to ~200 MB of binaries.
+clear_stale "$CACHE_ROOT/bin"
+go_build_env
 
 TMP="$(mktemp -d "$CACHE_ROOT/bin/.tmp-$COLLECTOR_HASH-XXXXXX")"
 HEARTBEAT_PID=""

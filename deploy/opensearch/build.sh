@@ -13,53 +13,24 @@
 # at once. It is built in a temp dir renamed into place when complete, under the same lock as the
 # Go builds (one heavy build at a time on a small box).
 #
-# Environment:
-#   ERNIE_OTEL_CACHE         cache root (default ~/.cache/ernie-otel)
-#   ERNIE_OTEL_FORCE_BUILD=1 rebuild even when the cache has an entry
+# Environment: as scripts/build-cache.sh says (cache root, forced rebuild).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-log() { printf '[opensearch-build] %s\n' "$*" >&2; }
-die() { printf '[opensearch-build] ERROR: %s\n' "$*" >&2; exit 1; }
+BUILD_TAG=opensearch-build
+# shellcheck source=../../scripts/build-cache.sh
+source "$HERE/../../scripts/build-cache.sh"
 
 command -v mvn >/dev/null 2>&1 || die "mvn is not on PATH (scripts/setup.sh installs Debian's maven)"
 command -v javac >/dev/null 2>&1 || die "javac is not on PATH (need a JDK >= 17)"
 
-CACHE_ROOT="${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}"
-mkdir -p "$CACHE_ROOT/bin" "$CACHE_ROOT/opensearch"
-CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd)"
-
-sha256() { if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -c1-64; else shasum -a 256 | cut -c1-64; fi; }
+cache_setup opensearch
 HASH="$({ cat "$HERE/pom.xml" "$HERE/ErnieOpenSearch.java"; javac -version 2>&1; } | sha256 | cut -c1-16)"
 DEST="$CACHE_ROOT/opensearch/$HASH"
 
 cache_hit() { [[ -f "$DEST/classes/ErnieOpenSearch.class" && -f "$DEST/BUILD_INFO" ]]; }
-
-if [[ "${ERNIE_OTEL_FORCE_BUILD:-0}" != "1" ]] && cache_hit; then
-  log "cache hit: $DEST"
-  printf '%s\n' "$DEST"
-  exit 0
-fi
-
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$CACHE_ROOT/bin/.lock"
-  if ! flock -n 9; then
-    log "another build holds $CACHE_ROOT/bin/.lock; waiting for it"
-    flock 9
-  fi
-  if [[ "${ERNIE_OTEL_FORCE_BUILD:-0}" != "1" ]] && cache_hit; then
-    log "cache hit after waiting: $DEST"
-    printf '%s\n' "$DEST"
-    exit 0
-  fi
-fi
-
-# Holding the lock, a temp dir left here is from a build that was killed (SIGKILL skips the trap).
-for stale in "$CACHE_ROOT"/opensearch/.tmp-*; do
-  [[ -e "$stale" ]] || continue
-  log "removing leftover $stale"
-  rm -rf "$stale"
-done
+reuse_or_lock cache_hit "$DEST"
+clear_stale "$CACHE_ROOT/opensearch"
 TMP="$(mktemp -d "$CACHE_ROOT/opensearch/.tmp-XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 trap 'exit 130' INT TERM

@@ -11,10 +11,7 @@
 # version, OS/arch): an unchanged tree answers in well under a second. The build goes into a temp
 # dir renamed into place only after the binary ran, so an interrupted build leaves no half entry.
 #
-# Environment:
-#   ERNIE_OTEL_CACHE         cache root (default ~/.cache/ernie-otel)
-#   ERNIE_OTEL_BUILD_JOBS    go build -p (default: number of CPUs, at most 4)
-#   ERNIE_OTEL_FORCE_BUILD=1 rebuild even when the cache has an entry
+# Environment: as scripts/build-cache.sh says (cache root, build jobs, forced rebuild).
 set -euo pipefail
 
 THANOS_MODULE="github.com/thanos-io/thanos"
@@ -36,17 +33,14 @@ THANOS_REPLACES=(
   "zenhack.net/go/util=github.com/zenhack/go-util@v0.0.0-20231005031245-66f5419c2aea"
 )
 
-log() { printf '[thanos-build] %s\n' "$*" >&2; }
-die() { printf '[thanos-build] ERROR: %s\n' "$*" >&2; exit 1; }
+BUILD_TAG=thanos-build
+# shellcheck source=../../scripts/build-cache.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../../scripts" && pwd)/build-cache.sh"
 
 command -v go >/dev/null 2>&1 || die "go is not on PATH (need Go >= 1.26 to build Thanos ${THANOS_VERSION})"
 
 GO_VERSION="$(go env GOVERSION)"
-CACHE_ROOT="${ERNIE_OTEL_CACHE:-$HOME/.cache/ernie-otel}"
-mkdir -p "$CACHE_ROOT/bin" "$CACHE_ROOT/thanos"
-CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd)"
-
-sha256() { if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -c1-64; else shasum -a 256 | cut -c1-64; fi; }
+cache_setup thanos
 HASH="$({
   printf 'thanos=%s@%s\ntags=%s\nldflags=%s\ngo=%s\nos=%s/%s\n' \
     "$THANOS_MODULE" "$THANOS_VERSION" "$THANOS_TAGS" "$THANOS_LDFLAGS" "$GO_VERSION" \
@@ -56,40 +50,9 @@ HASH="$({
 DEST="$CACHE_ROOT/thanos/$HASH"
 
 cache_hit() { [[ -x "$DEST/thanos" ]]; }
-
-if [[ "${ERNIE_OTEL_FORCE_BUILD:-0}" != "1" ]] && cache_hit; then
-  log "cache hit: $DEST"
-  printf '%s\n' "$DEST/thanos"
-  exit 0
-fi
-
-# The same lock as collector/build.sh: one Go build at a time on a small box, and a second caller
-# waits and then finds the cache entry instead of compiling the same thing again.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$CACHE_ROOT/bin/.lock"
-  if ! flock -n 9; then
-    log "another build holds $CACHE_ROOT/bin/.lock; waiting for it"
-    flock 9
-  fi
-  if [[ "${ERNIE_OTEL_FORCE_BUILD:-0}" != "1" ]] && cache_hit; then
-    log "cache hit after waiting: $DEST"
-    printf '%s\n' "$DEST/thanos"
-    exit 0
-  fi
-fi
-
-cpus="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
-JOBS="${ERNIE_OTEL_BUILD_JOBS:-$(( cpus < 4 ? cpus : 4 ))}"
-export GOFLAGS="${GOFLAGS:-} -p=${JOBS}"
-export CGO_ENABLED=0
-
-# Holding the lock, a temp dir left here is from a build that was killed (SIGKILL skips the trap).
-for stale in "$CACHE_ROOT"/thanos/.tmp-*; do
-  [[ -e "$stale" ]] || continue
-  log "removing leftover $stale"
-  chmod -R u+w "$stale" 2>/dev/null || true
-  rm -rf "$stale"
-done
+reuse_or_lock cache_hit "$DEST/thanos"
+go_build_env
+clear_stale "$CACHE_ROOT/thanos"
 TMP="$(mktemp -d "$CACHE_ROOT/thanos/.tmp-XXXXXX")"
 cleanup() { chmod -R u+w "$TMP" 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT

@@ -173,23 +173,34 @@ def jaeger_health_url(ports: Mapping[str, int]) -> str:
 
 
 # ------------------------------------------------------------------------------ binaries
-def build_binaries(say: Callable[[str], None], *, capture: bool = False, timeout: float | None = None) -> Path:
-    """collector/build.sh; the last line it prints is the directory of the binaries. Its progress
-    goes straight to our stderr, or with ``capture`` into the error message (tests keep it)."""
-    if not BUILD_SCRIPT.exists():
-        raise StackError(f"{BUILD_SCRIPT} is missing: `ernie-otel stack` runs from a checkout of ernie-otel")
-    say("Collector and Jaeger binaries: collector/build.sh (cached after the first build, which takes long)")
+def run_build_script(script: Path, *, capture: bool = True, timeout: float | None = None) -> Path:
+    """Run one of the cache scripts (collector/build.sh, deploy/thanos/build.sh,
+    deploy/opensearch/build.sh; scripts/build-cache.sh is their shared part): the last line it
+    prints is its cache entry. Its progress goes into the error on failure, or with
+    ``capture=False`` straight to our stderr (a first build takes minutes: the user sees it)."""
+    name = script.relative_to(REPO_ROOT).as_posix()
+    if not script.exists():
+        raise StackError(f"{script} is missing: `ernie-otel stack` runs from a checkout of ernie-otel")
     try:
-        result = subprocess.run(["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+        result = subprocess.run(["bash", str(script)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE if capture else None, text=True,
                                 timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise StackError(f"collector/build.sh did not finish within {timeout:.0f}s") from None
-    messages = f":\n{result.stderr[-6000:]}" if capture else "; its messages are above"
+        raise StackError(f"{name} did not finish within {timeout:.0f}s") from None
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        raise StackError(f"collector/build.sh failed (exit {result.returncode}){messages}")
-    bin_dir = Path(lines[-1])
+        messages = f":\n{result.stderr[-6000:]}" if capture else "; its messages are above"
+        raise StackError(f"{name} failed (exit {result.returncode}){messages}")
+    entry = Path(lines[-1])
+    if not entry.exists():
+        raise StackError(f"{name} reported {entry}, which is not there")
+    return entry
+
+
+def build_binaries(say: Callable[[str], None], *, capture: bool = False, timeout: float | None = None) -> Path:
+    """collector/build.sh: the directory of the Collector and Jaeger binaries."""
+    say("Collector and Jaeger binaries: collector/build.sh (cached after the first build, which takes long)")
+    bin_dir = run_build_script(BUILD_SCRIPT, capture=capture, timeout=timeout)
     for name in ("otelcol-ernie", "jaeger"):
         if not os.access(bin_dir / name, os.X_OK):
             raise StackError(f"collector/build.sh reported {bin_dir}, but {name} is not there")
@@ -208,17 +219,8 @@ OPENSEARCH_DIR = "opensearch"  # under the stack's state dir: node_1/, node_2/ a
 
 
 def opensearch_home(*, timeout: float | None = None) -> Path:
-    """deploy/opensearch/build.sh (jars from Maven Central + the compiled launcher, cached); the
-    last line it prints is the cache entry. Its messages go into the error on failure."""
-    try:
-        result = subprocess.run(["bash", str(OPENSEARCH_BUILD_SCRIPT)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise StackError(f"deploy/opensearch/build.sh did not finish within {timeout:.0f}s") from None
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise StackError(f"deploy/opensearch/build.sh failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
-    return Path(lines[-1])
+    """deploy/opensearch/build.sh (jars from Maven Central + the compiled launcher, cached)."""
+    return run_build_script(OPENSEARCH_BUILD_SCRIPT, timeout=timeout)
 
 
 def opensearch_node_ports(http: int, transport: int, node: int) -> tuple[int, int]:

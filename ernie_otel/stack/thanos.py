@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..ports import FLEET_PORTS, HOST
 from . import render
+from .components import run_build_script
 from .procs import REPO_ROOT
 from .records import StackError
 
@@ -46,20 +46,7 @@ THANOS_HEALTH_TIMEOUT_S = 60.0
 # ------------------------------------------------------------------------------ the binary
 def build_thanos(timeout: float | None = None) -> Path:
     """The cached `thanos` binary of deploy/thanos/build.sh (built on first use, ~3 min cold)."""
-    if not THANOS_BUILD.exists():
-        raise StackError(f"{THANOS_BUILD} is missing: the fleet profile runs from a checkout of ernie-otel")
-    try:
-        result = subprocess.run(["bash", str(THANOS_BUILD)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise StackError(f"deploy/thanos/build.sh did not finish within {timeout:.0f}s") from None
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise StackError(f"deploy/thanos/build.sh failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
-    binary = Path(lines[-1])
-    if not binary.is_file():
-        raise StackError(f"deploy/thanos/build.sh reported {binary}, which is not there")
-    return binary
+    return run_build_script(THANOS_BUILD, timeout=timeout)
 
 
 # ------------------------------------------------------------------------------ Thanos args
