@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs, idempotent and fast when already done:
 # Debian packages (Prometheus, Alertmanager, promtool, amtool, openssl, Chromium and its WebDriver for
-# the browser tests), the Python venv with the package, the Go binaries (Collector, Jaeger, Thanos,
-# Kubernetes tools; built from Go modules, cached outside the repo) and the Jaeger UI's built assets
+# the browser tests, podman and runc for the container smoke test), the Python venv with the package,
+# the Go binaries (Collector, Jaeger, Thanos, Kubernetes tools; built from Go modules, cached outside
+# the repo) and the Jaeger UI's built assets
 # (unpacked from an archive given in ERNIE_OTEL_JAEGER_UI into the same cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,12 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The fleet's OpenSearch trace store: Maven resolves it, javac compiles its launcher, java runs it.
 command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+# The container smoke test (tests/test_containers.py): Debian's podman with runc (crun does not
+# run here), host networking only; it checks the host's interfaces and iptables rules afterwards.
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables-save >/dev/null 2>&1 || need+=(iptables)
 if ((${#need[@]})); then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -37,18 +38,19 @@ COMPOSE = REPO / "deploy" / "compose" / "compose.yaml"
 K8S_VERSION = "1.33"
 
 # Configurations the chart must render and validate in: the defaults, and each alternative of
-# every switch (agent sidecar, gateway mode, KEDA, HPA, OpenSearch-backed Jaeger, no lb tier with
-# an external trace store).
+# every switch (agent sidecar, gateway mode, KEDA, HPA, OpenSearch-backed Jaeger, the lb tier's
+# dns resolver, other sampling thresholds, no lb tier with an external trace store).
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "gateway-sidecar-keda": {
         "serve": {"mode": "gateway", "gateway": {"upstream": "http://fastdeploy.inference.svc:8188/v1"}},
-        "collector": {"agent": {"mode": "sidecar"}},
         "autoscaling": {"mode": "keda"},
         "monitoring": {"labels": {"release": "kube-prometheus-stack"}},
+        "collector": {"agent": {"mode": "sidecar"}, "sampling": {"latencyMs": 5000, "baselinePercent": 2.5}},
     },
     "engine-hpa-opensearch": {
         "autoscaling": {"mode": "hpa"},
+        "collector": {"lb": {"resolver": "dns"}},
         "jaeger": {"storage": "opensearch", "opensearch": {"urls": ["https://opensearch.logging.svc:9200"]}},
         "monitoring": {"prometheusUrl": "http://thanos-query.monitoring.svc:10902"},
     },
@@ -250,6 +252,9 @@ def test_misspelt_values_are_caught(k8s_tools: Path, tmp_path: Path) -> None:
     ({"collector": {"sampler": {"replicas": 1}}}, "at '/collector/sampler/replicas': minimum: got 1, want 2"),
     ({"autoscaling": {"mode": "vpa"}}, "at '/autoscaling/mode': value must be one of"),
     ({"ports": {"serve": 70000}}, "at '/ports/serve': maximum"),
+    ({"collector": {"lb": {"resolver": "static"}}}, "at '/collector/lb/resolver': value must be one of 'k8s', 'dns'"),
+    ({"collector": {"sampling": {"baselinePercent": 150}}}, "at '/collector/sampling/baselinePercent': maximum"),
+    ({"collector": {"sampling": {"decisionWait": 10}}}, "at '/collector/sampling/decisionWait': got number"),
     # The templates' `required`: values that only matter in one mode.
     ({"serve": {"mode": "gateway"}}, "needs serve.gateway.upstream"),
     ({"jaeger": {"enabled": False}}, "needs externalTraces.otlpGrpcEndpoint"),
@@ -444,12 +449,26 @@ def test_collector_tiers(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert lb_exporter == f"{lb_service['metadata']['name']}:{FLEET_PORTS['lb_otlp_grpc']}"
     lb = _merged_config(_by_name(docs, "ConfigMap", "-lb"))
     assert lb["exporters"]["load_balancing"]["routing_key"] == "traceID"
-    # The lb tier resolves the samplers through their headless Service.
-    env = {e["name"]: e.get("value") for e in
-           _by_name(docs, "Deployment", "-lb")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    # The lb tier resolves the samplers through their headless Service (k8s: EndpointSlices, with
+    # a Role allowing exactly that; dns: its name), never the local static list.
     headless = _by_name(docs, "Service", "-sampler")
     assert headless["spec"]["clusterIP"] == "None"
-    assert env["OTELCOL_LB_SAMPLERS_HOSTNAME"].startswith(f"{headless['metadata']['name']}.inference.svc")
+    name = headless["metadata"]["name"]
+    resolvers = {k: v for k, v in lb["exporters"]["load_balancing"]["resolver"].items() if v is not None}
+    assert resolvers == {"k8s": {"service": f"{name}.inference", "ports": [FLEET_PORTS["sampler_otlp_grpc"]]}}
+    lb_pod = _by_name(docs, "Deployment", "-lb")["spec"]["template"]["spec"]
+    role = _by_name(docs, "Role", "-lb")
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]
+    binding = _by_name(docs, "RoleBinding", "-lb")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == lb_pod["serviceAccountName"] and lb_pod["automountServiceAccountToken"]
+    dns_docs = rendered["engine-hpa-opensearch"]
+    dns_lb = _merged_config(_by_name(dns_docs, "ConfigMap", "-lb"))
+    resolvers = {k: v for k, v in dns_lb["exporters"]["load_balancing"]["resolver"].items() if v is not None}
+    assert resolvers["dns"]["hostname"] == f"{name}.inference.svc.cluster.local" and list(resolvers) == ["dns"]
+    assert not _objects(dns_docs, "Role")
+    assert not _by_name(dns_docs, "Deployment", "-lb")["spec"]["template"]["spec"]["automountServiceAccountToken"]
     sampler = _merged_config(_by_name(docs, "ConfigMap", "-sampler"))
     assert "tail_sampling" in sampler["service"]["pipelines"]["traces"]["processors"]
     assert _by_name(docs, "StatefulSet", "-sampler")["spec"]["replicas"] >= 2
@@ -459,6 +478,107 @@ def test_collector_tiers(rendered: dict[str, list[dict[str, Any]]]) -> None:
     agent_env = {e["name"]: e.get("value") for e in
                  _by_name(direct, "DaemonSet", "-agent")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert agent_env["OTELCOL_JAEGER_ENDPOINT"] == "jaeger-collector.tracing.svc:4317"
+
+
+def _env_default(text: str, name: str) -> str:
+    """The default a config gives `${env:NAME:-default}`."""
+    match = re.search(r"\$\{env:" + name + r":-([^}]*)\}", text)
+    assert match, f"{name} is not read by the config"
+    return match.group(1)
+
+
+def _container_env(docs: list[dict[str, Any]], kind: str, suffix: str, container: str) -> dict[str, str]:
+    spec = _by_name(docs, kind, suffix)["spec"]["template"]["spec"]
+    (c,) = [c for c in spec["containers"] if c["name"] == container]
+    return {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+
+# Chart value -> the sampler config's variable.
+SAMPLING_ENV = {
+    "decisionWait": "OTELCOL_SAMPLING_DECISION_WAIT",
+    "latencyMs": "OTELCOL_SAMPLING_LATENCY_MS",
+    "ttftMs": "OTELCOL_SAMPLING_TTFT_MS",
+    "baselinePercent": "OTELCOL_SAMPLING_BASELINE_PERCENT",
+    "hashSalt": "OTELCOL_SAMPLING_HASH_SALT",
+    "maxTraces": "OTELCOL_SAMPLING_MAX_TRACES",
+}
+
+
+def test_the_fleet_tiers_are_the_local_stacks_configs(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    # The chart runs collector/fleet/lb.yaml and sampler.yaml themselves: same policies, same
+    # pipelines. Only the lb tier's resolver is overlaid (test_collector_tiers).
+    docs = rendered["defaults"]
+    for tier in ("lb", "sampler"):
+        base = _by_name(docs, "ConfigMap", f"-{tier}")["data"]["base.yaml"]
+        assert base == (REPO / "collector" / "fleet" / f"{tier}.yaml").read_text()
+    assert set(_by_name(docs, "ConfigMap", "-sampler")["data"]) == {"base.yaml"}
+
+
+def test_sampling_thresholds_are_chart_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    source = (REPO / "collector" / "fleet" / "sampler.yaml").read_text()
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["collector"]["sampling"]
+    assert set(defaults) == set(SAMPLING_ENV)
+    # The chart's defaults are the config's own, so a laptop and a cluster sample alike.
+    for key, var in SAMPLING_ENV.items():
+        assert str(defaults[key]) == _env_default(source, var), key
+    for name, overrides in (("defaults", {}), ("gateway-sidecar-keda", {"latencyMs": 5000, "baselinePercent": 2.5})):
+        docs = rendered[name]
+        expected = {SAMPLING_ENV[k]: str(v) for k, v in {**defaults, **overrides}.items()}
+        sampler_env = _container_env(docs, "StatefulSet", "-sampler", "otel-sampler")
+        serve_env = _container_env(docs, "Deployment", "-serve", "ernie-serve")
+        assert expected.items() <= sampler_env.items(), name
+        # ernie-serve judges its exemplars by the same rule (ernie_otel/telemetry/keep.py).
+        assert expected.items() <= serve_env.items(), name
+        assert serve_env["ERNIE_OTEL_EXEMPLARS_FOLLOW_SAMPLING"] == "true"
+    serve_env = _container_env(rendered["no-lb-external-jaeger"], "Deployment", "-serve", "ernie-serve")
+    assert not any(k.startswith("OTELCOL_SAMPLING") or k.startswith("ERNIE_OTEL_EXEMPLARS") for k in serve_env)
+
+
+def _collector_validate(collector: Path, docs: list[dict[str, Any]], tier: str, where: Path,
+                        cm: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """`otelcol-ernie validate` on a tier's rendered ConfigMap, in the environment its pod gives it
+    (the queue directory moved to a temporary one). validate builds every pipeline, so a wrong
+    type, an unknown key, or a second resolver fails here as it would at start-up."""
+    cm = cm or _by_name(docs, "ConfigMap", f"-{tier}")
+    name = cm["metadata"]["name"]
+    for kind in ("DaemonSet", "Deployment", "StatefulSet"):
+        for workload in _objects(docs, kind):
+            spec = workload["spec"]["template"]["spec"]
+            volumes = {v["name"] for v in spec.get("volumes", []) if v.get("configMap", {}).get("name") == name}
+            for c in spec["containers"]:
+                if any(m["name"] in volumes for m in c.get("volumeMounts", [])):
+                    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+                    args = [a.removeprefix("--config=/conf/") for a in c["args"]]
+    where.mkdir(parents=True, exist_ok=True)
+    for key, text in cm["data"].items():
+        (where / key).write_text(text)
+    assert set(args) == set(cm["data"]), f"{name}: the container's --config files are not its ConfigMap's keys"
+    env.update(K8S_NODE_NAME="node-1", OTELCOL_QUEUE_DIR=str(where / "queue"))
+    config_args = [a for key in args for a in ("--config", str(where / key))]
+    return _run([collector, "validate", *config_args], env={"PATH": "/usr/bin:/bin", **env})
+
+
+def test_collector_accepts_the_rendered_configs(rendered: dict[str, list[dict[str, Any]]], pipeline_bin: Path,
+                                                tmp_path: Path) -> None:
+    collector = pipeline_bin / "otelcol-ernie"
+    for name, docs in rendered.items():
+        for tier in ("agent", "lb", "sampler"):
+            if tier != "agent" and name == "no-lb-external-jaeger":
+                continue
+            result = _collector_validate(collector, docs, tier, tmp_path / name / tier)
+            assert result.returncode == 0, f"{name}/{tier}: {result.stdout}{result.stderr}"
+    # It can fail: the overlay without removing the static resolver (two resolvers), and a
+    # threshold the sampler cannot parse.
+    docs = rendered["defaults"]
+    broken = copy.deepcopy(_by_name(docs, "ConfigMap", "-lb"))
+    broken["data"]["k8s.yaml"] = broken["data"]["k8s.yaml"].replace("static: null", "")
+    result = _collector_validate(collector, docs, "lb", tmp_path / "broken-lb", broken)
+    assert result.returncode != 0 and "only one resolver" in result.stdout + result.stderr
+    bad_docs = copy.deepcopy(docs)
+    sampler = _by_name(bad_docs, "StatefulSet", "-sampler")["spec"]["template"]["spec"]["containers"][0]
+    next(e for e in sampler["env"] if e["name"] == "OTELCOL_SAMPLING_DECISION_WAIT")["value"] = "ten seconds"
+    result = _collector_validate(collector, bad_docs, "sampler", tmp_path / "broken-sampler")
+    assert result.returncode != 0 and "decision_wait" in result.stdout + result.stderr
 
 
 def _jaeger_validate(pipeline_bin: Path, cm: dict[str, Any], where: Path) -> subprocess.CompletedProcess[str]:

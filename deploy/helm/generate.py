@@ -9,7 +9,7 @@ ConfigMaps). Nothing under `files/` is edited by hand: edit the source and run
     python deploy/helm/generate.py --check  # exit 1 and name the stale copies (tests/test_k8s.py)
 
 CHART_COPIES is the one table of what the chart carries; pointing the chart at another Collector
-config (the fleet tiers' files, say) is a change to that table and nothing else.
+config is a change to that table and nothing else.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ CHART_COPIES: dict[str, str] = {
     # overlay (templates/collector-configmaps.yaml: k8s_attributes, 0.0.0.0 listeners, and the
     # hop to the load-balancing tier when enabled).
     "files/collector/agent.yaml": "collector/otelcol.yaml",
-    # PLACEHOLDERS until the fleet's own lb/sampler configs land under collector/fleet/: minimal
-    # configs kept next to this script. Replace these two sources with the fleet files.
-    "files/collector/lb.yaml": "deploy/helm/fleet-placeholders/lb.yaml",
-    "files/collector/sampler.yaml": "deploy/helm/fleet-placeholders/sampler.yaml",
+    # The fleet tiers the local stack runs, as they are: the lb tier gets an overlay that swaps its
+    # static resolver for the samplers' headless Service; the sampler's policies read their
+    # thresholds from env variables, which the chart sets from collector.sampling.
+    "files/collector/lb.yaml": "collector/fleet/lb.yaml",
+    "files/collector/sampler.yaml": "collector/fleet/sampler.yaml",
     "files/jaeger/jaeger.yaml": "collector/jaeger.yaml",
 }
 

@@ -82,6 +82,24 @@ ernie-otel.io/collector: "true"
       fieldPath: spec.nodeName
 {{- end }}
 
+{{/* The tail-sampling thresholds (collector/fleet/sampler.yaml reads them). ernie-serve gets the
+same ones, so the exemplars it attaches point only at traces the samplers keep. */}}
+{{- define "ernie-otel.samplingEnv" -}}
+{{- $s := .Values.collector.sampling }}
+- name: OTELCOL_SAMPLING_DECISION_WAIT
+  value: {{ $s.decisionWait | quote }}
+- name: OTELCOL_SAMPLING_LATENCY_MS
+  value: {{ $s.latencyMs | quote }}
+- name: OTELCOL_SAMPLING_TTFT_MS
+  value: {{ $s.ttftMs | quote }}
+- name: OTELCOL_SAMPLING_BASELINE_PERCENT
+  value: {{ $s.baselinePercent | quote }}
+- name: OTELCOL_SAMPLING_HASH_SALT
+  value: {{ $s.hashSalt | quote }}
+- name: OTELCOL_SAMPLING_MAX_TRACES
+  value: {{ $s.maxTraces | quote }}
+{{- end }}
+
 {{/* The agent Collector container: the DaemonSet's, or the sidecar in each ernie-serve pod. */}}
 {{- define "ernie-otel.agentContainer" -}}
 - name: otel-agent
