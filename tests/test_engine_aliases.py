@@ -140,6 +140,17 @@ def test_docs_carry_the_alias_table() -> None:
     assert e.alias_markdown() in (REPO_ROOT / "docs" / "metrics.md").read_text()
 
 
+def test_every_engine_alert_has_a_runbook_naming_existing_panels() -> None:
+    runbooks = (REPO_ROOT / "docs" / "runbooks.md").read_text()
+    panels = {p["title"] for p in load_dashboard()["panels"]}
+    rules = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    for name, rule in rules.items():
+        assert rule["annotations"]["runbook_url"].endswith("#" + name.lower()), name
+        section = runbooks.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+        named = {" ".join(t.split()) for t in re.findall(r"\*\*\"([^\"]+)\"\*\*", section)}
+        assert named and named <= panels, (name, named - panels)
+
+
 # ------------------------------------------------------ contract: real Collector and Prometheus
 class _Engines:
     """One HTTP server per engine version, each serving its recording, counters growing per scrape."""
@@ -303,3 +314,11 @@ def test_every_engine_version_through_collector_and_prometheus(pipeline_bin: Pat
             pending = {(a["labels"]["alertname"], a["labels"]["instance"])
                        for a in json.loads(http_get(f"{prom}/api/v1/alerts")[1])["data"]["alerts"]}
         assert pending == expected
+
+
+def test_promtool_unit_tests_of_the_engine_rules() -> None:
+    """Thresholds, a healthy engine raising nothing, and the new spelling winning in a deprecation
+    window, on synthetic series (alerts/tests/ernie-engines.test.yml)."""
+    proc = subprocess.run(["promtool", "test", "rules", str(REPO_ROOT / "alerts" / "tests" / "ernie-engines.test.yml")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
