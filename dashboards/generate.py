@@ -346,7 +346,7 @@ def _engine_quantiles(bucket_rate: str) -> list[dict]:
     out = []
     for ref, q, label in (("A", "0.5", "p50"), ("B", "0.95", "p95")):
         expr = f"histogram_quantile({q}, sum by (instance, {n.ENGINE_LABEL}, le) ({sel(bucket_rate, ENGINE_JI)}))"
-        out.append(tgt(expr, f"{{{{instance}}}} {label}", ref))
+        out.append(tgt(expr, f"{{{{instance}}}} {{{{{n.ENGINE_LABEL}}}}} {label}", ref))
     return out
 
 

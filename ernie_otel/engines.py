@@ -127,7 +127,7 @@ class Neutral:
 
 
 _VLLM = "https://github.com/vllm-project/vllm/blob/{}/vllm/v1/metrics/loggers.py"
-_SGLANG = "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/metrics/collector.py"
+_SGLANG = "https://github.com/sgl-project/sglang/blob/{}/python/sglang/srt/{}"
 _FASTDEPLOY = "https://github.com/PaddlePaddle/FastDeploy/blob/{}/docs/online_serving/metrics.md"
 _TGI = ("https://github.com/huggingface/text-generation-inference/blob/53fdbe6/docs/source/reference/"
         "metrics.md")
@@ -203,7 +203,8 @@ ALIAS_TABLE: tuple[EngineVersion, ...] = (
     ),
     EngineVersion(
         "sglang", "0.4",
-        "SGLang 0.4 (" + _SGLANG + " at v0.4.x): sglang: prefix, token_usage and cache_hit_rate "
+        "SGLang 0.4 (" + _SGLANG.format("v0.4.5.post3", "metrics/collector.py") + "; the sample output of "
+        "sgl-project/sglang PR #4444): sglang: prefix, token_usage and cache_hit_rate "
         "gauges (0..1), retractions only as a gauge (not a count, so no preemption figure)",
         "model_name",
         {
@@ -217,7 +218,7 @@ ALIAS_TABLE: tuple[EngineVersion, ...] = (
     ),
     EngineVersion(
         "sglang", "main",
-        "SGLang main (python/sglang/srt/observability/metrics_collector.py): adds the "
+        "SGLang main (" + _SGLANG.format("main", "observability/metrics_collector.py") + "): adds the "
         "num_retracted_requests_total counter (\"the name is requests instead of reqs\")",
         "model_name",
         {
