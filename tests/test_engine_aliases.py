@@ -322,3 +322,33 @@ def test_promtool_unit_tests_of_the_engine_rules() -> None:
     proc = subprocess.run(["promtool", "test", "rules", str(REPO_ROOT / "alerts" / "tests" / "ernie-engines.test.yml")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_single_engine_target_still_works(pipeline_bin: Path, engine_endpoints: _Engines, tmp_path: Path) -> None:
+    """ENGINE_METRICS_TARGET (one host:port, the add-on's first interface) is the default of the
+    ENGINE_METRICS_TARGETS list: the Collector's exporter serves that engine's families, job and
+    instance set, and nothing of the engines it was not pointed at."""
+    version = next(v for v in e.ALIAS_TABLE if v.key == "vllm-0.12")
+    target = engine_endpoints.target(version.key)
+    env = {**collector_env(), "ENGINE_METRICS_TARGET": target}
+    env.pop("ENGINE_METRICS_TARGETS", None)
+    exporter, health = env["OTELCOL_PROMETHEUS_ENDPOINT"], env["OTELCOL_HEALTH_ENDPOINT"]
+    collector_cmd = [pipeline_bin / "otelcol-ernie", "--config", REPO_ROOT / "collector" / "otelcol.yaml",
+                     "--config", ENGINE_CONFIG]
+    with run_process(collector_cmd, tmp_path / "otelcol.log", env=env) as collector:
+        wait_http(f"http://{health}/", proc=collector.proc, timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            code, body = http_get(f"http://{exporter}/metrics")
+            if code == 200 and "vllm:num_requests_running{" in body:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the engine never reached the Collector's exporter:\n" + collector.log_tail())
+    families = {s.name: s for fam in text_string_to_metric_families(body) for s in fam.samples}
+    running = families["vllm:num_requests_running"]
+    assert running.value == 4.0
+    assert running.labels["job"] == names.ENGINE_JOB and running.labels["instance"] == target
+    assert running.labels["model_name"] == MODEL
+    assert version.series <= set(families)
+    assert not any(name.startswith(("sglang", "fastdeploy", "tgi", "python_gc")) for name in families)
