@@ -338,8 +338,9 @@ ENGINE_ALERTS: tuple[EngineAlert, ...] = (
         "EngineKVCacheNearlyFull",
         f"{NEUTRAL[Figure.KV_CACHE_USAGE].record} > {KV_CACHE_NEAR_FULL}", "10m", "warning",
         "{{ $labels.engine }} at {{ $labels.instance }}: KV cache {{ $value | humanizePercentage }} full",
-        "The engine's KV cache has been over 90% full for 10 minutes: new requests wait and running "
-        "ones are preempted. Add capacity or lower --max-num-seqs on the engine.",
+        "The engine's KV cache is {{ $value | humanizePercentage }} full and has been over 90% for 10 "
+        "minutes: new requests wait and running ones are preempted. Add capacity or lower --max-num-seqs "
+        "on the engine.",
         (Figure.KV_CACHE_USAGE,),
     ),
     EngineAlert(
@@ -347,24 +348,25 @@ ENGINE_ALERTS: tuple[EngineAlert, ...] = (
         f"{NEUTRAL[Figure.WAITING].record} > on (job, instance, model, engine) {NEUTRAL[Figure.RUNNING].record}",
         "15m", "warning",
         "{{ $labels.engine }} at {{ $labels.instance }}: {{ $value }} requests waiting, more than running",
-        "More requests have waited in the engine's own queue than it runs, for 15 minutes: it admits "
-        "them slower than they arrive.",
+        "{{ $value }} requests wait in the engine's own queue, more than it runs, and have for 15 "
+        "minutes: it admits them slower than they arrive.",
         (Figure.WAITING, Figure.RUNNING),
     ),
     EngineAlert(
         "EngineSlowFirstToken",
         f"{QUANTILES[Figure.TTFT]} > {TTFT_P95_LIMIT_S:g}", "10m", "warning",
         "{{ $labels.engine }} at {{ $labels.instance }}: p95 time to first token {{ $value | humanizeDuration }}",
-        "The engine's own p95 time to first token has been over 5 s for 10 minutes (prefill or queueing "
-        "inside the engine, not the gateway hop).",
+        "The engine's own p95 time to first token is {{ $value | humanizeDuration }}, over 5 s for 10 "
+        "minutes (prefill or queueing inside the engine, not the gateway hop).",
         (Figure.TTFT,),
     ),
     EngineAlert(
         "EnginePreempting",
         f"{NEUTRAL[Figure.PREEMPTIONS].record} > {PREEMPTIONS_PER_S:g}", "10m", "warning",
         "{{ $labels.engine }} at {{ $labels.instance }}: {{ $value | humanize }} preemptions/s",
-        "The engine has preempted (or retracted) more than one request every 10 s for 10 minutes: its KV "
-        "cache is too small for the batch it admits, and preempted requests redo their prefill.",
+        "The engine preempts (or retracts) {{ $value | humanize }} requests/s, more than one every 10 s "
+        "for 10 minutes: its KV cache is too small for the batch it admits, and preempted requests redo "
+        "their prefill.",
         (Figure.PREEMPTIONS,),
     ),
 )

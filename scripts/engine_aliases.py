@@ -30,6 +30,8 @@ if str(REPO_ROOT) not in sys.path:
 from ernie_otel import engines as e  # noqa: E402
 
 RUNBOOK_URL_PREFIX = "https://github.com/ernie-otel/ernie-otel/blob/main/docs/runbooks.md#"
+# The routing levels of alerts/alertmanager.yml (as alerts/ernie-alerts.yml labels them).
+PRIORITY_OF_SEVERITY = {"critical": "P1", "warning": "P2", "info": "P3"}
 _BY = "job, instance, " + e.MODEL_LABEL
 _ON = f"on ({_BY})"
 
@@ -95,7 +97,7 @@ def alert_rules() -> list[dict[str, object]]:
         "alert": a.name,
         "expr": a.expr,
         "for": a.duration,
-        "labels": {"severity": a.severity},
+        "labels": {"severity": a.severity, "priority": PRIORITY_OF_SEVERITY[a.severity]},
         "annotations": {"summary": a.summary, "description": a.description,
                         "runbook_url": RUNBOOK_URL_PREFIX + a.name.lower()},
     } for a in e.ENGINE_ALERTS]

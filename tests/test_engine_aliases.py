@@ -28,6 +28,7 @@ import yaml
 from dashboard_queries import ENGINE_PANELS, iter_queries, load_dashboard
 from helpers import REPO_ROOT, collector_env, free_port, http_get, run_process, wait_http
 from prometheus_client.parser import text_string_to_metric_families
+from test_alerts import PRIORITY_OF_SEVERITY, RUNBOOK_URL_PREFIX
 
 from ernie_otel import engines as e
 from ernie_otel import names
@@ -145,7 +146,11 @@ def test_every_engine_alert_has_a_runbook_naming_existing_panels() -> None:
     panels = {p["title"] for p in load_dashboard()["panels"]}
     rules = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
     for name, rule in rules.items():
-        assert rule["annotations"]["runbook_url"].endswith("#" + name.lower()), name
+        # The conventions of alerts/ernie-alerts.yml, which Alertmanager's routing relies on.
+        assert rule["labels"]["priority"] == PRIORITY_OF_SEVERITY[rule["labels"]["severity"]], name
+        assert "{{ $value" in rule["annotations"]["description"], name
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+        assert rule["annotations"]["runbook_url"] == RUNBOOK_URL_PREFIX + name.lower(), name
         section = runbooks.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
         named = {" ".join(t.split()) for t in re.findall(r"\*\*\"([^\"]+)\"\*\*", section)}
         assert named and named <= panels, (name, named - panels)
