@@ -251,7 +251,9 @@ ALIAS_TABLE: tuple[EngineVersion, ...] = (
         "fastdeploy", "2.x-766e58b",
         "FastDeploy 2.x metrics list (" + _FASTDEPLOY.format("766e58b") + ", fastdeploy/metrics/"
         "metrics.py): gpu_cache_usage_perc (\"1 means 100 percent usage\"), hit_token_rate (token-level "
-        "prefix-cache hit rate), time_per_output_token_seconds; no preemption counter, no model label",
+        "prefix-cache hit rate; the docs give its unit as %, read here as 0..1 like gpu_cache_usage_perc, "
+        "unverified against a live FastDeploy), time_per_output_token_seconds; no preemption counter, no "
+        "model label",
         None,
         {
             Figure.RUNNING: (gauge("fastdeploy:num_requests_running"),),
