@@ -20,7 +20,6 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,25 +45,10 @@ ENGINE_JI = 'job=~"$engine_job", instance=~"$engine_instance"'
 ENGINE_ROW = "Engine (native metrics)"
 JAEGER_URL = f"http://{HOST}:{DEFAULT_PORTS['jaeger_query']}"
 
-_PROM_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-
-
 # ------------------------------------------------------------------------------- building blocks
 def sel(metric: str, matchers: str, extra: str = "") -> str:
     inner = matchers + (", " + extra if extra else "")
     return f"{metric}{{{inner}}}"
-
-
-def engine_sel(alternatives: Iterable[str], suffix: str = "", matchers: str = ENGINE_JI) -> str:
-    """``{__name__=~"a|b", <matchers>}``: whichever spelling of one figure the engine exposes.
-
-    The names are plain metric names, so the alternation needs no escaping (and a name with a regex
-    metacharacter would be a bug in names.py, not something to escape here)."""
-    spellings = [name + suffix for name in alternatives]
-    for name in spellings:
-        assert _PROM_NAME_RE.fullmatch(name), f"not a plain Prometheus metric name: {name!r}"
-    regex = "|".join(spellings)
-    return "{" + f'__name__=~"{regex}"' + (", " + matchers if matchers else "") + "}"
 
 
 def tgt(expr: str, legend: str = "__auto", ref: str = "A", *, instant: bool = False, fmt: str | None = None,
@@ -145,10 +129,6 @@ def rate(metric: str, matchers: str, extra: str = "", window: str = RI) -> str:
     return f"rate({sel(metric, matchers, extra)}{window})"
 
 
-def _names(alternatives: Iterable[str]) -> str:
-    return " / ".join(alternatives)
-
-
 LAT_B = n.LATENCY.prom_name + "_bucket"
 LAT_S = n.LATENCY.prom_name + "_sum"
 LAT_C = n.LATENCY.prom_name + "_count"
@@ -170,13 +150,13 @@ GPU_NOTE = (" NVML gauge, one series per GPU; absent (panel empty, not an error)
             "GPU. No model label: filtered by job/instance only.")
 PROC_NOTE = " Process metric: no model label, filtered by job/instance only."
 ENGINE_NOTE = (
-    " The engine's own metric, not ernie-serve's: it exists only in gateway mode (ernie-serve --upstream in "
-    "front of FastDeploy or vLLM) when the Collector runs with collector/engine-metrics.yaml, which scrapes "
-    f"the engine's native /metrics as job {n.ENGINE_JOB} (instance = the engine's host:port) and exports the "
-    + " and ".join(f"{p}*" for p in n.ENGINE_FAMILY_PREFIXES)
-    + " families unchanged. Without that add-on the panel is empty, not an error. Each query matches every "
-    "engine's spelling of the figure (__name__=~), and is filtered by the engine_job/engine_instance "
-    "variables only: engine series have no model label and their job is not ernie-serve's."
+    " The engine's own figure, not ernie-serve's: it exists only in gateway mode (ernie-serve --upstream in "
+    "front of vLLM, SGLang, FastDeploy or TGI) when the Collector runs with collector/engine-metrics.yaml, "
+    f"which scrapes the engine's native /metrics as job {n.ENGINE_JOB} (instance = the engine's host:port), "
+    "and Prometheus loads alerts/ernie-engines.yml, whose recording rules turn every spelling of the "
+    "versioned alias table (ernie_otel/engines.py) into one engine-neutral series labelled with the engine "
+    "family. A figure the engine does not expose stays empty, not an error. Filtered by the engine_job/"
+    "engine_instance variables only: the engine's job is not ernie-serve's."
 )
 
 
@@ -360,31 +340,53 @@ def _traces() -> list[dict]:
     ]
 
 
+def _engine_quantiles(bucket_rate: str) -> list[dict]:
+    """p50/p95 per engine instance from a recorded per-bucket rate: engines bucket differently, so
+    buckets are summed within one instance only."""
+    out = []
+    for ref, q, label in (("A", "0.5", "p50"), ("B", "0.95", "p95")):
+        expr = f"histogram_quantile({q}, sum by (instance, {n.ENGINE_LABEL}, le) ({sel(bucket_rate, ENGINE_JI)}))"
+        out.append(tgt(expr, f"{{{{instance}}}} {{{{{n.ENGINE_LABEL}}}}} {label}", ref))
+    return out
+
+
 def _engine() -> list[dict]:
-    running, waiting = engine_sel(n.ENGINE_RUNNING), engine_sel(n.ENGINE_WAITING)
+    by = f"(instance, {n.ENGINE_LABEL})"
+    legend = f"{{{{instance}}}} {{{{{n.ENGINE_LABEL}}}}}"
     return [
         row(ENGINE_ROW, 98),
         ts("Engine running vs waiting", "Requests in the engine's running batch and in its own waiting queue, "
-           f"as the engine counts them ({_names(n.ENGINE_RUNNING)}; {_names(n.ENGINE_WAITING)}), summed per "
-           "engine instance (over a vLLM engine's model_name/engine labels). In gateway mode ernie-serve queues "
-           "nothing itself (its Running requests are the requests in flight to the engine): this is where the "
-           "requests actually wait." + ENGINE_NOTE, "short",
-           [tgt(f"sum by (instance) ({running})", "{{instance}} running", "A"),
-            tgt(f"sum by (instance) ({waiting})", "{{instance}} waiting", "B")],
+           f"as the engine counts them ({n.ENGINE_RUNNING}; {n.ENGINE_WAITING}), per engine instance. In gateway "
+           "mode ernie-serve queues nothing itself (its Running requests are the requests in flight to the "
+           "engine): this is where the requests actually wait." + ENGINE_NOTE, "short",
+           [tgt(f"sum by {by} ({sel(n.ENGINE_RUNNING, ENGINE_JI)})", legend + " running", "A"),
+            tgt(f"sum by {by} ({sel(n.ENGINE_WAITING, ENGINE_JI)})", legend + " waiting", "B")],
            (0, 99, 8, 8)),
-        ts("Engine KV-cache usage", "Share of the engine's KV-cache blocks in use, 0..1 (1 = full: new requests "
-           f"wait and running ones may be preempted), from {_names(n.ENGINE_KV_CACHE_USAGE)}. The highest value "
-           "per engine instance (max, so a vLLM that still exposes both its old and new spelling is not counted "
-           "twice)." + ENGINE_NOTE, "percentunit",
-           [tgt(f"max by (instance) ({engine_sel(n.ENGINE_KV_CACHE_USAGE)})", "{{instance}}")],
+        ts("Engine KV-cache usage", "Share of the engine's KV cache in use, 0..1 (1 = full: new requests wait "
+           f"and running ones may be preempted), from {n.ENGINE_KV_CACHE_USAGE}; the highest value per engine "
+           "instance." + ENGINE_NOTE, "percentunit",
+           [tgt(f"max by {by} ({sel(n.ENGINE_KV_CACHE_USAGE, ENGINE_JI)})", legend)],
            (8, 99, 8, 8),
            defaults={"min": 0, "max": 1} | thresholds(("green", None), ("orange", 0.8), ("red", 0.95))),
         ts("Engine time to first token", "p50/p95 of the time to first token measured inside the engine, from "
-           f"its histogram ({_names(name + '_bucket' for name in n.ENGINE_TTFT)}), over all selected engine "
-           "instances. The Performance row's Time to first token is ernie-serve's view of the same requests; the "
-           "gap between the two is the gateway hop." + ENGINE_NOTE, "s",
-           quantile_targets(engine_sel(n.ENGINE_TTFT, "_bucket"), qs=("0.5", "0.95"), exemplar_ref=""),
-           (16, 99, 8, 8)),
+           f"{n.ENGINE_TTFT_BUCKET_RATE} (per-bucket rates of the engine's histogram), per engine instance. The "
+           "Performance row's Time to first token is ernie-serve's view of the same requests; the gap between "
+           "the two is the gateway hop." + ENGINE_NOTE, "s",
+           _engine_quantiles(n.ENGINE_TTFT_BUCKET_RATE), (16, 99, 8, 8)),
+        ts("Engine inter-token latency", "p50/p95 of the time between output tokens inside the engine (vLLM's "
+           "inter-token latency, time per output token elsewhere), from "
+           f"{n.ENGINE_ITL_BUCKET_RATE}, per engine instance." + ENGINE_NOTE, "s",
+           _engine_quantiles(n.ENGINE_ITL_BUCKET_RATE), (0, 107, 8, 8)),
+        ts("Engine prefix-cache hit ratio", "Share of prompt tokens (requests, for engines that count those) "
+           f"found in the engine's prefix cache, from {n.ENGINE_PREFIX_CACHE_HIT}: hits / queries over the "
+           "recorded window where the engine counts both, else its own hit-rate gauge." + ENGINE_NOTE,
+           "percentunit", [tgt(f"avg by {by} ({sel(n.ENGINE_PREFIX_CACHE_HIT, ENGINE_JI)})", legend)],
+           (8, 107, 8, 8), defaults={"min": 0, "max": 1}),
+        ts("Engine preemptions", "Requests the engine preempted (vLLM, FastDeploy) or retracted (SGLang) per "
+           f"second, from {n.ENGINE_PREEMPTIONS_RATE}: each one gives back its KV cache and redoes its prefill "
+           "later; sustained, the KV cache is too small for the batch the engine admits." + ENGINE_NOTE, "ops",
+           [tgt(f"sum by {by} ({sel(n.ENGINE_PREEMPTIONS_RATE, ENGINE_JI)})", legend)],
+           (16, 107, 8, 8)),
     ]
 
 
@@ -450,7 +452,6 @@ def qvar(name: str, label: str, query: str, multi: bool = True) -> dict:
 
 def _templating() -> dict:
     r = n.REQUESTS.prom_name
-    engines_of_job = engine_sel(n.ENGINE_RUNNING, matchers='job=~"$engine_job"')
     return {"list": [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {"selected": False, "text": "Prometheus", "value": "prometheus"},
@@ -462,10 +463,10 @@ def _templating() -> dict:
         qvar("job", "Job", f"label_values({r}, job)", multi=False),
         qvar("instance", "Instance", f'label_values({r}{{job=~"$job"}}, instance)'),
         qvar("model", "Model", f'label_values({r}{{job=~"$job", instance=~"$instance"}}, {n.ATTR_MODEL})'),
-        # Engine series (gateway mode): the jobs/instances that expose the engine's running gauge.
-        qvar("engine_job", "Engine job", f"label_values({engine_sel(n.ENGINE_RUNNING, matchers='')}, job)"),
+        # Engine series (gateway mode): the jobs/instances with the neutral running-requests series.
+        qvar("engine_job", "Engine job", f"label_values({n.ENGINE_RUNNING}, job)"),
         qvar("engine_instance", "Engine instance",
-             f"label_values({engines_of_job}, instance)"),
+             f'label_values({n.ENGINE_RUNNING}{{job=~"$engine_job"}}, instance)'),
     ]}
 
 
@@ -482,7 +483,8 @@ def build_dashboard() -> dict:
         "description": "ERNIE-4.5 inference service (ernie-serve): traffic, latency, tokens, capacity, GPU and "
                        "process resources, and RED metrics from traces. Works with Prometheus scraping "
                        "ernie-serve directly or the OTel Collector. In gateway mode the last row shows the "
-                       "inference engine's own metrics (FastDeploy/vLLM, collector/engine-metrics.yaml).",
+                       "inference engine's own metrics (vLLM, SGLang, FastDeploy, TGI: "
+                       "collector/engine-metrics.yaml and the alias rules of alerts/ernie-engines.yml).",
         "editable": True,
         "fiscalYearStartMonth": 0,
         "graphTooltip": 1,
@@ -534,7 +536,8 @@ TRACE_LINKS: dict[str, tuple[str | None, str]] = {
 # not there: the page says why instead of drawing an empty graph.
 ABSENT_NOTES = {
     "gpu": "No GPU series for this selection: NVML reports none on a host without an NVIDIA GPU.",
-    "engine": "No engine series: they exist only in gateway mode with collector/engine-metrics.yaml.",
+    "engine": "No engine series: they exist only in gateway mode with collector/engine-metrics.yaml and the "
+              "rules of alerts/ernie-engines.yml, and only for figures the engine exposes.",
     "spanmetrics": "No span metrics for this job: they come only through the Collector (job ernie-serve).",
 }
 _LEGEND_VAR_RE = re.compile(r"\{\{\s*(\w+)\s*\}\}")

@@ -19,6 +19,8 @@ from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _gen_ai_
 from opentelemetry.semconv.attributes import error_attributes as _error
 from opentelemetry.semconv.attributes import server_attributes as _server
 
+from . import engines as _engines
+
 # The label-value vocabularies live in ``kinds`` (no OpenTelemetry there, so the engine and the
 # protocol layer can use them); re-exported here for everything that builds telemetry.
 from .kinds import ERROR_TYPE_MEANING as ERROR_TYPE_MEANING
@@ -264,21 +266,27 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 )
 GPU_METRICS = (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER)
 
-# Native families of the engines behind gateway mode, scraped by the Collector's optional
-# prometheus/engine receiver (collector/engine-metrics.yaml) with their names unchanged. The
-# dashboard's engine row reads these; each tuple lists the spellings of one figure across engines
-# and versions (vLLM v1 renamed gpu_cache_usage_perc to kv_cache_usage_perc).
-ENGINE_JOB = "inference-engine"
-ENGINE_RUNNING = ("fastdeploy:num_requests_running", "vllm:num_requests_running")
-ENGINE_WAITING = ("fastdeploy:num_requests_waiting", "vllm:num_requests_waiting")
-ENGINE_KV_CACHE_USAGE = ("fastdeploy:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-ENGINE_TTFT = ("fastdeploy:time_to_first_token_seconds", "vllm:time_to_first_token_seconds")
-ENGINE_FAMILY_PREFIXES = ("fastdeploy:", "vllm:")
+# Engines behind gateway mode: their native families (every spelling, version by version) live in
+# the alias table of ``engines``; the Collector's optional prometheus/engine receiver
+# (collector/engine-metrics.yaml) passes them through unchanged, and the recording rules of
+# alerts/ernie-engines.yml publish the engine-neutral set below, which the dashboard's engine row
+# and the engine alerts read.
+ENGINE_JOB = _engines.ENGINE_JOB
+ENGINE_LABEL = _engines.ENGINE_LABEL
+ENGINE_FAMILY_PREFIXES = _engines.family_prefixes()
+ENGINE_RUNNING = _engines.NEUTRAL[_engines.Figure.RUNNING].record
+ENGINE_WAITING = _engines.NEUTRAL[_engines.Figure.WAITING].record
+ENGINE_KV_CACHE_USAGE = _engines.NEUTRAL[_engines.Figure.KV_CACHE_USAGE].record
+ENGINE_PREFIX_CACHE_HIT = _engines.NEUTRAL[_engines.Figure.PREFIX_CACHE_HIT].record
+ENGINE_TTFT_BUCKET_RATE = _engines.NEUTRAL[_engines.Figure.TTFT].record
+ENGINE_ITL_BUCKET_RATE = _engines.NEUTRAL[_engines.Figure.ITL].record
+ENGINE_PREEMPTIONS_RATE = _engines.NEUTRAL[_engines.Figure.PREEMPTIONS].record
+ENGINE_NEUTRAL_PREFIX = "engine:"
 
 # Prometheus keeps only these families from our targets (deploy/prometheus.yml's relabel filter).
 PROMETHEUS_KEEP_REGEX = (
     "(ernie_.*|gen_ai_.*|gpu_.*|process_.*|traces_span_metrics_.*|http_server_request_duration_seconds.*"
-    "|target_info|fastdeploy:.*|vllm:.*)"
+    "|target_info|" + "|".join(prefix + ".*" for prefix in ENGINE_FAMILY_PREFIXES) + ")"
 )
 # The HTTP server metric of the FastAPI instrumentation (stable HTTP semconv), seconds.
 HTTP_SERVER_DURATION_PROM = "http_server_request_duration_seconds"
@@ -406,7 +414,7 @@ def catalogue_markdown() -> str:
         "  ernie-serve at start-up (exit 2).",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + _engines.alias_markdown()
 
 
 if __name__ == "__main__":

@@ -25,11 +25,13 @@ GPU_PANELS: tuple[str, ...] = ("GPU memory used", "GPU utilization", "GPU temper
 # ernie-serve directly.
 COLLECTOR_ONLY_PANELS: tuple[str, ...] = ("Span rate", "Span errors", "Span duration p95")
 
-# Panels fed only by the inference engine's native families (fastdeploy:*, vllm:*), which exist
-# only in gateway mode with the Collector's collector/engine-metrics.yaml add-on: without it (local
-# mode, direct scrape, plain Collector) their queries must return no series -- and never an error.
+# Panels fed only by the inference engine's own figures (the engine-neutral set engine:*, recorded by
+# alerts/ernie-engines.yml from the engine families of ernie_otel/engines.py), which exist only in
+# gateway mode with the Collector's collector/engine-metrics.yaml add-on: without it (local mode,
+# direct scrape, plain Collector) their queries must return no series -- and never an error.
 # They are filtered by $engine_job/$engine_instance, not by $job/$instance/$model.
-ENGINE_PANELS: tuple[str, ...] = ("Engine running vs waiting", "Engine KV-cache usage", "Engine time to first token")
+ENGINE_PANELS: tuple[str, ...] = ("Engine running vs waiting", "Engine KV-cache usage", "Engine time to first token",
+                                  "Engine inter-token latency", "Engine prefix-cache hit ratio", "Engine preemptions")
 
 # What Grafana would put in for its built-in variables and for "All" of the dashboard variables
 # (allValue ".*"); callers override any of them. `job` is single-value without "All" (one process

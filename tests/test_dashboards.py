@@ -3,7 +3,7 @@
 The Grafana dashboard linter (a Go module) is not available here, so its rules, and ours, are
 checked in Python: layout, data source, variables, units and descriptions, every PromQL selector's
 matchers and rate windows, every metric name against ``ernie_otel.names`` (the engine row's
-``{__name__=~"a|b"}`` selectors against its ``ENGINE_*`` tuples), the PromQL syntax itself through
+selectors against the engine-neutral set of ``ernie_otel.engines``), the PromQL syntax itself through
 ``promtool check rules``, and that the JSON is exactly what ``dashboards/generate.py`` builds.
 """
 
@@ -36,7 +36,7 @@ from dashboard_queries import (
     substitute,
 )
 
-from ernie_otel import names
+from ernie_otel import engines, names
 from ernie_otel.ports import DEFAULT_PORTS
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -64,18 +64,13 @@ NO_MODEL_LABEL_PREFIXES = ("gpu_", "process_", "traces_span_metrics_")
 SPANMETRICS_LABELS = {"service_name", "span_name", "span_kind", "status_code"}
 SPAN_STATUS_CODES = {"STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"}
 
-# The inference engine's native families (gateway mode, collector/engine-metrics.yaml). Each
-# figure is spelled differently by each engine (names.py's ENGINE_* tuples); a selector reads one
-# figure as {__name__=~"<every spelling>"} plus the suffix of the series it reads.
+# The inference engine's figures (gateway mode, collector/engine-metrics.yaml): every engine
+# spells them differently, release by release (ernie_otel/engines.py's alias table); the engine
+# row reads only the engine-neutral set the rules of alerts/ernie-engines.yml record from it.
 ENGINE_ROW = "Engine (native metrics)"
-ENGINE_FIGURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "running": (names.ENGINE_RUNNING, ("",)),
-    "waiting": (names.ENGINE_WAITING, ("",)),
-    "KV-cache usage": (names.ENGINE_KV_CACHE_USAGE, ("",)),
-    "time to first token": (names.ENGINE_TTFT, ("_bucket", "_sum", "_count")),
-}
-# The only matchers an engine selector may have (besides its __name__=~): engine series carry no
-# model label and their job/instance are the engine's, never ernie-serve's.
+ENGINE_RECORDS = {nt.record for nt in engines.NEUTRAL.values()}
+# The only matchers an engine selector may have: their job/instance are the engine's, never
+# ernie-serve's (the model label, where the engine has one, is the engine's served name).
 ENGINE_MATCHERS = {("job", "=~", "$engine_job"), ("instance", "=~", "$engine_instance")}
 ENGINE_VARIABLES = ("engine_job", "engine_instance")
 
@@ -108,9 +103,12 @@ REQUIRED_PANELS: dict[str, set[str]] = {
     "Span rate": {_SM_CALLS},
     "Span errors": {_SM_CALLS},
     "Span duration p95": {_SM_DUR + "_bucket"},
-    "Engine running vs waiting": {*names.ENGINE_RUNNING, *names.ENGINE_WAITING},
-    "Engine KV-cache usage": set(names.ENGINE_KV_CACHE_USAGE),
-    "Engine time to first token": {name + "_bucket" for name in names.ENGINE_TTFT},
+    "Engine running vs waiting": {names.ENGINE_RUNNING, names.ENGINE_WAITING},
+    "Engine KV-cache usage": {names.ENGINE_KV_CACHE_USAGE},
+    "Engine time to first token": {names.ENGINE_TTFT_BUCKET_RATE},
+    "Engine inter-token latency": {names.ENGINE_ITL_BUCKET_RATE},
+    "Engine prefix-cache hit ratio": {names.ENGINE_PREFIX_CACHE_HIT},
+    "Engine preemptions": {names.ENGINE_PREEMPTIONS_RATE},
 }
 EXEMPLAR_PANELS = {"End-to-end latency", "Time to first token"}
 QUANTILE_PANELS = {"End-to-end latency", "Time to first token", "Time per output token", "Queue time"}
@@ -572,14 +570,14 @@ def test_template_variables(dashboard: dict) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert list(variables) == ["datasource", "job", "instance", "model", *ENGINE_VARIABLES]
     req = names.REQUESTS.prom_name
-    # The engine's jobs/instances: those exposing any spelling of its running gauge.
-    running = "|".join(names.ENGINE_RUNNING)
+    # The engine's jobs/instances: those with the neutral running-requests series.
+    running = names.ENGINE_RUNNING
     expected = {
         "job": f"label_values({req}, job)",
         "instance": f'label_values({req}{{job=~"$job"}}, instance)',
         "model": f'label_values({req}{{job=~"$job", instance=~"$instance"}}, {names.ATTR_MODEL})',
-        "engine_job": f'label_values({{__name__=~"{running}"}}, job)',
-        "engine_instance": f'label_values({{__name__=~"{running}", job=~"$engine_job"}}, instance)',
+        "engine_job": f"label_values({running}, job)",
+        "engine_instance": f'label_values({running}{{job=~"$engine_job"}}, instance)',
     }
     for name, query in expected.items():
         v = variables[name]
@@ -620,7 +618,7 @@ def test_windows_use_rate_interval(query_panels: list[dict]) -> None:
 
 
 def _is_engine(s: Selector) -> bool:
-    return any(name.startswith(names.ENGINE_FAMILY_PREFIXES) for name in s.names)
+    return any(name.startswith((names.ENGINE_NEUTRAL_PREFIX, *names.ENGINE_FAMILY_PREFIXES)) for name in s.names)
 
 
 def test_selectors_have_job_instance_and_model_matchers(query_panels: list[dict]) -> None:
@@ -632,14 +630,13 @@ def test_selectors_have_job_instance_and_model_matchers(query_panels: list[dict]
         for s in selectors:
             if _is_engine(s):
                 assert engine_panel, f"{where}: engine family {s.names} outside ENGINE_PANELS"
-                assert not s.metric, f'{where}: {s.metric} should be read as {{__name__=~"<every spelling>"}}'
-                assert all(name.startswith(names.ENGINE_FAMILY_PREFIXES) for name in s.names), where
+                assert s.metric in ENGINE_RECORDS, f"{where}: {s.names} is not the engine-neutral set"
                 assert s.label_matchers == ENGINE_MATCHERS, (
                     f"{where}: engine selectors take exactly {sorted(ENGINE_MATCHERS)}, not {s.matchers}"
                 )
                 continue
             assert not engine_panel, f"{where}: {s.names} is not an engine family"
-            assert s.metric, f"{where}: only the engine panels select by __name__"
+            assert s.metric, f"{where}: no panel selects by __name__"
             assert not any(value.startswith("$engine_") for _, _, value in s.matchers), where
             assert s.get("job") == [("=~", "$job")], f'{where}: {s.metric} needs job=~"$job"'
             assert s.get("instance") == [("=~", "$instance")], f'{where}: {s.metric} needs instance=~"$instance"'
@@ -654,28 +651,12 @@ def test_selectors_have_job_instance_and_model_matchers(query_panels: list[dict]
                 assert s.get("model") == [("=~", "$model")], f"{where}: {s.metric}"
 
 
-def _engine_series() -> dict[frozenset[str], str]:
-    """Every alternation an engine selector may use -- all spellings of one figure, one suffix --
-    and what it reads."""
-    return {
-        frozenset(name + suffix for name in spellings): figure + suffix
-        for figure, (spellings, suffixes) in ENGINE_FIGURES.items()
-        for suffix in suffixes
-    }
-
-
 def test_metric_names_come_from_the_catalogue(query_panels: list[dict]) -> None:
     series = _catalogue_series()
-    engine_series = _engine_series()
-    engine_names = set().union(*engine_series)
     for p, t in _targets(query_panels):
         for s in parse(t["expr"])[0]:
             if _is_engine(s):
-                for name in s.names:
-                    assert name in engine_names, f"{p['title']}: {name} is not in names.ENGINE_* tuples"
-                assert frozenset(s.names) in engine_series, (
-                    f"{p['title']}: {s.names} is not every spelling of one figure of names.ENGINE_*"
-                )
+                assert s.metric in ENGINE_RECORDS, f"{p['title']}: {s.names} is not in ernie_otel.engines.NEUTRAL"
                 continue
             for name in s.names:
                 assert name in series, f"{p['title']}: {name} is not in ernie_otel.names"
@@ -746,7 +727,7 @@ def test_gpu_and_collector_only_panels(query_panels: list[dict]) -> None:
 
 
 def test_engine_row(dashboard: dict, query_panels: list[dict]) -> None:
-    """The last row holds exactly ENGINE_PANELS, which read only the engine's families (so they
+    """The last row holds exactly ENGINE_PANELS, which read only the engine-neutral set (so they
     are empty, never broken, when no engine is scraped) through $engine_job/$engine_instance."""
     rows = sorted((p["gridPos"]["y"], p["title"]) for p in dashboard["panels"] if p["type"] == "row")
     assert rows[-1][1] == ENGINE_ROW
@@ -758,6 +739,7 @@ def test_engine_row(dashboard: dict, query_panels: list[dict]) -> None:
         p = by_title[title]
         # What the panel is and what it needs.
         assert "collector/engine-metrics.yaml" in p["description"], title
+        assert "alerts/ernie-engines.yml" in p["description"], title
         assert names.ENGINE_JOB in p["description"], title
         for t in p["targets"]:
             expr = t["expr"]
@@ -766,21 +748,23 @@ def test_engine_row(dashboard: dict, query_panels: list[dict]) -> None:
             # No series may appear from nothing: vector()/absent() would draw a line with no engine.
             assert not re.search(r"\b(vector|absent|absent_over_time|time|scalar)\s*\(", expr), (title, expr)
             assert not re.search(r"\$\{?(job|instance|model)\b", expr), (title, expr)
-            assert set(ranges) <= {"$__rate_interval"}, (title, expr)
-            if re.search(r"\b(rate|irate|increase)\s*\(", expr):
-                assert ranges == ["$__rate_interval"], (title, expr)
+            # The rates are the recording rules': a panel only aggregates them.
+            assert not ranges and not re.search(r"\b(rate|irate|increase)\s*\(", expr), (title, expr)
+            assert f"by (instance, {names.ENGINE_LABEL}" in expr, (title, expr)
             assert not t.get("exemplar"), f"{title}: engine histograms carry no trace exemplars"
             assert not t.get("instant"), title
     kv = by_title["Engine KV-cache usage"]["fieldConfig"]["defaults"]
     assert (kv["unit"], kv["min"], kv["max"]) == ("percentunit", 0, 1)
-    ttft = by_title["Engine time to first token"]
-    assert ttft["fieldConfig"]["defaults"]["unit"] == "s"
-    exprs = [t["expr"] for t in ttft["targets"]]
-    assert sorted(re.match(r"histogram_quantile\((0\.\d+),", e).group(1) for e in exprs) == ["0.5", "0.95"]
-    assert all("sum by (le) (rate({__name__=~" in e for e in exprs)
+    for title in ("Engine time to first token", "Engine inter-token latency"):
+        quantiles = by_title[title]
+        assert quantiles["fieldConfig"]["defaults"]["unit"] == "s"
+        exprs = [t["expr"] for t in quantiles["targets"]]
+        assert sorted(re.match(r"histogram_quantile\((0\.\d+),", e).group(1) for e in exprs) == ["0.5", "0.95"]
+        # Engines bucket differently: buckets are summed within one engine instance only.
+        assert all(f"sum by (instance, {names.ENGINE_LABEL}, le) (engine:" in e for e in exprs), title
     running = by_title["Engine running vs waiting"]
     assert {t["refId"]: parse(t["expr"])[0][0].names for t in running["targets"]} == {
-        "A": names.ENGINE_RUNNING, "B": names.ENGINE_WAITING}
+        "A": (names.ENGINE_RUNNING,), "B": (names.ENGINE_WAITING,)}
 
 
 # ------------------------------------------------------------------------------ provisioning

@@ -26,6 +26,7 @@ CHART = REPO / "deploy" / "helm" / "ernie-otel"
 CHART_COPIES: dict[str, str] = {
     "files/alerts/ernie-recording.yml": "alerts/ernie-recording.yml",
     "files/alerts/ernie-alerts.yml": "alerts/ernie-alerts.yml",
+    "files/alerts/ernie-engines.yml": "alerts/ernie-engines.yml",
     "files/dashboards/ernie-inference.json": "dashboards/ernie-inference.json",
     # Collector tiers. The agent runs the single-server config plus the chart's Kubernetes
     # overlay (templates/collector-configmaps.yaml: k8s_attributes, 0.0.0.0 listeners, and the
