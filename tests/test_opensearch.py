@@ -127,6 +127,8 @@ def test_jaeger_reads_and_writes_survive_a_killed_node(stack: Stack) -> None:
     # three in the voting configuration.
     pids = {k: stack.running()[f"opensearch_{k}"].pid for k in range(MEMBERS)}
     assert len(set(pids.values())) == MEMBERS, pids
+    status = stack.status()
+    assert all(status[f"opensearch_{k}"]["healthy"] for k in range(MEMBERS)), status
     nodes = cluster.get("/_cat/nodes?format=json&h=name,node.role", 0)
     assert isinstance(nodes, list)
     roles = {row["name"]: row["node.role"] for row in nodes}
@@ -184,6 +186,16 @@ def test_jaeger_reads_and_writes_survive_a_killed_node(stack: Stack) -> None:
     later = _send_traces(stack.addr("jaeger_otlp_grpc"))
     got = _read_all(query, later, timeout=90)
     assert got == dict.fromkeys(later, SPANS_PER_TRACE), f"written without node-{victim}: {got}"
+    assert not stack.status()[f"opensearch_{victim}"]["alive"]
+
+    # The killed node back (as `stack restart` or `stack up` would start it): it rejoins with its
+    # data, gets its replicas back (green), and writes still go in.
+    stack.start(f"opensearch_{victim}")
+    health = cluster.get(f"/_cluster/health?wait_for_nodes={MEMBERS}&wait_for_status=green&timeout=90s", victim)
+    assert isinstance(health, dict) and not health["timed_out"] and health["status"] == "green", health
+    last = _send_traces(stack.addr("jaeger_otlp_grpc"))
+    got = _read_all(query, [*ids, *later, *last], timeout=90)
+    assert got == dict.fromkeys([*ids, *later, *last], SPANS_PER_TRACE), f"after node-{victim} came back: {got}"
 
 
 def test_overlay_validates_and_defaults_are_the_port_table(pipeline_bin: Path) -> None:
@@ -210,3 +222,29 @@ def test_trace_store_flag_is_fleet_only_and_adds_one_entry(capsys: pytest.Captur
     assert jaeger.title == "Jaeger (OpenSearch)"
     with pytest.raises(StackError, match="--fleet"):
         fleet.stack_components(1, trace_store="opensearch")
+
+
+def test_each_member_is_its_own_jvm_that_seeds_from_the_others(tmp_path: Path) -> None:
+    """The launcher's arguments per member: its own ports, the other members' transport addresses
+    as seeds, every member named for the bootstrap, and the tie-breaker without the data role."""
+    table = components.opensearch_components()
+    assert [c.name for c in table] == [f"opensearch_{k}" for k in range(MEMBERS)]
+    ports = free_ports([key for comp in table for key in comp.ports])
+    names = ",".join(f"node-{k}" for k in range(MEMBERS))
+    for k in range(MEMBERS):
+        argv = components.opensearch_command(Path("/home"), tmp_path, k, ports)
+        assert argv[0] == "java" and argv.count("ErnieOpenSearch") == 1
+        args = argv[argv.index("ErnieOpenSearch") + 1:]
+        base, cluster, node, http, transport, seeds, managers, roles = args
+        assert Path(base) == components.opensearch_node_dir(tmp_path, k) and node == str(k)
+        assert (int(http), int(transport)) == (ports[f"opensearch_http_{k}"], ports[f"opensearch_transport_{k}"])
+        assert sorted(seeds.split(",")) == sorted(f"{HOST}:{ports[f'opensearch_transport_{j}']}"
+                                                  for j in range(MEMBERS) if j != k)
+        assert managers == names and cluster == components.OPENSEARCH_CLUSTER
+        assert roles == ("cluster_manager" if k == TIEBREAKER else "cluster_manager,data")
+        heap = components.OPENSEARCH_TIEBREAKER_HEAP if k == TIEBREAKER else components.OPENSEARCH_HEAP
+        assert f"-Xmx{heap}" in argv
+    # Jaeger reads and writes through the data nodes only (the tie-breaker holds no shard).
+    env = components.jaeger_opensearch_env(ports)
+    assert env == {f"JAEGER_OPENSEARCH_URL_{k}": f"http://{HOST}:{ports[f'opensearch_http_{k}']}"
+                   for k in range(NODES)}

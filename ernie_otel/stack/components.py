@@ -214,7 +214,7 @@ OPENSEARCH_NODES = 2  # data nodes; collector/jaeger-opensearch.yaml lists this 
 # Plus one tie-breaker: cluster-manager-eligible, no data. Two eligible nodes cannot outvote the
 # loss of one (the voting configuration then holds one of them, and losing that one stops every
 # write); with three, any one JVM may die and the other two still elect a manager.
-OPENSEARCH_TIEBREAKER = OPENSEARCH_NODES  # its index: node-2, ports 9220/9320 by default
+OPENSEARCH_TIEBREAKER = OPENSEARCH_NODES  # its index (node-2); its ports follow the same +10 per member rule
 OPENSEARCH_MEMBERS = OPENSEARCH_NODES + 1
 # One JVM per node: enough for a demo's traces, and three of them fit beside the rest of the stack.
 OPENSEARCH_HEAP = "768m"
