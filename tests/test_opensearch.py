@@ -1,18 +1,20 @@
-"""The fleet's distributed trace store: Jaeger on a real 2-node OpenSearch cluster.
+"""The fleet's distributed trace store: Jaeger on a real OpenSearch cluster, one JVM per node.
 
 The stack's own entries (``stack up --fleet --trace-store opensearch``) run under the stack's
-supervisor on free ports: one JVM with both nodes (deploy/opensearch/, OpenSearch 2.19.1 from
-Maven Central), every listener on 127.0.0.1, and Jaeger with collector/jaeger-opensearch.yaml.
-Spans go in over OTLP from the Python SDK exporter; the test checks that every Jaeger index has one
-replica and that each shard has a copy on both nodes, then stops the node that is the cluster
-manager (the harder one to lose) and reads every trace back through Jaeger's query API.
+supervisor on free ports: two data nodes and a tie-breaker (cluster-manager-eligible, no data),
+each its own launcher process (deploy/opensearch/, OpenSearch 2.19.1 from Maven Central), every
+listener on 127.0.0.1, and Jaeger with collector/jaeger-opensearch.yaml. Spans go in over OTLP from
+the Python SDK exporter; the test checks the cluster (three JVMs, three voters, every Jaeger shard
+with a copy on both data nodes), SIGKILLs the JVM of a data node (the elected manager when it is
+one), then reads every trace back through Jaeger's query API and writes new ones.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-import socket
+import signal
 import subprocess
 import time
 from collections import defaultdict
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port, free_ports, http_get
+from helpers import free_ports, http_get
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,36 +36,15 @@ TRACES = 20
 SPANS_PER_TRACE = 3
 SERVICE = "opensearch-test"
 NODES = components.OPENSEARCH_NODES
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _opensearch_ports() -> dict[str, int]:
-    """The cluster's port keys on free ports that keep the launcher's rule (node k = node 0 + 10k)."""
-    for _ in range(200):
-        http, transport = free_port(), free_port()
-        ports = {}
-        for k in range(NODES):
-            ports[f"opensearch_http_{k}"], ports[f"opensearch_transport_{k}"] = \
-                components.opensearch_node_ports(http, transport, k)
-        values = list(ports.values())
-        if len(set(values)) == len(values) and all(p < 65536 and _port_free(p) for p in values):
-            return ports
-    raise AssertionError("no free OpenSearch ports")
+MEMBERS = components.OPENSEARCH_MEMBERS
+TIEBREAKER = components.OPENSEARCH_TIEBREAKER
 
 
 @pytest.fixture
 def stack(pipeline_bin: Path, tmp_path: Path) -> Iterator[Stack]:
     jaeger = next(c for c in components.COMPONENTS if c.name == "jaeger")
-    table = [components.opensearch_component(), components.with_opensearch(jaeger)]
-    ports = {**free_ports([key for key in jaeger.ports]), **_opensearch_ports()}
+    table = [*components.opensearch_components(), components.with_opensearch(jaeger)]
+    ports = free_ports([key for comp in table for key in comp.ports])
     st = Stack(tmp_path / "state", components=table, ports=ports, bin_dir=pipeline_bin,
                say=lambda line: print(f"[stack] {line}"))
     try:
@@ -78,14 +59,12 @@ def stack(pipeline_bin: Path, tmp_path: Path) -> Iterator[Stack]:
 
 class Cluster:
     def __init__(self, stack: Stack) -> None:
-        self.http = stack.ports["opensearch_http_0"]
-        self.base = stack.state_dir / components.OPENSEARCH_DIR
-        self.log = stack.state_dir / "logs"
+        self.ports = stack.ports
 
-    def url(self, node: int = 0) -> str:
-        return components.opensearch_url(self.http, node)
+    def url(self, node: int) -> str:
+        return components.opensearch_url(self.ports, node)
 
-    def get(self, path: str, node: int = 0) -> object:
+    def get(self, path: str, node: int) -> object:
         code, body = http_get(f"{self.url(node)}{path}", timeout=70.0)
         assert code == 200, f"GET {path} on node {node}: {code} {body[:500]}"
         return json.loads(body)
@@ -129,18 +108,41 @@ def _read_all(query: str, ids: list[str], timeout: float) -> dict[str, int]:
         time.sleep(1)
 
 
-def test_jaeger_traces_survive_losing_a_node(stack: Stack) -> None:
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and (Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1]
+                                             not in ("Z", "X")):
+        assert time.monotonic() < deadline, f"pid {pid} outlived SIGKILL"
+        time.sleep(0.1)
+
+
+def test_jaeger_reads_and_writes_survive_a_killed_node(stack: Stack) -> None:
     cluster = Cluster(stack)
     query = stack.url("jaeger_query")
     ids = _send_traces(stack.addr("jaeger_otlp_grpc"))
     before = _read_all(query, ids, timeout=90)
     assert before == dict.fromkeys(ids, SPANS_PER_TRACE), f"before: {before}"
 
-    # Every Jaeger index: 1 replica, each shard's primary and replica started on different nodes,
-    # and both nodes hold shards.
-    health = cluster.get("/_cluster/health?wait_for_status=green&timeout=60s")
+    # One JVM per member, one cluster: two data nodes and a tie-breaker that holds no data, all
+    # three in the voting configuration.
+    pids = {k: stack.running()[f"opensearch_{k}"].pid for k in range(MEMBERS)}
+    assert len(set(pids.values())) == MEMBERS, pids
+    status = stack.status()
+    assert all(status[f"opensearch_{k}"]["healthy"] for k in range(MEMBERS)), status
+    nodes = cluster.get("/_cat/nodes?format=json&h=name,node.role", 0)
+    assert isinstance(nodes, list)
+    roles = {row["name"]: row["node.role"] for row in nodes}
+    assert roles == {**{f"node-{k}": "dm" for k in range(NODES)}, f"node-{TIEBREAKER}": "m"}, roles
+    state = cluster.get("/_cluster/state/metadata?filter_path=metadata.cluster_coordination", 0)
+    assert isinstance(state, dict)
+    voters = state["metadata"]["cluster_coordination"]["last_committed_config"]
+    assert len(voters) == MEMBERS and not any("placeholder" in v for v in voters), voters
+
+    # Every Jaeger index: 1 replica, each shard's primary and replica started on different data
+    # nodes, and both data nodes hold shards.
+    health = cluster.get("/_cluster/health?wait_for_status=green&timeout=60s", 0)
     assert isinstance(health, dict) and health["status"] == "green", health
-    shards = cluster.get("/_cat/shards/*jaeger-*?format=json")
+    shards = cluster.get("/_cat/shards/*jaeger-*?format=json", 0)
     assert isinstance(shards, list) and shards, "no Jaeger indices"
     indices = {row["index"] for row in shards}
     assert any("jaeger-span-" in index for index in indices), indices
@@ -152,36 +154,48 @@ def test_jaeger_traces_survive_losing_a_node(stack: Stack) -> None:
         assert set(where) == {"p", "r"}, f"{key}: {where}"
         assert where["p"] != where["r"], f"{key}: primary and replica on one node"
     assert {row["node"] for row in shards} == {f"node-{k}" for k in range(NODES)}
-    settings = cluster.get("/*jaeger-*/_settings/index.number_of_replicas")
+    settings = cluster.get("/*jaeger-*/_settings/index.number_of_replicas", 0)
     assert isinstance(settings, dict)
     assert {v["settings"]["index"]["number_of_replicas"] for v in settings.values()} == {"1"}, settings
 
-    # Lose the cluster manager: the other node has no quorum to elect itself, yet reads still work
-    # (OpenSearch only blocks writes without a manager) from the copies it holds.
-    managers = cluster.get("/_cat/cluster_manager?format=json")
+    # SIGKILL a data node's JVM: the elected cluster manager when that is a data node (the harder
+    # loss: an election and the promotion of replicas at once), else node 0.
+    managers = cluster.get("/_cat/cluster_manager?format=json", 0)
     assert isinstance(managers, list)
-    victim = int(managers[0]["node"].removeprefix("node-"))
+    manager = int(managers[0]["node"].removeprefix("node-"))
+    victim = manager if manager < NODES else 0
     survivor = 1 - victim
-    components.opensearch_stop_file(cluster.base, victim).touch()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            http_get(f"{cluster.url(victim)}/", timeout=2.0)
-        except OSError:
-            break
-        assert time.monotonic() < deadline, f"node-{victim} still answers"
-        time.sleep(0.5)
-    assert (cluster.base / f"stopped-node-{victim}").exists()
-    assert (cluster.base / "ready").read_text() == "green\n"
-    assert set(stack.running()) == {"opensearch", "jaeger"}, "the JVM must outlive one node"
-    code, _ = http_get(f"{cluster.url(survivor)}/", timeout=10.0)
-    assert code == 200
+    print(f"manager node-{manager}; killing node-{victim} (pid {pids[victim]})")
+    os.kill(pids[victim], signal.SIGKILL)
+    _wait_gone(pids[victim], timeout=10)
+    assert set(stack.running()) == {f"opensearch_{k}" for k in range(MEMBERS) if k != victim} | {"jaeger"}
 
+    # The two left elect a manager (if they must) and promote the replicas of the lost primaries:
+    # yellow (each shard has one copy now), not red.
+    health = cluster.get(f"/_cluster/health?wait_for_nodes={MEMBERS - 1}&wait_for_status=yellow&timeout=60s",
+                         survivor)
+    assert isinstance(health, dict) and not health["timed_out"] and health["status"] == "yellow", health
+
+    # Reads: every trace, whole, through Jaeger, from the copies on the survivor.
     after = _read_all(query, ids, timeout=120)
-    assert after == dict.fromkeys(ids, SPANS_PER_TRACE), f"after losing node-{victim}: {after}"
-    # The service list reads the services index (also replicated).
+    assert after == dict.fromkeys(ids, SPANS_PER_TRACE), f"after killing node-{victim}: {after}"
     code, body = http_get(f"{query}/api/services", timeout=30.0)
     assert code == 200 and SERVICE in json.loads(body)["data"], body
+
+    # Writes: new traces go in through Jaeger and are read back, with one data node gone.
+    later = _send_traces(stack.addr("jaeger_otlp_grpc"))
+    got = _read_all(query, later, timeout=90)
+    assert got == dict.fromkeys(later, SPANS_PER_TRACE), f"written without node-{victim}: {got}"
+    assert not stack.status()[f"opensearch_{victim}"]["alive"]
+
+    # The killed node back (as `stack restart` or `stack up` would start it): it rejoins with its
+    # data, gets its replicas back (green), and writes still go in.
+    stack.start(f"opensearch_{victim}")
+    health = cluster.get(f"/_cluster/health?wait_for_nodes={MEMBERS}&wait_for_status=green&timeout=90s", victim)
+    assert isinstance(health, dict) and not health["timed_out"] and health["status"] == "green", health
+    last = _send_traces(stack.addr("jaeger_otlp_grpc"))
+    got = _read_all(query, [*ids, *later, *last], timeout=90)
+    assert got == dict.fromkeys([*ids, *later, *last], SPANS_PER_TRACE), f"after node-{victim} came back: {got}"
 
 
 def test_overlay_validates_and_defaults_are_the_port_table(pipeline_bin: Path) -> None:
@@ -203,8 +217,34 @@ def test_trace_store_flag_is_fleet_only_and_adds_one_entry(capsys: pytest.Captur
     assert info.value.code == 2 and "--fleet" in capsys.readouterr().err
     badger = [c.name for c in fleet.stack_components(1, fleet=True)]
     table = fleet.stack_components(1, fleet=True, trace_store="opensearch")
-    assert [c.name for c in table] == ["opensearch", *badger]
+    assert [c.name for c in table] == [f"opensearch_{k}" for k in range(MEMBERS)] + badger
     jaeger = next(c for c in table if c.name == "jaeger")
     assert jaeger.title == "Jaeger (OpenSearch)"
     with pytest.raises(StackError, match="--fleet"):
         fleet.stack_components(1, trace_store="opensearch")
+
+
+def test_each_member_is_its_own_jvm_that_seeds_from_the_others(tmp_path: Path) -> None:
+    """The launcher's arguments per member: its own ports, the other members' transport addresses
+    as seeds, every member named for the bootstrap, and the tie-breaker without the data role."""
+    table = components.opensearch_components()
+    assert [c.name for c in table] == [f"opensearch_{k}" for k in range(MEMBERS)]
+    ports = free_ports([key for comp in table for key in comp.ports])
+    names = ",".join(f"node-{k}" for k in range(MEMBERS))
+    for k in range(MEMBERS):
+        argv = components.opensearch_command(Path("/home"), tmp_path, k, ports)
+        assert argv[0] == "java" and argv.count("ErnieOpenSearch") == 1
+        args = argv[argv.index("ErnieOpenSearch") + 1:]
+        base, cluster, node, http, transport, seeds, managers, roles = args
+        assert Path(base) == components.opensearch_node_dir(tmp_path, k) and node == str(k)
+        assert (int(http), int(transport)) == (ports[f"opensearch_http_{k}"], ports[f"opensearch_transport_{k}"])
+        assert sorted(seeds.split(",")) == sorted(f"{HOST}:{ports[f'opensearch_transport_{j}']}"
+                                                  for j in range(MEMBERS) if j != k)
+        assert managers == names and cluster == components.OPENSEARCH_CLUSTER
+        assert roles == ("cluster_manager" if k == TIEBREAKER else "cluster_manager,data")
+        heap = components.OPENSEARCH_TIEBREAKER_HEAP if k == TIEBREAKER else components.OPENSEARCH_HEAP
+        assert f"-Xmx{heap}" in argv
+    # Jaeger reads and writes through the data nodes only (the tie-breaker holds no shard).
+    env = components.jaeger_opensearch_env(ports)
+    assert env == {f"JAEGER_OPENSEARCH_URL_{k}": f"http://{HOST}:{ports[f'opensearch_http_{k}']}"
+                   for k in range(NODES)}

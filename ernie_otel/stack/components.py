@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import consoles, jaeger_ui
-from ..ports import DEFAULT_PORTS, FLEET_STRIDE, HOST, PORT_PURPOSE, fleet_port
+from ..ports import DEFAULT_PORTS, HOST, PORT_PURPOSE, fleet_port
 from ..slo import SLO_ENV
 from . import render
 from .procs import REPO_ROOT
@@ -210,12 +210,22 @@ def build_binaries(say: Callable[[str], None], *, capture: bool = False, timeout
 # ------------------------------------------------------- OpenSearch trace store (fleet, opt-in)
 OPENSEARCH_BUILD_SCRIPT = REPO_ROOT / "deploy" / "opensearch" / "build.sh"
 JAEGER_OPENSEARCH_CONFIG = REPO_ROOT / "collector" / "jaeger-opensearch.yaml"
-OPENSEARCH_NODES = 2  # collector/jaeger-opensearch.yaml lists this many server URLs
-OPENSEARCH_PORT_STEP = FLEET_STRIDE  # node k: node 0's ports + 10*k (ErnieOpenSearch.java's PORT_STEP too)
-# Both nodes share one JVM: 1.5 GiB is enough for a demo's traces and leaves room on a small box.
-OPENSEARCH_HEAP = "1500m"
+OPENSEARCH_NODES = 2  # data nodes; collector/jaeger-opensearch.yaml lists this many server URLs
+# Plus one tie-breaker: cluster-manager-eligible, no data. Two eligible nodes cannot outvote the
+# loss of one (the voting configuration then holds one of them, and losing that one stops every
+# write); with three, any one JVM may die and the other two still elect a manager.
+OPENSEARCH_TIEBREAKER = OPENSEARCH_NODES  # its index (node-2); its ports follow the same +10 per member rule
+OPENSEARCH_MEMBERS = OPENSEARCH_NODES + 1
+# One JVM per node: enough for a demo's traces, and three of them fit beside the rest of the stack.
+OPENSEARCH_HEAP = "768m"
+OPENSEARCH_TIEBREAKER_HEAP = "256m"  # it holds the cluster state only
+# A node's start is mostly class loading and JIT work: C1 alone and the serial collector bring it
+# from ~60 s to ~15 s on a small busy machine (2 cores), for a trace store that is never CPU-bound
+# here. OpenSearch's own variable, read after these, overrides any of them (e.g. a bigger heap).
+OPENSEARCH_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+OPENSEARCH_JAVA_OPTS_ENV = "OPENSEARCH_JAVA_OPTS"
 OPENSEARCH_CLUSTER = "ernie-traces"
-OPENSEARCH_DIR = "opensearch"  # under the stack's state dir: node_1/, node_2/ and the stop files
+OPENSEARCH_DIR = "opensearch"  # under the stack's state dir: node-K/ per node
 
 
 def opensearch_home(*, timeout: float | None = None) -> Path:
@@ -223,59 +233,82 @@ def opensearch_home(*, timeout: float | None = None) -> Path:
     return run_build_script(OPENSEARCH_BUILD_SCRIPT, timeout=timeout)
 
 
-def opensearch_node_ports(http: int, transport: int, node: int) -> tuple[int, int]:
-    """(HTTP, transport) port of node ``node`` of a cluster whose node 0 has ``http``/``transport``."""
-    return http + OPENSEARCH_PORT_STEP * node, transport + OPENSEARCH_PORT_STEP * node
+def opensearch_keys(node: int) -> tuple[str, str]:
+    """The port keys (HTTP, transport) of node ``node``."""
+    return f"opensearch_http_{node}", f"opensearch_transport_{node}"
 
 
-def opensearch_command(home: Path, base_dir: Path, http: int, transport: int,
-                       nodes: int = OPENSEARCH_NODES) -> list[str]:
-    """The launcher (deploy/opensearch/ErnieOpenSearch.java): ``nodes`` nodes in one JVM, all on
-    127.0.0.1; it reads ``stop K`` lines on stdin (close node K) and exits at end of input."""
+def opensearch_node_name(node: int) -> str:
+    return f"node-{node}"  # ErnieOpenSearch.java names node K so
+
+
+def opensearch_node_dir(state_dir: Path, node: int) -> Path:
+    return state_dir / OPENSEARCH_DIR / opensearch_node_name(node)
+
+
+def opensearch_command(home: Path, state_dir: Path, node: int, ports: Mapping[str, int]) -> list[str]:
+    """The launcher (deploy/opensearch/ErnieOpenSearch.java) for cluster member ``node`` (a data
+    node below OPENSEARCH_NODES, else the tie-breaker) in a JVM of its own, on its ports of
+    ``ports``: it looks for the others on their transport ports, and a new cluster is bootstrapped
+    by the eligible members (all of them)."""
     classpath = os.pathsep.join([str(home / "lib" / "*"), str(home / "classes")])
-    return ["java", f"-Xmx{OPENSEARCH_HEAP}", "-cp", classpath, "ErnieOpenSearch",
-            str(base_dir), OPENSEARCH_CLUSTER, str(http), str(transport), str(nodes)]
+    http, transport = (ports[key] for key in opensearch_keys(node))
+    members = range(OPENSEARCH_MEMBERS)
+    seeds = ",".join(_addr(ports, opensearch_keys(k)[1]) for k in members if k != node)
+    managers = ",".join(opensearch_node_name(k) for k in members)
+    tiebreaker = node == OPENSEARCH_TIEBREAKER
+    heap = OPENSEARCH_TIEBREAKER_HEAP if tiebreaker else OPENSEARCH_HEAP
+    return ["java", f"-Xmx{heap}", *OPENSEARCH_JVM_OPTIONS, *os.environ.get(OPENSEARCH_JAVA_OPTS_ENV, "").split(),
+            "-cp", classpath, "ErnieOpenSearch", str(opensearch_node_dir(state_dir, node)), OPENSEARCH_CLUSTER,
+            str(node), str(http), str(transport), seeds, managers,
+            "cluster_manager" if tiebreaker else "cluster_manager,data"]
 
 
-def opensearch_stop_file(base_dir: Path, node: int) -> Path:
-    """Creating this file makes the launcher close node ``node`` (it renames it to stopped-node-K)."""
-    return base_dir / f"stop-node-{node}"
+def opensearch_url(ports: Mapping[str, int], node: int = 0) -> str:
+    return f"http://{_addr(ports, opensearch_keys(node)[0])}"
 
 
-def opensearch_url(http: int, node: int = 0) -> str:
-    return f"http://{HOST}:{http + OPENSEARCH_PORT_STEP * node}"
+def opensearch_health_url(ports: Mapping[str, int], node: int) -> str:
+    """The members start in index order, and the first ones cannot form the cluster alone (a new
+    cluster needs most of the eligible members to bootstrap): they are up when they answer. The
+    last one is up when the whole cluster is green."""
+    if node < OPENSEARCH_MEMBERS - 1:
+        return f"{opensearch_url(ports, node)}/"
+    return (f"{opensearch_url(ports, node)}/_cluster/health"
+            f"?wait_for_status=green&wait_for_nodes={OPENSEARCH_MEMBERS}&timeout=1s")
 
 
-def jaeger_opensearch_env(http: int) -> dict[str, str]:
-    """collector/jaeger-opensearch.yaml's server URLs: every node of the cluster at ``http``."""
-    return {f"JAEGER_OPENSEARCH_URL_{k}": opensearch_url(http, k) for k in range(OPENSEARCH_NODES)}
+def jaeger_opensearch_env(ports: Mapping[str, int]) -> dict[str, str]:
+    """collector/jaeger-opensearch.yaml's server URLs: every node of the cluster."""
+    return {f"JAEGER_OPENSEARCH_URL_{k}": opensearch_url(ports, k) for k in range(OPENSEARCH_NODES)}
 
 
 def jaeger_opensearch_command(bin_dir: Path) -> list[str]:
     return [*jaeger_command(bin_dir), "--config", str(JAEGER_OPENSEARCH_CONFIG)]
 
 
-def opensearch_component() -> Component:
-    """The 2-node OpenSearch cluster (one JVM) of ``stack up --fleet --trace-store opensearch``.
-    Node k listens on the node-0 ports + 10*k; healthy when the cluster is green with all nodes."""
-    keys = {f"opensearch_{kind}_{k}": fleet_port(f"opensearch_{kind}", k)
-            for kind in ("http", "transport") for k in range(OPENSEARCH_NODES)}
+def opensearch_component(node: int) -> Component:
+    """Member ``node`` of the OpenSearch cluster of ``stack up --fleet --trace-store opensearch``
+    (data node 0, 1 or the tie-breaker 2): one JVM, HTTP and transport ports of its own (default
+    9200/9300 + 10*node)."""
+    http_key, transport_key = opensearch_keys(node)
+    keys = {http_key: fleet_port("opensearch_http", node), transport_key: fleet_port("opensearch_transport", node)}
+    title = "OpenSearch tie-breaker (no data)" if node == OPENSEARCH_TIEBREAKER else f"OpenSearch node {node}"
+    return Component(f"opensearch_{node}", title, 5 + node,
+                     lambda c: opensearch_command(opensearch_home(), c.state_dir, node, c.ports), keys,
+                     health=lambda c: opensearch_health_url(c.ports, node), health_timeout=240.0)
 
-    def command(ctx: StackContext) -> list[str]:
-        return opensearch_command(opensearch_home(), ctx.state_dir / OPENSEARCH_DIR, ctx.ports["opensearch_http_0"],
-                                  ctx.ports["opensearch_transport_0"])
 
-    return Component("opensearch", f"OpenSearch ({OPENSEARCH_NODES} nodes)", 5, command, keys,
-                     health=lambda c: (f"{opensearch_url(c.ports['opensearch_http_0'])}/_cluster/health"
-                                       f"?wait_for_status=green&wait_for_nodes={OPENSEARCH_NODES}&timeout=1s"),
-                     health_timeout=240.0)
+def opensearch_components() -> tuple[Component, ...]:
+    """Every member of the cluster, data nodes first (the start order)."""
+    return tuple(opensearch_component(k) for k in range(OPENSEARCH_MEMBERS))
 
 
 def with_opensearch(jaeger: Component) -> Component:
     """Jaeger with collector/jaeger-opensearch.yaml over the cluster of opensearch_component()."""
     return dataclasses.replace(
         jaeger, title="Jaeger (OpenSearch)", command=lambda c: jaeger_opensearch_command(c.binaries()),
-        env=lambda c: {**jaeger.env(c), **jaeger_opensearch_env(c.ports["opensearch_http_0"])})
+        env=lambda c: {**jaeger.env(c), **jaeger_opensearch_env(c.ports)})
 
 
 def find_alertmanager() -> str | None:

@@ -295,9 +295,9 @@ def stack_components(replicas: int = 1, *, fleet: bool = False, trace_store: str
                "collector": _agent, "ernie_serve": _replica_env}
     store: tuple[Component, ...] = ()
     if trace_store == "opensearch":
-        # Jaeger keeps its ports and only stores into (and reads from) the 2-node cluster.
+        # Jaeger keeps its ports and only stores into (and reads from) the cluster: one JVM per node.
         changed["jaeger"] = table.with_opensearch
-        store = (table.opensearch_component(),)
+        store = table.opensearch_components()
     base = [changed[c.name](c) if c.name in changed else c for c in table.COMPONENTS]
     return (*store, *base, *(replica(i) for i in range(1, replicas)), *traces_components(),
             *metrics_components(replicas))
