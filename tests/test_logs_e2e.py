@@ -1,0 +1,126 @@
+"""Logs through the real pipeline: ernie-serve under opentelemetry-instrument -> OTLP -> the Collector
+-> VictoriaLogs, read back through VictoriaLogs' own LogsQL API; and the Jaeger UI's link from a trace
+to those logs, as the stack's Jaeger serves it (the whole stack on free ports: the e2e_stack fixture)."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+import uuid
+from typing import Any
+
+from e2e_client import E2EStack, wait_for
+from helpers import http_get
+
+from ernie_otel import names
+from ernie_otel.stack import components
+
+LOG_WAIT_S = 30  # the SDK's batch (1 s) + the Collector's batch (1 s) + VictoriaLogs' indexing (~1 s)
+
+
+def _logsql(e: E2EStack, query: str) -> list[dict[str, Any]]:
+    """Every record a LogsQL query matches, through VictoriaLogs' query API (JSON lines)."""
+    url = f"{components.log_store_url(e.stack.ports)}/select/logsql/query?{urllib.parse.urlencode({'query': query})}"
+    status, body = http_get(url, timeout=10)
+    assert status == 200, f"{url}: HTTP {status}: {body[:300]}"
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def _access_record(e: E2EStack, trace_id: str) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        records = [r for r in _logsql(e, f"trace_id:{trace_id}") if r.get("scope.name") == names.ACCESS_LOGGER]
+        assert len(records) <= 1, records
+        return records[0] if records else None
+
+    return wait_for(found, LOG_WAIT_S, f"the access record of trace {trace_id} in VictoriaLogs")
+
+
+def test_a_responses_trace_id_finds_its_log_line_in_the_log_store(e2e_stack: E2EStack) -> None:
+    result = e2e_stack.chat("what is in the log store?", max_tokens=6)
+    assert result.status == 200, result.body
+    trace_id = result.trace_id
+    assert trace_id
+    record = _access_record(e2e_stack, trace_id)
+    usage = result.body["usage"]
+    # VictoriaLogs keeps every OTLP attribute as a string field.
+    assert record[names.LOG_MODEL] == e2e_stack.model
+    assert record[names.LOG_STATUS] == names.Status.OK.value
+    assert record[names.LOG_INPUT_TOKENS] == str(usage["prompt_tokens"])
+    assert record[names.LOG_OUTPUT_TOKENS] == str(usage["completion_tokens"])
+    assert record[names.LOG_REQUEST_ID] == result.body["id"]
+    for key in (names.LOG_E2E_MS, names.LOG_TTFT_MS, names.LOG_QUEUE_MS):
+        assert float(record[key]) >= 0, key
+    assert record["service.name"] == names.SERVICE_NAME
+    assert record["severity_text"] == "INFO"
+    # The span id is the GenAI span's: the log line sits on the right span of the trace in Jaeger.
+    trace = e2e_stack.wait_trace(trace_id, min_spans=2)
+    genai = [s for s in trace["spans"] if s["spanID"] == record["span_id"]]
+    assert len(genai) == 1 and genai[0]["operationName"] == names.genai_span_name("chat", e2e_stack.model)
+    # ... and ernie-serve wrote the same request as a JSON line on its stderr (the stack's log).
+    local = [json.loads(line) for line in e2e_stack.stack.log_path("ernie_serve").read_text().splitlines()
+             if line.startswith("{") and trace_id in line]
+    assert len(local) == 1 and local[0][names.LOG_SPAN_ID] == record["span_id"], local
+
+
+def test_an_error_is_in_the_log_store_with_its_error_type(e2e_stack: E2EStack) -> None:
+    result = e2e_stack.chat(max_tokens=-3)
+    assert result.status == 400 and result.trace_id
+    record = _access_record(e2e_stack, result.trace_id)
+    assert record[names.LOG_STATUS] == names.Status.ERROR.value
+    assert record[names.LOG_ERROR_TYPE] == names.ErrorType.INVALID_REQUEST.value
+    hits = _logsql(e2e_stack, f'{names.LOG_ERROR_TYPE}:"{names.ErrorType.INVALID_REQUEST.value}"')
+    assert any(r["trace_id"] == result.trace_id for r in hits)
+
+
+def test_prompt_and_completion_never_reach_the_log_store_by_default(e2e_stack: E2EStack) -> None:
+    secret = f"secret{uuid.uuid4().hex}"
+    result = e2e_stack.chat(f"please repeat {secret}", max_tokens=6)
+    assert result.status == 200 and result.trace_id
+    record = _access_record(e2e_stack, result.trace_id)
+    assert secret not in json.dumps(record)
+    assert names.LOG_INPUT_MESSAGES not in record and names.LOG_OUTPUT_TEXT not in record
+    # Nowhere in the store, in any field of any record (a full-text phrase search over every field).
+    assert _logsql(e2e_stack, f'* | filter "{secret}"') == [] and _logsql(e2e_stack, f'"{secret}"') == []
+    assert secret not in e2e_stack.stack.log_path("ernie_serve").read_text()
+
+
+def _ui_config(e: E2EStack) -> dict[str, Any]:
+    status, page = http_get(e.jaeger + "/search", timeout=10)
+    assert status == 200, page[:300]
+    match = re.search(r"JAEGER_CONFIG = (\{.*?\});", page)
+    assert match, "the Jaeger UI page carries no injected config (UI assets or jaeger_query.ui.config_file missing)"
+    config: dict[str, Any] = json.loads(match.group(1))
+    return config
+
+
+def test_jaeger_ui_links_a_trace_to_its_logs(e2e_stack: E2EStack) -> None:
+    result = e2e_stack.chat("a trace with logs", max_tokens=4)
+    assert result.status == 200 and result.trace_id
+    _access_record(e2e_stack, result.trace_id)
+    patterns = [p for p in _ui_config(e2e_stack).get("linkPatterns", []) if p.get("type") == "traces"]
+    assert len(patterns) == 2, patterns
+    store = components.log_store_url(e2e_stack.stack.ports)
+    for pattern in patterns:
+        assert pattern["url"].startswith(store + "/select/"), pattern
+        assert "#{traceID}" in pattern["url"]
+        # What the UI opens: the template with the trace id (hex: URI-encoding leaves it unchanged).
+        url = pattern["url"].replace("#{traceID}", result.trace_id)
+        page_url, _, fragment = url.partition("#/")
+        status, body = http_get(page_url, timeout=10)
+        assert status == 200, f"{page_url}: HTTP {status}"
+        if fragment:  # vmui: the query lives in the hash route, which the browser hands to the app
+            assert "<html" in body.lower() and f"query=trace_id%3A{result.trace_id}" in fragment
+        else:  # the LogsQL API: the trace's lines themselves
+            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+            assert any(line.get("scope.name") == names.ACCESS_LOGGER for line in lines), body[:500]
+            assert all(line["trace_id"] == result.trace_id for line in lines)
+
+
+def test_the_stack_runs_and_reports_the_log_store(e2e_stack: E2EStack) -> None:
+    status = e2e_stack.stack.status()
+    assert status["victorialogs"]["alive"] and status["victorialogs"]["healthy"], status["victorialogs"]
+    ui = e2e_stack.stack.urls["logs"]
+    assert ui == components.victorialogs_ui_url(e2e_stack.stack.ports)
+    code, body = http_get(ui, timeout=10)
+    assert code == 200 and "<html" in body.lower()
