@@ -228,3 +228,16 @@ def test_ernie_serve_writes_its_request_log_where_told(tmp_path: Path) -> None:
         assert len(lines) == 1, path.read_text() if path.exists() else "no file"
         assert lines[0][names.LOG_OUTPUT_TOKENS] > 0
         assert trace_id not in served.log(), "the request line goes to the file, not also to stderr"
+
+
+def test_an_unwritable_request_log_fails_at_start_up(tmp_path: Path) -> None:
+    import subprocess
+
+    from serve_helpers import BIN_DIR
+
+    bad = tmp_path / "missing-dir" / "requests.jsonl"
+    result = subprocess.run([str(BIN_DIR / "ernie-serve"), "--model", "tiny", "--request-log", str(bad)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"ernie-serve: --request-log {bad}: No such file or directory"], result.stderr[-2000:]
