@@ -1,6 +1,7 @@
 """Logs through the real pipeline: ernie-serve under opentelemetry-instrument -> OTLP -> the Collector
 -> VictoriaLogs, read back through VictoriaLogs' own LogsQL API; and the Jaeger UI's link from a trace
-to those logs, as the stack's Jaeger serves it (the whole stack on free ports: the e2e_stack fixture)."""
+to those logs, as the stack's Jaeger serves it (the whole stack on free ports: the e2e_stack fixture),
+followed in headless Chromium from the trace page to vmui showing the request's record."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import json
 import re
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from e2e_client import E2EStack, wait_for
 from helpers import http_get
+from test_ui_browser import PLACEHOLDER_TEXT, Browser
 
-from ernie_otel import names
+from ernie_otel import jaeger_ui, names
 from ernie_otel.stack import components
 
 LOG_WAIT_S = 30  # the SDK's batch (1 s) + the Collector's batch (1 s) + VictoriaLogs' indexing (~1 s)
@@ -126,3 +130,42 @@ def test_the_stack_runs_and_reports_the_log_store(e2e_stack: E2EStack) -> None:
     assert ui == components.victorialogs_ui_url(e2e_stack.stack.ports)
     code, body = http_get(ui, timeout=10)
     assert code == 200 and "<html" in body.lower()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    b = Browser(tmp_path_factory.mktemp("screenshots"))
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.mark.integration
+def test_from_a_trace_page_to_its_logs_in_a_browser(e2e_stack: E2EStack, browser: Browser) -> None:
+    """The trace page's link menu (Jaeger UI) opens vmui, which shows the request's access record."""
+    assert jaeger_ui.installed_assets(), jaeger_ui.HOW_TO_GET
+    e = e2e_stack
+    result = e.chat("follow me to my logs", max_tokens=5)
+    assert result.status == 200 and result.trace_id
+    trace_id = result.trace_id
+    e.wait_trace(trace_id, min_spans=5)
+    _access_record(e, trace_id)
+    browser.get(f"{e.jaeger}/trace/{trace_id}")
+    browser.wait("return document.querySelector('a[data-testid=\"dropdown\"]') !== null", 20,
+                 "the trace header's link menu")
+    assert PLACEHOLDER_TEXT not in browser.text()
+    browser.js("document.querySelector('a[data-testid=\"dropdown\"]').click()")
+    links = browser.wait("const a = Array.from(document.querySelectorAll('.ant-dropdown a[title]'));"
+                         "return a.length >= 2 ? a.map(x => [x.title, x.href]) : null", 10, "the link menu's items")
+    by_title = dict(links)
+    vmui = by_title["Logs of this trace (VictoriaLogs)"]
+    store = components.log_store_url(e.stack.ports)
+    assert vmui.startswith(f"{store}/select/vmui/#/") and f"trace_id%3A{trace_id}" in vmui, vmui
+    assert by_title["Logs of this trace (JSON lines)"] == f"{store}/select/logsql/query?query=trace_id%3A{trace_id}"
+    assert browser.console_errors() == []
+    browser.get(vmui)
+    message = f"chat {e.model} ok"
+    browser.wait(f"return document.body.innerText.includes({json.dumps(message)})", 30,
+                 "vmui showing the request's access record")
+    browser.screenshot("victorialogs-trace-logs")
