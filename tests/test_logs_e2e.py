@@ -152,10 +152,11 @@ def test_from_a_trace_page_to_its_logs_in_a_browser(e2e_stack: E2EStack, browser
     e.wait_trace(trace_id, min_spans=5)
     _access_record(e, trace_id)
     browser.get(f"{e.jaeger}/trace/{trace_id}")
-    browser.wait("return document.querySelector('a[data-testid=\"dropdown\"]') !== null", 20,
-                 "the trace header's link menu")
+    # The header's link menu (an antd dropdown; the release build drops its data-testid).
+    menu = ".TracePageHeader--titleRow a.ant-dropdown-trigger.TracePageHeader--back"
+    browser.wait(f"return document.querySelector('{menu}') !== null", 20, "the trace header's link menu")
     assert PLACEHOLDER_TEXT not in browser.text()
-    browser.js("document.querySelector('a[data-testid=\"dropdown\"]').click()")
+    browser.js(f"document.querySelector('{menu}').click()")
     links = browser.wait("const a = Array.from(document.querySelectorAll('.ant-dropdown a[title]'));"
                          "return a.length >= 2 ? a.map(x => [x.title, x.href]) : null", 10, "the link menu's items")
     by_title = dict(links)
@@ -168,4 +169,6 @@ def test_from_a_trace_page_to_its_logs_in_a_browser(e2e_stack: E2EStack, browser
     message = f"chat {e.model} ok"
     browser.wait(f"return document.body.innerText.includes({json.dumps(message)})", 30,
                  "vmui showing the request's access record")
+    # The link's time range, not vmui's default of 5 minutes: a trace from last week finds its logs too.
+    assert "Last 30 days" in browser.text()
     browser.screenshot("victorialogs-trace-logs")
