@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -172,3 +173,28 @@ def test_from_a_trace_page_to_its_logs_in_a_browser(e2e_stack: E2EStack, browser
     # The link's time range, not vmui's default of 5 minutes: a trace from last week finds its logs too.
     assert "Last 30 days" in browser.text()
     browser.screenshot("victorialogs-trace-logs")
+
+
+@pytest.mark.integration
+def test_logs_written_while_the_store_is_down_arrive_after_it_heals(e2e_stack: E2EStack) -> None:
+    """A killed VictoriaLogs loses nothing of a short outage: the Collector's queue retries (60 s),
+    the stack restarts only the store, and its data on disk survives (last test: it kills a component)."""
+    from test_stack_heal import _kill
+
+    from ernie_otel.stack import Stack
+
+    e = e2e_stack
+    before = e.chat("logged before the outage", max_tokens=3)
+    assert before.status == 200 and before.trace_id
+    _access_record(e, before.trace_id)
+    # Searchable is not yet on disk: the store flushes its in-memory part every second (the stack's
+    # -inmemoryDataFlushInterval); a SIGKILL before that loses it.
+    time.sleep(2.5)
+    _kill(e.stack, "victorialogs")
+    during = e.chat("logged during the outage", max_tokens=3)
+    assert during.status == 200 and during.trace_id, "a dead log store must not fail requests"
+    healed = Stack.from_state(e.stack.state_dir, bin_dir=e.stack.bin_dir, say=lambda _: None)
+    assert healed.up() == ["victorialogs"]
+    # Retried by the Collector into the new process (its retry interval grows to 10 s).
+    _access_record(e, during.trace_id)
+    _access_record(e, before.trace_id)  # still there: the store's data was on disk
