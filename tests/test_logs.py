@@ -241,3 +241,40 @@ def test_an_unwritable_request_log_fails_at_start_up(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
         f"ernie-serve: --request-log {bad}: No such file or directory"], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("env", "exported"), [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, ["OTLPLogExporter"]),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_LOGS_EXPORTER": "none"}, []),
+    ({"OTEL_LOGS_EXPORTER": "console"}, ["ConsoleLogRecordExporter"]),
+    ({}, []),
+], ids=["otlp-like-spans", "none", "console", "standalone-default"])
+def test_logs_are_exported_where_spans_are_unless_told_otherwise(env: dict[str, str], exported: list[str]) -> None:
+    """Standalone ernie-serve's SDK (its own process: the global LoggerProvider is set once)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from ernie_otel.telemetry.settings import TelemetrySettings\n"
+              "from ernie_otel.telemetry.setup import configure\n"
+              "t = configure(TelemetrySettings.from_env(), prometheus=False)\n"
+              "lp = t.logger_provider\n"
+              "procs = lp._multi_log_record_processor._log_record_processors if lp is not None else ()\n"
+              "print([type(p._batch_processor._exporter).__name__ for p in procs])\n"
+              "t.shutdown()\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    from helpers import REPO_ROOT
+
+    # The SDK offers no public way to list a provider's processors: the test reads its private fields.
+    result = subprocess.run([sys.executable, "-c", script], env={**clean, **env, "PYTHONPATH": str(REPO_ROOT)},
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == repr(exported)
+
+
+def test_a_bad_logs_exporter_is_a_configuration_error() -> None:
+    from ernie_otel.config import ConfigError
+    from ernie_otel.telemetry.settings import TelemetrySettings
+
+    with pytest.raises(ConfigError, match="OTEL_LOGS_EXPORTER"):
+        TelemetrySettings.from_env({"OTEL_LOGS_EXPORTER": "zipkin"})
