@@ -263,6 +263,14 @@ def describe_telemetry(telemetry: Telemetry | None) -> dict[str, Any]:
         info["span_exporters"].append({"processor": type(processor).__name__,
                                        "exporter": type(exporter).__name__ if exporter is not None else None,
                                        "endpoint": _exporter_endpoint(exporter)})
+    multi = getattr(telemetry.logger_provider, "_multi_log_record_processor", None)
+    info["log_exporters"] = []
+    for processor in getattr(multi, "_log_record_processors", ()) or ():
+        exporter = getattr(processor, "_exporter", None) or getattr(
+            getattr(processor, "_batch_processor", None), "_exporter", None)
+        info["log_exporters"].append({"processor": type(processor).__name__,
+                                      "exporter": type(exporter).__name__ if exporter is not None else None,
+                                      "endpoint": _exporter_endpoint(exporter)})
     resource = getattr(telemetry.meter_provider, "_sdk_config", None)
     if resource is not None:
         info["service_name"] = resource.resource.attributes.get("service.name")
