@@ -10,7 +10,7 @@ setup:
 	bash scripts/setup.sh
 
 # The whole stack locally (ernie-serve with the tiny model under opentelemetry-instrument, the
-# Collector, Jaeger, Prometheus, Alertmanager) plus steady load; Ctrl-C stops it all.
+# Collector, Jaeger, VictoriaLogs, Prometheus, Alertmanager) plus steady load; Ctrl-C stops it all.
 demo: setup
 	.venv/bin/ernie-otel stack up --load --foreground
 

@@ -8,7 +8,8 @@ Three ernie-serve processes serve the same model, one per telemetry mode:
 - off:  ``OTEL_SDK_DISABLED=true``
 - prom: the default standalone mode (Prometheus reader on --metrics-port)
 - full: ``--otlp-endpoint`` to a real Collector (which forwards spans to a real Jaeger), plus the
-  Prometheus reader: every metric and span is exported
+  Prometheus reader: every metric, span and log record is exported (and the JSON request line
+  written to the server's log); ``full-nologs`` is the same without the log pipeline
 
 The same fixed workload (ignore_eos, so every request yields max_tokens tokens) runs against
 them alternately -- off, prom, full, then prom, full, off, ... (rotated) -- so that the background load of a
@@ -108,9 +109,11 @@ def find_pipeline_bin() -> Path | None:
     return None
 
 
-def start_collector(bin_dir: Path, log_dir: Path, gomaxprocs: int = 0) -> tuple[Running, Running | None]:
-    """Collector on free ports, exporting spans to a Jaeger on free ports (if jaeger is built), so
-    that the full variant pays for a real export rather than for a failing, retrying one.
+def start_collector(bin_dir: Path, log_dir: Path, gomaxprocs: int = 0,
+                    log_store: list[Running] | None = None) -> tuple[Running, Running | None]:
+    """Collector on free ports, exporting spans to a Jaeger on free ports (if jaeger is built) and logs
+    to a VictoriaLogs (only when ``log_store`` is given: the list its process is appended to, for the
+    caller to stop), so that the full variant pays for a real export rather than a failing, retrying one.
     ``gomaxprocs``: GOMAXPROCS for both (0: Go's default, every core)."""
     ports = free_ports()
     quiet = {"GOMAXPROCS": str(gomaxprocs)} if gomaxprocs else {}
@@ -120,6 +123,12 @@ def start_collector(bin_dir: Path, log_dir: Path, gomaxprocs: int = 0) -> tuple[
         jaeger = spawn_in(log_dir, "jaeger", components.jaeger_command(bin_dir),
                           {**env, **quiet, "JAEGER_LOG_LEVEL": "warn"})
         jaeger.url = f"http://{HOST}:{ports['jaeger_query']}"
+    if log_store is not None:  # the log store the Collector's logs pipeline writes to (built and cached)
+        store = spawn_in(log_dir, "victorialogs",
+                         components.victorialogs_command(components.victorialogs_binary(), log_dir / "victorialogs",
+                                                         f"{HOST}:{ports['log_store']}"), quiet)
+        log_store.append(store)
+        store.wait_http(components.victorialogs_health_url(ports), timeout=60)
     # Without a Jaeger nothing listens on the Collector's Jaeger target: spans are dropped.
     col = spawn_in(log_dir, "otelcol", components.collector_command(bin_dir),
                    {**components.collector_env(ports), **quiet, "OTELCOL_LOG_LEVEL": "warn"})
@@ -162,9 +171,12 @@ VARIANTS = ("off", "prom", "full")
 # Diagnostic variants: prom/full without the FastAPI instrumentation on the inference routes,
 # which isolates the HTTP SERVER span and http.server.* metrics from the GenAI recorder's cost.
 NO_ASGI = {"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "health,metrics,v1/chat/completions,v1/completions"}
+# full-nologs: full without the log pipeline (no OTLP log records, no JSON request line), so
+# full vs full-nologs side by side is what the access log costs a serving process.
+NO_LOGS = {"OTEL_LOGS_EXPORTER": "none", "ERNIE_REQUEST_LOG": "off"}
 # prom-old/full-old: the same as prom/full, served by the code of --old REV (a git worktree).
 OLD_VARIANTS = ("prom-old", "full-old")
-ALL_VARIANTS = (*VARIANTS, "off-again", "prom-noasgi", "full-noasgi", *OLD_VARIANTS)
+ALL_VARIANTS = (*VARIANTS, "off-again", "prom-noasgi", "full-noasgi", "full-nologs", *OLD_VARIANTS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +232,7 @@ def run(args: argparse.Namespace, variants: list[str], log_dir: Path, old_tree: 
         collector: Running | None = None
         jaeger: Running | None = None
         if bin_dir is not None:
-            collector, jaeger = start_collector(bin_dir, log_dir, args.collector_cpus)
+            collector, jaeger = start_collector(bin_dir, log_dir, args.collector_cpus, log_store=procs)
             procs += [p for p in (jaeger, collector) if p is not None]
             otlp = collector.url
             note = f"Collector {bin_dir / 'otelcol-ernie'}" + (" -> Jaeger" if jaeger else " (no Jaeger)")
@@ -239,6 +251,7 @@ def run(args: argparse.Namespace, variants: list[str], log_dir: Path, old_tree: 
             "full": (threads, ["--otlp-endpoint", otlp], True),
             "prom-noasgi": ({**threads, **NO_ASGI}, [], True),
             "full-noasgi": ({**threads, **NO_ASGI}, ["--otlp-endpoint", otlp], True),
+            "full-nologs": ({**threads, **NO_LOGS}, ["--otlp-endpoint", otlp], True),
             "prom-old": (threads, [], True),
             "full-old": (threads, ["--otlp-endpoint", otlp], True),
         }

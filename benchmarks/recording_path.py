@@ -9,8 +9,10 @@ requests with realistic timestamps (queued, first token, finished; token counts)
 recorder's ``flush()`` -- the histograms and spans its telemetry thread records off the request
 path -- with ``time.process_time()``: CPU of the whole process, so the span processor's worker
 thread, which does the export work, is counted too (its queue is sized so no span is dropped and
-each repetition ends with a flush). Then each piece separately, to show where the time goes and
-how it splits between the request path and the telemetry thread.
+each repetition ends with a flush). With the access log on, the telemetry thread also writes one
+JSON line per request (to /dev/null) and one OTLP log record (a BatchLogRecordProcessor to a no-op
+exporter, as ernie-serve has under opentelemetry-instrument). Then each piece separately, to show
+where the time goes and how it splits between the request path and the telemetry thread.
 
 Target (docs/benchmarks.md): at most 150 µs CPU per request.
 """
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
+import os
 import statistics
 import sys
 import time
@@ -28,6 +32,8 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -39,6 +45,7 @@ from starlette.datastructures import Headers
 from ernie_otel import names
 from ernie_otel.slo import HEADER_TTFT, SloTargets
 from ernie_otel.stats import EngineStats, RequestStats
+from ernie_otel.telemetry.logs import JsonFormatter, OtelLogHandler
 from ernie_otel.telemetry.prometheus import ErniePrometheusReader
 from ernie_otel.telemetry.recorder import Recorder, RequestTelemetry
 from ernie_otel.telemetry.request_path import Finished
@@ -71,10 +78,51 @@ class NoOpExporter(SpanExporter):
         pass
 
 
+class NoOpLogExporter(LogRecordExporter):
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        self.exported += len(batch)
+        return LogRecordExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+
+_loggers = 0
+
+
+def access_logger(n: int) -> tuple[logging.Logger, LoggerProvider]:
+    """ernie-serve's access logger as telemetry.logs.install builds it: a JSON line per request
+    (here to /dev/null) and our OTel bridge to an SDK LoggerProvider exporting in batches."""
+    global _loggers
+    _loggers += 1
+    provider = LoggerProvider()
+    provider.add_log_record_processor(BatchLogRecordProcessor(NoOpLogExporter(), max_queue_size=4 * n + 16,
+                                                              max_export_batch_size=512))
+    logger = logging.getLogger(f"{names.ACCESS_LOGGER}.bench{_loggers}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    local = logging.StreamHandler(open(os.devnull, "w"))  # lives as long as the process
+    local.setFormatter(JsonFormatter())
+    logger.addHandler(local)
+    logger.addHandler(OtelLogHandler(provider))
+    return logger, provider
+
+
 class Setup:
     def __init__(self, n: int, telemetry: bool = True, sampler: Sampler | None = None,
-                 traces: bool = True, otlp_reader: bool = False, accounting: bool = False) -> None:
+                 traces: bool = True, otlp_reader: bool = False, accounting: bool = False,
+                 access_log: bool = False) -> None:
         self.exporter = NoOpExporter()
+        self.logger_provider: LoggerProvider | None = None
+        logger: logging.Logger | None = None
+        if access_log:
+            logger, self.logger_provider = access_logger(n)
         if telemetry:
             self.reader: ErniePrometheusReader | None = ErniePrometheusReader()
             # With --otlp-endpoint a second reader (OTLP) holds its own copy of every aggregate:
@@ -100,15 +148,17 @@ class Setup:
             tenant_header=DEFAULT_TENANT_HEADER, price=Price(0.1, 0.4, 2.0), batch_slots=8) if accounting else {}
         self.headers: Headers | None = REQUEST_HEADERS if accounting else None
         self.recorder = Recorder(self.meter_provider, self.tracer_provider, MODEL, lambda: stats,
-                                 flush_interval=3600, **extra)
+                                 flush_interval=3600, access_logger=logger, **extra)
 
     def flush(self) -> None:
         self.recorder.flush()
         if self.processor is not None:
             self.processor.force_flush()
+        if self.logger_provider is not None:
+            self.logger_provider.force_flush()
 
     def shutdown(self) -> None:
-        for p in (self.meter_provider, self.tracer_provider):
+        for p in (self.meter_provider, self.tracer_provider, self.logger_provider):
             getattr(p, "shutdown", lambda: None)()
 
 
@@ -246,6 +296,28 @@ def piece_spans(s: Setup, n: int) -> float:
     return cpu(run)
 
 
+def piece_access_record(s: Setup, n: int) -> float:
+    """The telemetry thread's access log: one JSON line and one OTLP log record per request (+export)."""
+    logged = Setup(n, access_log=True)
+    rts = started(logged, n)
+    access = logged.recorder.access_log
+    assert access is not None
+    items = [Finished(rt, OK, None, None, "chatcmpl-bench", None) for rt in rts]
+    for rt in rts:
+        assert rt.stats.finished is not None
+
+    def run() -> None:
+        for item in items:
+            access(item)
+        assert logged.logger_provider is not None
+        logged.logger_provider.force_flush()
+
+    try:
+        return cpu(run)
+    finally:
+        logged.shutdown()
+
+
 def piece_one_histogram(s: Setup, n: int) -> float:
     h, attrs = s.recorder.instruments.ttft, s.recorder.attrs.genai[OP]
     return cpu(lambda: [h.record(0.05, attrs) for _ in range(n)] and None)
@@ -296,6 +368,7 @@ PIECES: list[tuple[str, Callable[[Setup, int], float]]] = [
     ("telemetry thread: flush() per request (histograms + spans + export)", piece_flush),
     ("  7 histogram records (span context passed for exemplars)", piece_histograms),
     ("  spans: GenAI + 3 phase ReadableSpans (+export)", piece_spans),
+    ("  access log: JSON line + OTLP log record (+export), when on", piece_access_record),
     ("one histogram record, no span context (4 attributes)", piece_one_histogram),
     ("one histogram record inside a sampled span (exemplar)", piece_one_histogram_in_span),
     ("one ReadableSpan to the processor (+export)", piece_readable_span),
@@ -325,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     n, reps = args.n, args.reps
 
     on = Setup(n)
+    logs_on = Setup(n, access_log=True)
     slo_on = Setup(n, accounting=True)
     off = Setup(n, telemetry=False)
     two_readers = Setup(n, otlp_reader=True)
@@ -332,11 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     metrics_only = Setup(n, traces=False)
     full_path(on, min(n, 2000))  # warm-up: first-call imports and caches out of the figures
     full_path(slo_on, min(n, 2000))
+    full_path(logs_on, min(n, 2000))
     results: dict[str, Any] = {"n": n, "reps": reps, "target_us": TARGET_US}
 
     # Alternate the variants inside each repetition so background load hits them alike.
     variants: dict[str, Callable[[], float]] = {
         "telemetry on": lambda: full_path(on, n),
+        "telemetry on + access log (JSON line + OTLP log record)": lambda: full_path(logs_on, n),
         "telemetry on + SLO targets, tenants, cost": lambda: full_path(slo_on, n),
         "telemetry on, Prometheus + second (OTLP-like) metric reader": lambda: full_path(two_readers, n),
         "traces not sampled (sampler always_off; metrics on)": lambda: full_path(unsampled, n),
@@ -367,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     render_cpu, render_wall, size = render_times(on.reader, args.renders)
     results["render"] = {"cpu_ms_median": render_cpu, "wall_ms_median": render_wall, "bytes": size}
     results["spans_exported"] = on.exporter.exported
-    for setup in (on, slo_on, two_readers, unsampled, metrics_only):
+    for setup in (on, logs_on, slo_on, two_readers, unsampled, metrics_only):
         setup.shutdown()
 
     net = full["telemetry on"] - full["baseline (stats only)"]
@@ -377,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in full.items():
         print(f"| {k} | {v:.1f} |")
     print(f"| **telemetry on − baseline** (the recorder's cost) | **{net:.1f}** |")
+    logs_cost = full["telemetry on + access log (JSON line + OTLP log record)"] - full["telemetry on"]
+    print(f"| **access log on − off** (the log pipeline's cost) | **{logs_cost:.1f}** |")
+    results["access_log_us"] = logs_cost
     worst = max(full["telemetry on"], full["telemetry on + SLO targets, tenants, cost"])
     verdict = "within" if worst <= TARGET_US else "OVER"
     print(f"\nTarget ≤ {TARGET_US:.0f} µs per request: {verdict} ({worst:.1f} µs total, SLO accounting on "

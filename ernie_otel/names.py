@@ -114,6 +114,32 @@ SERVER_TIMING_HEADER = "Server-Timing"
 SERVER_TIMING_PHASES = ("queue", "prefill", "decode", "total")
 GATEWAY_TIMING_PREFIX = "gateway-"
 
+# ------------------------------------------------------------------------------------ logs
+# The structured access log: one JSON line per finished request on this logger (stderr by
+# default, ernie-serve --request-log), and one OTLP log record per request when logs are exported.
+ACCESS_LOGGER = "ernie_otel.access"
+# Field names of a log line. trace_id/span_id are spelled as VictoriaLogs names the ids of an OTLP
+# log record, so one LogsQL query (trace_id:<id>) finds a request in the store and in a shipped file.
+LOG_TRACE_ID = "trace_id"
+LOG_SPAN_ID = "span_id"
+LOG_REQUEST_ID = "request_id"
+LOG_OPERATION = ATTR_OPERATION
+LOG_MODEL = ATTR_MODEL
+LOG_STATUS = ATTR_STATUS
+LOG_ERROR_TYPE = ATTR_ERROR_TYPE
+LOG_FINISH_REASON = ATTR_FINISH_REASON
+LOG_STREAM = "stream"
+LOG_INPUT_TOKENS = "input_tokens"
+LOG_OUTPUT_TOKENS = "output_tokens"
+LOG_QUEUE_MS = "queue_ms"
+LOG_TTFT_MS = "ttft_ms"
+LOG_TPOT_MS = "tpot_ms"
+LOG_E2E_MS = "e2e_ms"
+LOG_TENANT = ATTR_TENANT
+# Only with the content opt-in (CAPTURE_CONTENT_ENV), as on spans.
+LOG_INPUT_MESSAGES = GEN_AI_INPUT_MESSAGES
+LOG_OUTPUT_TEXT = "gen_ai.output.text"
+
 # --------------------------------------------------------------------------------- metrics
 class Kind(str, Enum):
     COUNTER = "counter"

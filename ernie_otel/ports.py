@@ -5,9 +5,9 @@ the tests and docs/pipeline.md all read these tables; no other module writes a p
 Everything binds 127.0.0.1 unless told otherwise.
 
 Single-server stack: the well-known ports of each component (OTLP 4317/4318, Prometheus 9090,
-...). Fleet profile (`ernie-otel stack up --replicas N` and the Collector tiers / Thanos /
-trace- and log-store components): replica i (from 0) serves its API on 8180+10*i and its metrics
-on 8181+10*i; the other fleet listeners are in FLEET_PORTS, numbered so that none of them
+...), the log store included. Fleet profile (`ernie-otel stack up --replicas N` and the Collector
+tiers / Thanos / trace-store components): replica i (from 0) serves its API on 8180+10*i and its
+metrics on 8181+10*i; the other fleet listeners are in FLEET_PORTS, numbered so that none of them
 collides with a single-server port or with the replicas' range (8180..8279 for up to 10 replicas).
 """
 
@@ -32,6 +32,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "webhook_sink": 9095,
     "alertmanager": 9093,
     "prometheus": 9090,
+    # The log store (VictoriaLogs' well-known port): OTLP logs in, LogsQL API and vmui out.
+    "log_store": 9428,
     "serve": 8180,
     "serve_metrics": 8181,
 }
@@ -50,6 +52,7 @@ PORT_PURPOSE: dict[str, str] = {
     "webhook_sink": "local alert webhook sink (Alertmanager's receivers)",
     "alertmanager": "Alertmanager web/API",
     "prometheus": "Prometheus web/API",
+    "log_store": "VictoriaLogs: OTLP logs from the Collector, LogsQL API and its UI (/select/vmui)",
     "serve": "ernie-serve OpenAI API",
     "serve_metrics": "ernie-serve Prometheus metrics (--metrics-port, job ernie-serve-direct)",
 }
@@ -100,8 +103,6 @@ FLEET_PORTS: dict[str, int] = {
     # well-known 9200/9300; node k adds 10*k).
     "opensearch_http": 9200,
     "opensearch_transport": 9300,
-    # Log store (VictoriaLogs' well-known port).
-    "log_store": 9428,
 }
 
 

@@ -123,7 +123,11 @@ class ServeConfig(Config):
                                       "turns the cost counter on")
     response_metrics: bool = option(False, flag="--response-metrics", kind="switch",
                                     help="allow requests to ask for their own timings (\"return_metrics\": true)")
-    access_log: bool = option(False, flag="--access-log", kind="switch", help="log every request")
+    access_log: bool = option(False, flag="--access-log", kind="switch",
+                              help="uvicorn's plain HTTP line per request (the JSON request log: --request-log)")
+    request_log: str = option("stderr", flag="--request-log", env="ERNIE_REQUEST_LOG", metavar="stderr|off|PATH",
+                              help="where the JSON line per request goes (logger ernie_otel.access; also exported "
+                              "over OTLP when logs are)")
     log_level: str = option("info", flag="--log-level", convert=to_lower, choices=LOG_LEVELS, help="log level")
 
 
@@ -169,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         exit_bad_config(PROG, exc)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
+    if config.request_log not in ("stderr", "off"):
+        try:
+            open(config.request_log, "a").close()  # a path that cannot be written fails now, not per request
+        except OSError as exc:
+            return _fail(f"--request-log {config.request_log}: {exc.strerror or exc}")
     if config.upstream is None and config.model != "tiny":
         from .backends.loading import ModelUnavailableError, resolve_model_path
 
@@ -202,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import names
     from .server import ErnieServer
+    from .telemetry.logs import install as install_logging
     from .telemetry.recorder import Recorder
+
+    # Trace ids on every line, the JSON request log, and every record over OTLP when logs are exported.
+    access_logger = install_logging(config.log_level, config.request_log, telemetry.logger_provider)
 
     bucket_overrides = {key: list(bounds) for key, bounds in settings.bucket_overrides.items()}
 
@@ -218,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                         slo_objective=config.slo_objective, tenants=TenantResolver(config.tenants or frozenset(),
                                                                             config.max_tenants),
                         tenant_header=config.tenant_header, price=price, batch_slots=config.max_num_seqs,
-                        keep=settings.keep_rule)
+                        keep=settings.keep_rule, access_logger=access_logger)
 
     server = ErnieServer(config, recorder_factory, keys=keys)
     if telemetry.prometheus is not None and config.metrics_port:

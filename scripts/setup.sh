@@ -98,6 +98,7 @@ fi
 
 log "building/reusing the Thanos binary (fleet metrics store)"; bash deploy/thanos/build.sh >/dev/null
 log "resolving/reusing OpenSearch and its launcher (fleet trace store)"; bash deploy/opensearch/build.sh >/dev/null
+log "building/reusing the VictoriaLogs binary (log store)"; bash deploy/victorialogs/build.sh >/dev/null
 log "building/reusing the Kubernetes tools (helm, controller-gen, CRDs, docker-compose)"
 bash scripts/build-k8s-tools.sh >/dev/null  # helm, controller-gen, CRDs, docker-compose for tests/test_k8s.py
 log "done"

@@ -86,7 +86,8 @@ def test_only_setup_builds_and_sets_sdk_providers() -> None:
     setters = set()
     for mod, tree in ALL.items():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr in ("set_tracer_provider", "set_meter_provider"):
+            if isinstance(node, ast.Attribute) and node.attr in ("set_tracer_provider", "set_meter_provider",
+                                                                 "set_logger_provider"):
                 setters.add(mod)
     assert setters == {"ernie_otel.telemetry.setup"}
 

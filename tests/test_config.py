@@ -39,7 +39,7 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "--upstream": None, "--upstream-timeout": 120.0, "--upstream-api-key": None, "--access-log": False,
     "--log-level": "info", "--slo-ttft": None, "--slo-tpot": None, "--slo-e2e": None, "--slo-targets": None,
     "--slo-objective": 0.99, "--tenant-header": "x-tenant-id", "--tenants": None, "--max-tenants": 50,
-    "--pricing-file": None, "--response-metrics": False,
+    "--pricing-file": None, "--response-metrics": False, "--request-log": "stderr",
     "--api-key-file": None, "--shutdown-grace": 30.0,
 }
 BENCH_DEFAULTS: dict[str, Any] = {

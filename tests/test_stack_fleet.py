@@ -96,7 +96,8 @@ def _listening_inodes() -> dict[str, str]:
 
 
 def test_the_fleet_runs_every_process(fleet_stack: Stack) -> None:
-    expected = {"jaeger", "collector", "collector_lb", *(f"collector_sampler_{k}" for k in range(fleet.SAMPLERS)),
+    expected = {"victorialogs", "jaeger", "collector", "collector_lb",
+                *(f"collector_sampler_{k}" for k in range(fleet.SAMPLERS)),
                 "webhook_sink", "alertmanager", "prometheus",
                 *(f"thanos_receive_{k}" for k in range(thanos.INGESTERS)), "thanos_router", "thanos_query",
                 "thanos_store", "thanos_compact", "thanos_compact_1m", "thanos_rule",

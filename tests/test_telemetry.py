@@ -394,7 +394,7 @@ def test_standalone_metrics_pass_promtool(tmp_path: Path) -> None:
             assert spec.prom_name in text, spec.prom_name
     assert "python_gc_" not in text  # our own registry: only our families
     assert openmetrics.rstrip().endswith(b"# EOF")
-    assert info["mode"] == "standalone" and info["span_exporters"] == []
+    assert info["mode"] == "standalone" and info["span_exporters"] == [] and info["log_exporters"] == []
 
 
 def test_opentelemetry_instrument_uses_one_sdk_aimed_at_localhost_4317(tmp_path: Path) -> None:
@@ -409,6 +409,7 @@ def test_opentelemetry_instrument_uses_one_sdk_aimed_at_localhost_4317(tmp_path:
     otlp = [r for r in info["metric_readers"] if r["exporter"] == "OTLPMetricExporter"]
     assert [r["endpoint"] for r in otlp] == ["localhost:4317"]
     assert [s["endpoint"] for s in info["span_exporters"]] == ["localhost:4317"]
+    assert [s["endpoint"] for s in info["log_exporters"]] == ["localhost:4317"]  # logs go where spans go
     assert names.REQUESTS.prom_name in text
 
 

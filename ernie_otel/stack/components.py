@@ -132,12 +132,19 @@ def collector_env(ports: Mapping[str, int]) -> dict[str, str]:
         "OTELCOL_HEALTH_ENDPOINT": _addr(ports, "collector_health"),
         "OTELCOL_TELEMETRY_HOST": HOST,
         "OTELCOL_TELEMETRY_PORT": str(ports["collector_telemetry"]),
+        # Logs out to the log store (nothing behind it unless a VictoriaLogs is started there too).
+        "OTELCOL_LOG_STORE_URL": log_store_url(ports),
     }
 
 
-def jaeger_env(ports: Mapping[str, int], data_dir: Path) -> dict[str, str]:
+def log_store_url(ports: Mapping[str, int]) -> str:
+    return f"http://{_addr(ports, 'log_store')}"
+
+
+def jaeger_env(ports: Mapping[str, int], data_dir: Path, ui_config: Path | None = None) -> dict[str, str]:
     """collector/jaeger.yaml's listen addresses, from a port map with the jaeger entry's keys, and
-    its badger store in ``data_dir`` (one per Jaeger: badger locks its directory)."""
+    its badger store in ``data_dir`` (one per Jaeger: badger locks its directory). ``ui_config``:
+    the UI config JSON (render.jaeger_ui_config: the trace -> logs links)."""
     env = {
         "JAEGER_BADGER_DIR": str(data_dir),
         "JAEGER_OTLP_GRPC_ENDPOINT": _addr(ports, "jaeger_otlp_grpc"),
@@ -149,6 +156,7 @@ def jaeger_env(ports: Mapping[str, int], data_dir: Path) -> dict[str, str]:
         "JAEGER_METRICS_PORT": str(ports["jaeger_metrics"]),
         # The real UI where scripts/setup.sh installed it (else Jaeger's placeholder page).
         "JAEGER_UI_ASSETS": str(jaeger_ui.installed_assets() or ""),
+        "JAEGER_UI_CONFIG": str(ui_config or ""),
     }
     if "prometheus" in ports:  # the Prometheus the Monitor tab reads span metrics from
         env["JAEGER_PROMETHEUS_URL"] = f"http://{_addr(ports, 'prometheus')}"
@@ -311,6 +319,52 @@ def with_opensearch(jaeger: Component) -> Component:
         env=lambda c: {**jaeger.env(c), **jaeger_opensearch_env(c.ports)})
 
 
+# ------------------------------------------------------------------ VictoriaLogs (the log store)
+VICTORIALOGS_BUILD_SCRIPT = REPO_ROOT / "deploy" / "victorialogs" / "build.sh"
+VICTORIALOGS_DIR = "victorialogs"  # its storage, under the stack's state dir
+# As long as Jaeger keeps traces (collector/jaeger.yaml JAEGER_TRACE_TTL), so a trace's "Logs" link
+# finds its lines for as long as the trace exists.
+VICTORIALOGS_RETENTION = "15d"
+
+
+def victorialogs_binary(*, timeout: float | None = None) -> Path:
+    """deploy/victorialogs/build.sh (built from Go modules once, cached); its last line is the binary."""
+    try:
+        result = subprocess.run(["bash", str(VICTORIALOGS_BUILD_SCRIPT)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"deploy/victorialogs/build.sh did not finish within {timeout:.0f}s") from None
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
+        raise StackError(f"deploy/victorialogs/build.sh failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
+    return Path(lines[-1])
+
+
+def victorialogs_command(binary: Path, storage: Path, addr: str, retention: str = VICTORIALOGS_RETENTION) -> list[str]:
+    return [str(binary), f"-httpListenAddr={addr}", f"-storageDataPath={storage}", f"-retentionPeriod={retention}",
+            # Ingested records sit in memory until this flush: a crash (SIGKILL) loses at most this
+            # much (the default is 5 s; 1 s is the smallest it takes).
+            "-inmemoryDataFlushInterval=1s",
+            "-loggerLevel=WARN"]
+
+
+def victorialogs_health_url(ports: Mapping[str, int]) -> str:
+    return f"{log_store_url(ports)}/health"
+
+
+def victorialogs_ui_url(ports: Mapping[str, int]) -> str:
+    """vmui, VictoriaLogs' query UI (what `make demo` prints and the Jaeger UI's log links open)."""
+    return f"{log_store_url(ports)}/select/vmui/"
+
+
+def _victorialogs(ctx: StackContext) -> list[str]:
+    return victorialogs_command(victorialogs_binary(), ctx.state_dir / VICTORIALOGS_DIR, ctx.addr("log_store"))
+
+
+def _jaeger_env(ctx: StackContext) -> dict[str, str]:
+    return jaeger_env(ctx.ports, ctx.state_dir / "jaeger", render.jaeger_ui_config(ctx.state_dir, ctx.addr))
+
+
 def find_alertmanager() -> str | None:
     # Debian installs it as prometheus-alertmanager; upstream tarballs as alertmanager.
     return shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")
@@ -419,10 +473,12 @@ def _webhook_sink(ctx: StackContext) -> list[str]:
 # ---------------------------------------------------------------------------------- the table
 # Model loading dominates ernie-serve's start; the Go/Prometheus servers are up in a second or two.
 COMPONENTS: tuple[Component, ...] = (
+    Component("victorialogs", "VictoriaLogs", 8, _victorialogs, own("log_store"),
+              health=lambda c: victorialogs_health_url(c.ports)),
     Component("jaeger", "Jaeger", 10, lambda c: jaeger_command(c.binaries()),
               own("jaeger_otlp_grpc", "jaeger_otlp_http", "jaeger_query", "jaeger_query_grpc", "jaeger_health",
                   "jaeger_metrics"),
-              env=lambda c: jaeger_env(c.ports, c.state_dir / "jaeger"),
+              env=_jaeger_env,
               health=lambda c: jaeger_health_url(c.ports), needs_binaries=True),
     Component("collector", "Collector", 20, lambda c: collector_command(c.binaries()),
               own("otlp_grpc", "otlp_http", "collector_prometheus", "collector_health", "collector_telemetry"),

@@ -109,6 +109,7 @@ class Stack:
             "collector_metrics": f"{self.url('collector_prometheus')}/metrics",
             "collector_health": f"{self.url('collector_health')}/",
             "webhook_sink": self.url("webhook_sink"),
+            "logs": f"{self.url('log_store')}/select/vmui/",
         }
         for i in range(1, self.replicas):
             api_key, metrics_key = fleet_profile.replica_keys(i)
@@ -380,6 +381,7 @@ class Stack:
             f"  Jaeger Monitor (RED)      {jaeger}/monitor",
             f"  Prometheus                {u['prometheus']}/alerts",
             f"  Alertmanager              {u['alertmanager']}",
+            f"  VictoriaLogs (logs)       {u['logs']}   (LogsQL: trace_id:<X-Trace-Id>)",
             f"ernie-serve (OpenAI API)    {u['ernie_serve']}   model {self.served_model_name}",
             f"ernie-serve metrics         {u['ernie_serve_metrics']}",
             f"Collector OTLP gRPC / HTTP  {self.addr('otlp_grpc')} / {self.addr('otlp_http')}",

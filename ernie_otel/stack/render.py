@@ -20,6 +20,7 @@ OTELCOL_CONFIG = REPO_ROOT / "collector" / "otelcol.yaml"
 JAEGER_CONFIG = REPO_ROOT / "collector" / "jaeger.yaml"
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO_ROOT / "alerts" / "alertmanager.yml"
+JAEGER_UI_CONFIG = REPO_ROOT / "collector" / "jaeger-ui.json"
 
 Addr = Callable[[str], str]  # port key -> "127.0.0.1:<the stack's port>"
 
@@ -83,3 +84,12 @@ def alertmanager_config(state_dir: Path, addr: Addr) -> Path:
     text = substitute(text, r"^(\s*credentials_file:\s*)(\S+)", token_file, "credentials_file",
                       ALERTMANAGER_CONFIG)
     return _write(state_dir, ALERTMANAGER_CONFIG, text)
+
+
+def jaeger_ui_config(state_dir: Path, addr: Addr) -> Path:
+    """collector/jaeger-ui.json with its log links on this stack's log store (JSON: no comment line)."""
+    text = substitute(JAEGER_UI_CONFIG.read_text(), f"http://{default_addr('log_store')}/",
+                      f"http://{addr('log_store')}/", "log store URL", JAEGER_UI_CONFIG)
+    path = state_dir / JAEGER_UI_CONFIG.name
+    path.write_text(text)
+    return path

@@ -12,6 +12,7 @@ import collections
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -36,8 +37,10 @@ KEPT_TRACE = otel_context.create_key("ernie-otel.exemplar-trace-kept")
 
 class TelemetryThread:
     def __init__(self, instruments: Instruments, attrs: AttributeSets, writer: SpanWriter, *,
-                 flush_interval: float, log_once: LogOnce, keep: KeepRule | None = None) -> None:
+                 flush_interval: float, log_once: LogOnce, keep: KeepRule | None = None,
+                 access_log: Callable[[Finished], None] | None = None) -> None:
         self.instruments = instruments
+        self.access_log = access_log  # telemetry.logs.AccessLog: one log record per request, here off the loop
         self.keep = keep
         self.attrs = attrs
         self.writer = writer
@@ -88,6 +91,11 @@ class TelemetryThread:
                     self.end_spans(item)
                 except Exception as exc:
                     self._log_once("spans", exc)
+                if self.access_log is not None:
+                    try:
+                        self.access_log(item)
+                    except Exception as exc:
+                        self._log_once("access log", exc)
 
     def close(self) -> None:
         """Stop the thread and record what is queued (before the providers shut down)."""

@@ -15,6 +15,7 @@ for many requests at a time. ``Recorder`` wires four parts together, each its ow
 - ``batch``: the ``ernie-telemetry`` thread drains the queue every ``flush_interval`` seconds,
   records each histogram once inside the GenAI span's context (trace-based exemplars) and builds
   the span tree (GenAI span, queue/prefill/decode children) from the engine's timestamps;
+- ``logs``: the access log, one record per request, written by the same thread (optional);
 - ``sdk_internals``: the only module that touches the SDK's private parts, to hand finished
   ``ReadableSpan`` objects to the span processors; with a tracer provider that is not the SDK's,
   spans go through the public API instead.
@@ -39,6 +40,7 @@ from ..tenancy import Price, TenantResolver
 from .batch import TelemetryThread
 from .instruments import AttributeSets, Instruments
 from .keep import KeepRule
+from .logs import AccessLog
 from .request_path import LogOnce, RequestPath
 from .request_path import RequestTelemetry as RequestTelemetry
 from .sdk_internals import span_writer
@@ -72,6 +74,7 @@ class Recorder(RequestPath):
         price: Price | None = None,
         batch_slots: int = 1,
         keep: KeepRule | None = None,
+        access_logger: logging.Logger | None = None,
     ) -> None:
         self.model = model
         self.tracer = tracer_provider.get_tracer(names.TRACER_NAME)
@@ -81,11 +84,15 @@ class Recorder(RequestPath):
         # Collections call flush() before reading the counters; it only runs once __init__ is done.
         self.instruments = Instruments(meter_provider, self.attrs, engine_stats, bucket_overrides=bucket_overrides,
                                        before_collect=self.flush)
+        capture = _capture_content_enabled() if capture_content is None else capture_content
+        # The access log is written by the telemetry thread too: the request path only queues.
+        self.access_log = (AccessLog(access_logger, model, capture_content=capture)
+                           if access_logger is not None else None)
         self.batch = TelemetryThread(self.instruments, self.attrs, self.spans, flush_interval=flush_interval,
-                                     log_once=log_once, keep=keep)
+                                     log_once=log_once, keep=keep, access_log=self.access_log)
         self.instruments.accounting.configure(slo_targets, slo_objective, priced=price is not None)
         super().__init__(instruments=self.instruments, begin=self.spans.begin, batch=self.batch,
-                         capture_content=_capture_content_enabled() if capture_content is None else capture_content,
+                         capture_content=capture,
                          log_once=log_once, slo_targets=slo_targets, tenants=tenants, tenant_header=tenant_header,
                          price=price, batch_slots=batch_slots)
 

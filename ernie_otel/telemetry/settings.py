@@ -27,6 +27,7 @@ OTLP_EXPORTERS = ("otlp", "otlp_proto_grpc", "otlp_proto_http")
 # "ernie_prometheus": the Prometheus reader, which --metrics-port (not this variable) switches.
 TRACES_EXPORTERS = (*OTLP_EXPORTERS, "console", "none")
 METRICS_EXPORTERS = (*OTLP_EXPORTERS, "console", "none", "ernie_prometheus")
+LOGS_EXPORTERS = (*OTLP_EXPORTERS, "console", "none")
 SEMCONV_ENV = "OTEL_SEMCONV_STABILITY_OPT_IN"
 
 # GenAI instrumentations of newer semantic conventions take these values for the same variable.
@@ -90,6 +91,8 @@ class TelemetrySettings(Config):
     metrics_exporter: tuple[str, ...] | None = option(None, env="OTEL_METRICS_EXPORTER",
                                                       convert=_exporters(METRICS_EXPORTERS),
                                                       help="metric exporters besides the Prometheus reader")
+    logs_exporter: tuple[str, ...] | None = option(None, env="OTEL_LOGS_EXPORTER", convert=_exporters(LOGS_EXPORTERS),
+                                                   help="log record exporters (unset: like the span exporters)")
     # The SDK's default is 60 s; dashboards would lag a minute behind. 5 s is the scrape interval.
     metric_export_interval_ms: int = option(5000, env="OTEL_METRIC_EXPORT_INTERVAL", convert=to_int,
                                             check=at_least(1), help="OTLP metric export interval, ms")

@@ -7,6 +7,9 @@ Two ways to run:
 2. ``ernie-serve`` alone: :func:`configure` builds the SDK here -- a Prometheus reader for
    ``--metrics-port``, and OTLP export of metrics and spans only when asked for
    (``--otlp-endpoint``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_*_EXPORTER``).
+Logs follow the spans' rule: an SDK ``LoggerProvider`` with a ``BatchLogRecordProcessor`` per
+configured log exporter (``OTEL_LOGS_EXPORTER``; unset: OTLP wherever spans go over OTLP), which
+:func:`.logs.install` bridges Python logging into.
 ``OTEL_SDK_DISABLED=true`` switches all of it off. Every value comes from a
 :class:`~.settings.TelemetrySettings`; nothing here reads or writes ``os.environ``.
 """
@@ -17,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
@@ -26,6 +29,8 @@ from .prometheus import ErniePrometheusReader, find_reader
 from .settings import OTLP_EXPORTERS, TelemetrySettings
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import LoggerProvider as SdkLoggerProvider
+    from opentelemetry.sdk._logs.export import LogRecordExporter
     from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
@@ -42,9 +47,11 @@ class Telemetry:
     prometheus: ErniePrometheusReader | None
     mode: str  # "disabled" | "instrumented" | "standalone"
     settings: TelemetrySettings | None = None
+    # An SDK LoggerProvider when logs are exported (OTLP or console), else None.
+    logger_provider: _logs.LoggerProvider | None = None
 
     def shutdown(self) -> None:
-        for provider in (self.meter_provider, self.tracer_provider):
+        for provider in (self.meter_provider, self.tracer_provider, self.logger_provider):
             shutdown = getattr(provider, "shutdown", None)
             if shutdown is not None:
                 try:
@@ -102,6 +109,21 @@ def _metric_exporter(name: str, settings: TelemetrySettings, endpoint: str | Non
     return OTLPMetricExporter(endpoint=endpoint)
 
 
+def _log_exporter(name: str, settings: TelemetrySettings, endpoint: str | None) -> LogRecordExporter:
+    if name == "console":
+        from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+
+        return ConsoleLogRecordExporter()
+    if _use_http(name, settings):
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
+
+        http_log: LogRecordExporter = HttpLogExporter(endpoint=endpoint)
+        return http_log
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+    return OTLPLogExporter(endpoint=endpoint)
+
+
 def _use_http(name: str, settings: TelemetrySettings) -> bool:
     http = name == "otlp_proto_http" or (name == "otlp" and settings.otlp_protocol == "http/protobuf")
     if http:
@@ -156,7 +178,8 @@ def build_sdk(settings: TelemetrySettings, *, prometheus: bool, otlp: bool, otlp
 
     metric_exporters = _exporter_names(settings.metrics_exporter, otlp, otlp_endpoint)
     span_exporters = _exporter_names(settings.traces_exporter, otlp, otlp_endpoint)
-    for name in (*metric_exporters, *span_exporters):
+    log_exporters = _exporter_names(settings.logs_exporter, otlp, otlp_endpoint)
+    for name in (*metric_exporters, *span_exporters, *log_exporters):
         _use_http(name, settings)  # a missing optional exporter fails before anything is built
     # Resource.create merges OTEL_RESOURCE_ATTRIBUTES; service.name was resolved by the settings.
     resource = Resource.create({**(resource_attributes or {}), "service.name": settings.service_name})
@@ -172,7 +195,28 @@ def build_sdk(settings: TelemetrySettings, *, prometheus: bool, otlp: bool, otlp
     meter = SdkMeterProvider(resource=resource, metric_readers=readers, **exemplar_filter_kwargs(settings))
     metrics.set_meter_provider(meter)
     trace.set_tracer_provider(tracer)
+    if log_exporters:
+        _logs.set_logger_provider(build_logger_provider(settings, log_exporters, otlp_endpoint, resource))
     return meter, tracer, reader
+
+
+def build_logger_provider(settings: TelemetrySettings, exporters: tuple[str, ...], endpoint: str | None,
+                          resource: Any) -> SdkLoggerProvider:
+    """An SDK LoggerProvider exporting through ``exporters`` in batches (off the logging thread:
+    a log call only appends to the processor's queue)."""
+    from opentelemetry.sdk._logs import LoggerProvider as SdkLoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    provider = SdkLoggerProvider(resource=resource)
+    for name in exporters:
+        provider.add_log_record_processor(BatchLogRecordProcessor(_log_exporter(name, settings, endpoint)))
+    return provider
+
+
+def sdk_logger_provider() -> _logs.LoggerProvider | None:
+    """The global LoggerProvider if it is the SDK's (built by build_sdk), else None."""
+    provider = _logs.get_logger_provider()
+    return provider if _is_sdk(provider, "_logs") else None
 
 
 def configure(settings: TelemetrySettings, *, otlp_endpoint: str | None = None, prometheus: bool = True) -> Telemetry:
@@ -187,11 +231,12 @@ def configure(settings: TelemetrySettings, *, otlp_endpoint: str | None = None, 
         if reader is None:
             log.warning("the SDK was configured without the ernie_prometheus reader; --metrics-port is off "
                         "(set OTEL_PYTHON_CONFIGURATOR=ernie_otel)")
-        return Telemetry(meter_provider, tracer_provider, reader, "instrumented", settings)
+        return Telemetry(meter_provider, tracer_provider, reader, "instrumented", settings, sdk_logger_provider())
 
-    meter, tracer, reader = build_sdk(settings, prometheus=prometheus, otlp=settings.otlp_endpoint is not None,
-                                      otlp_endpoint=otlp_endpoint)
-    return Telemetry(meter, tracer, reader, "standalone", settings)
+    otlp = settings.otlp_endpoint is not None
+    meter, tracer, reader = build_sdk(settings, prometheus=prometheus, otlp=otlp, otlp_endpoint=otlp_endpoint)
+    exports_logs = bool(_exporter_names(settings.logs_exporter, otlp, otlp_endpoint))
+    return Telemetry(meter, tracer, reader, "standalone", settings, sdk_logger_provider() if exports_logs else None)
 
 
 def _exporter_endpoint(exporter: Any) -> str | None:
@@ -218,6 +263,14 @@ def describe_telemetry(telemetry: Telemetry | None) -> dict[str, Any]:
         info["span_exporters"].append({"processor": type(processor).__name__,
                                        "exporter": type(exporter).__name__ if exporter is not None else None,
                                        "endpoint": _exporter_endpoint(exporter)})
+    multi = getattr(telemetry.logger_provider, "_multi_log_record_processor", None)
+    info["log_exporters"] = []
+    for processor in getattr(multi, "_log_record_processors", ()) or ():
+        exporter = getattr(processor, "_exporter", None) or getattr(
+            getattr(processor, "_batch_processor", None), "_exporter", None)
+        info["log_exporters"].append({"processor": type(processor).__name__,
+                                      "exporter": type(exporter).__name__ if exporter is not None else None,
+                                      "endpoint": _exporter_endpoint(exporter)})
     resource = getattr(telemetry.meter_provider, "_sdk_config", None)
     if resource is not None:
         info["service_name"] = resource.resource.attributes.get("service.name")
