@@ -70,3 +70,32 @@ go_build_env() {
   export GOFLAGS="${GOFLAGS:-} -p=${JOBS}"
   export CGO_ENABLED=0
 }
+
+# stage_dir SUBDIR: TMP, a temp dir beside SUBDIR's entries (same file system, so the finished
+# entry is renamed into place), removed when the script exits.
+stage_dir() {
+  TMP="$(mktemp -d "$CACHE_ROOT/$1/.tmp-XXXXXX")"
+  trap 'chmod -R u+w "$TMP" 2>/dev/null || true; rm -rf "$TMP"' EXIT
+  trap 'exit 130' INT TERM
+}
+
+# go_tool_build PKG VERSION TAGS LDFLAGS OUT [REPLACE...]: compile the Go command PKG@VERSION into
+# OUT from a throwaway module that depends on it as a tool (`go install PKG@VERSION` refuses modules
+# whose go.mod has replace directives, and those replaces do not apply to a module that depends on
+# them, so the caller repeats them as REPLACE arguments: old=new@version).
+go_tool_build() {
+  local pkg="$1" version="$2" tags="$3" ldflags="$4" out="$5" r
+  shift 5
+  mkdir -p "$TMP/mod" "$(dirname "$out")"
+  if ! (
+    cd "$TMP/mod" && go mod init ernie-otel.invalid/build || exit 1
+    for r in "$@"; do go mod edit -replace "$r" || exit 1; done
+    go get -tool "$pkg@$version"
+  ) >"$TMP/get.log" 2>&1; then
+    tail -n 40 "$TMP/get.log" >&2
+    die "go get $pkg@$version failed"
+  fi
+  log "compiling $(basename "$out") (-tags $tags)"
+  ( cd "$TMP/mod" && go build -trimpath -tags "$tags" -ldflags="$ldflags" -o "$out" "$pkg" >&2 ) \
+    || die "go build of $pkg failed"
+}

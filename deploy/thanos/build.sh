@@ -53,26 +53,12 @@ cache_hit() { [[ -x "$DEST/thanos" ]]; }
 reuse_or_lock cache_hit "$DEST/thanos"
 go_build_env
 clear_stale "$CACHE_ROOT/thanos"
-TMP="$(mktemp -d "$CACHE_ROOT/thanos/.tmp-XXXXXX")"
-cleanup() { chmod -R u+w "$TMP" 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stage_dir thanos
 
 T0=$SECONDS
 log "cache miss: building $THANOS_MODULE@$THANOS_VERSION into $DEST (go $GO_VERSION, -p=$JOBS; ~3 min on 2 cores)"
-mkdir -p "$TMP/mod" "$TMP/out"
-if ! (
-  cd "$TMP/mod"
-  go mod init ernie-otel.invalid/thanos-build
-  for r in "${THANOS_REPLACES[@]}"; do go mod edit -replace "$r"; done
-  go get -tool "$THANOS_MODULE/cmd/thanos@$THANOS_VERSION"
-) >"$TMP/get.log" 2>&1; then
-  tail -n 40 "$TMP/get.log" >&2
-  die "go get $THANOS_MODULE/cmd/thanos@$THANOS_VERSION failed"
-fi
-log "compiling thanos (-tags $THANOS_TAGS)"
-( cd "$TMP/mod" && go build -trimpath -tags "$THANOS_TAGS" -ldflags="$THANOS_LDFLAGS" \
-    -o "$TMP/out/thanos" "$THANOS_MODULE/cmd/thanos" >&2 ) || die "go build of thanos failed"
+go_tool_build "$THANOS_MODULE/cmd/thanos" "$THANOS_VERSION" "$THANOS_TAGS" "$THANOS_LDFLAGS" "$TMP/out/thanos" \
+  "${THANOS_REPLACES[@]}"
 
 [[ "$("$TMP/out/thanos" --version 2>&1)" == *"${THANOS_VERSION#v}"* ]] || die "built thanos does not run"
 printf 'hash=%s\nthanos=%s@%s\ntags=%s\ngo=%s\nbuilt=%s\n' \

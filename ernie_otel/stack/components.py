@@ -329,15 +329,7 @@ VICTORIALOGS_RETENTION = "15d"
 
 def victorialogs_binary(*, timeout: float | None = None) -> Path:
     """deploy/victorialogs/build.sh (built from Go modules once, cached); its last line is the binary."""
-    try:
-        result = subprocess.run(["bash", str(VICTORIALOGS_BUILD_SCRIPT)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise StackError(f"deploy/victorialogs/build.sh did not finish within {timeout:.0f}s") from None
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
-        raise StackError(f"deploy/victorialogs/build.sh failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
-    return Path(lines[-1])
+    return run_build_script(VICTORIALOGS_BUILD_SCRIPT, timeout=timeout)
 
 
 def victorialogs_command(binary: Path, storage: Path, addr: str, retention: str = VICTORIALOGS_RETENTION) -> list[str]:
