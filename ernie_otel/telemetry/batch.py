@@ -12,6 +12,7 @@ import collections
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -36,8 +37,11 @@ KEPT_TRACE = otel_context.create_key("ernie-otel.exemplar-trace-kept")
 
 class TelemetryThread:
     def __init__(self, instruments: Instruments, attrs: AttributeSets, writer: SpanWriter, *,
-                 flush_interval: float, log_once: LogOnce, keep: KeepRule | None = None) -> None:
+                 flush_interval: float, log_once: LogOnce, keep: KeepRule | None = None,
+                 engine_drain: Callable[[], None] | None = None) -> None:
         self.instruments = instruments
+        # The engine's per-iteration samples into histograms (telemetry.engine_metrics), on every flush.
+        self.engine_drain = engine_drain
         self.keep = keep
         self.attrs = attrs
         self.writer = writer
@@ -88,6 +92,11 @@ class TelemetryThread:
                     self.end_spans(item)
                 except Exception as exc:
                     self._log_once("spans", exc)
+            if self.engine_drain is not None:
+                try:
+                    self.engine_drain()
+                except Exception as exc:
+                    self._log_once("engine metrics", exc)
 
     def close(self) -> None:
         """Stop the thread and record what is queued (before the providers shut down)."""
@@ -138,8 +147,16 @@ class TelemetryThread:
             if tpot is not None:
                 ins.tpot.record(tpot, attrs.genai[op], ctx)
         if st.prompt_tokens:
-            ins.token_usage.record(st.prompt_tokens, attrs.token[(op, TokenType.INPUT.value)], ctx)
-            ins.token_usage.record(st.output_tokens, attrs.token[(op, TokenType.OUTPUT.value)], ctx)
+            if ins.token_usage is not None:
+                ins.token_usage.record(st.prompt_tokens, attrs.token[(op, TokenType.INPUT.value)], ctx)
+                ins.token_usage.record(st.output_tokens, attrs.token[(op, TokenType.OUTPUT.value)], ctx)
+            latest = ins.latest_genai
+            if latest is not None:
+                genai = attrs.genai[op]
+                latest.operation_input.record(st.prompt_tokens, genai, ctx)
+                latest.operation_output.record(st.output_tokens, genai, ctx)
+                latest.usage_input.add(st.prompt_tokens, attrs.usage[op], ctx)
+                latest.usage_output.add(st.output_tokens, attrs.usage[op], ctx)
 
     def end_spans(self, item: Finished) -> None:
         """The GenAI span's attributes and its phase children, from the request's stats."""
