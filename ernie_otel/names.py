@@ -537,6 +537,8 @@ def catalogue_markdown() -> str:
         lines.append(f"| `{old.prom_name}` | `{new.prom_name}` | {change} |")
     lines += [
         "",
+        "- The dashboard's \"Tokens per request\" panel reads `gen_ai_client_token_usage`: with the latest names",
+        "  only it is empty. Run `/dup` while dashboards and alerts move, then switch.",
         "- PromQL, input tokens spent: old",
         "  `sum(increase(gen_ai_client_token_usage_sum{gen_ai_token_type=\"input\"}[5m]))`,",
         "  latest `sum(increase(gen_ai_client_inference_usage_input_tokens_total[5m]))`.",
