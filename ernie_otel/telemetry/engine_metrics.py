@@ -13,6 +13,7 @@ absent, not zero: an upstream engine's KV cache is its own families' business.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,10 @@ from .instruments import Attrs
 
 # Drained samples are recorded in no span's context, so no exemplar points at an unrelated trace.
 _NO_SPAN = trace.set_span_in_context(trace.INVALID_SPAN)
+# A drain gives the GIL away after this many records (~10 us each), so a collection that drains
+# thousands of steps at once delays the engine thread by a fraction of a millisecond, not by the
+# interpreter's 5 ms switch interval.
+_RECORDS_PER_SLICE = 32
 
 
 def _local(stats: EngineStats | None) -> EngineStats | None:
@@ -102,10 +107,15 @@ class EngineInstruments:
             self.decode_time.record(decode, attrs, ctx)
         pop = stats.itl_samples.popleft
         record = self.itl.record
+        since_yield = 0
         while stats.itl_samples:
             gap, count = pop()
             for _ in range(int(count)):
                 record(gap, attrs, ctx)
+            since_yield += int(count)
+            if since_yield >= _RECORDS_PER_SLICE:
+                since_yield = 0
+                time.sleep(0)
         if not self._load_span_written and stats.model_load is not None:
             self._load_span_written = True
             self._write_load_span(stats)
