@@ -5,12 +5,16 @@ read through TelemetrySettings and checked on a real recorder through an in-memo
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from serve_helpers import run_server
 
 from ernie_otel import names
 from ernie_otel.stats import EngineStats
@@ -106,3 +110,30 @@ def test_latest_names_follow_the_prometheus_rule_and_pass_the_keep_filter() -> N
     table = names.catalogue_markdown()
     for old, new, _ in names.GENAI_MIGRATION:
         assert f"| `{old.prom_name}` | `{new.prom_name}` |" in table
+
+
+def test_ernie_serve_with_the_latest_names_keeps_stable_http(tmp_path: Path) -> None:
+    """The real server, opted in to the latest GenAI names only: they are on /metrics, the old
+    client histogram is not, the FastAPI instrumentation still emits the stable HTTP histogram
+    (seconds) although the user's opt-in list did not name http, and promtool accepts it all."""
+    with run_server(tmp_path, env={SEMCONV_ENV: names.SEMCONV_GENAI_LATEST}) as served:
+        r = httpx.post(served.base + "/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        text = served.metrics_text()
+    assert f"{names.GENAI_OPERATION_INPUT.prom_name}_bucket" in text
+    assert served_value(text, names.GENAI_USAGE_INPUT.prom_name) == usage["prompt_tokens"]
+    assert served_value(text, names.GENAI_USAGE_OUTPUT.prom_name) == usage["completion_tokens"]
+    assert names.GENAI_TOKEN_USAGE.prom_name not in text
+    assert f"{names.HTTP_SERVER_DURATION_PROM}_bucket" in text
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def served_value(text: str, family: str) -> float:
+    """The one sample of a family on a /metrics page."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(family + "{") or line.startswith(family + " ")]
+    assert len(values) == 1, (family, values)
+    return values[0]
