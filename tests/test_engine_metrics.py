@@ -126,15 +126,15 @@ class EngineRig:
                 for m in sm.metrics}
 
 
-def _model() -> Any:
-    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype=torch.float32, local_files_only=True)
-    return model.eval()
+# The model's dtype decides a cached token's size: float32 (4 bytes) as on a CPU, bfloat16 (2) as on a GPU.
+DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2}
 
 
-@pytest.fixture(scope="module")
-def tiny() -> tuple[Any, Any]:
+@pytest.fixture(scope="module", params=list(DTYPE_BYTES), ids=str)
+def tiny(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     path = ensure_tiny_model()
-    return _model(), AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=request.param, local_files_only=True).eval()
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 @pytest.fixture
@@ -176,8 +176,8 @@ def _histogram(metrics: dict[str, Any], spec: names.MetricSpec) -> tuple[int, fl
 def test_engine_insides_under_a_controlled_workload(rig: EngineRig) -> None:
     engine = rig.engine
     cfg = engine.model.config
-    # One token's keys and values in every layer, float32: 2 x layers x kv_heads x head_dim x 4 bytes.
-    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
+    # One token's keys and values in every layer: 2 x layers x kv_heads x head_dim x bytes of the dtype.
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * DTYPE_BYTES[engine.model.dtype]
     budget = len(WORKLOAD) * MAX_MODEL_LEN
     seqs = [_sequence(n, m) for n, m in WORKLOAD]
     snapshots: list[tuple[dict[str, float], int]] = []
