@@ -43,6 +43,10 @@ RI = "[$__rate_interval]"
 ENGINE_JI = 'job=~"$engine_job", instance=~"$engine_instance"'
 
 ENGINE_ROW = "Engine (native metrics)"
+INTERNALS_ROW = "Engine internals (ernie-serve)"
+# Rows from the engine internals down: the internals row, then the upstream engines' row (last).
+INTERNALS_Y = 98
+ENGINE_Y = INTERNALS_Y + 17
 JAEGER_URL = f"http://{HOST}:{DEFAULT_PORTS['jaeger_query']}"
 
 # ------------------------------------------------------------------------------- building blocks
@@ -354,39 +358,108 @@ def _engine() -> list[dict]:
     by = f"(instance, {n.ENGINE_LABEL})"
     legend = f"{{{{instance}}}} {{{{{n.ENGINE_LABEL}}}}}"
     return [
-        row(ENGINE_ROW, 98),
+        row(ENGINE_ROW, ENGINE_Y),
         ts("Engine running vs waiting", "Requests in the engine's running batch and in its own waiting queue, "
            f"as the engine counts them ({n.ENGINE_RUNNING}; {n.ENGINE_WAITING}), per engine instance. In gateway "
            "mode ernie-serve queues nothing itself (its Running requests are the requests in flight to the "
            "engine): this is where the requests actually wait." + ENGINE_NOTE, "short",
            [tgt(f"sum by {by} ({sel(n.ENGINE_RUNNING, ENGINE_JI)})", legend + " running", "A"),
             tgt(f"sum by {by} ({sel(n.ENGINE_WAITING, ENGINE_JI)})", legend + " waiting", "B")],
-           (0, 99, 8, 8)),
+           (0, ENGINE_Y + 1, 8, 8)),
         ts("Engine KV-cache usage", "Share of the engine's KV cache in use, 0..1 (1 = full: new requests wait "
            f"and running ones may be preempted), from {n.ENGINE_KV_CACHE_USAGE}; the highest value per engine "
            "instance." + ENGINE_NOTE, "percentunit",
            [tgt(f"max by {by} ({sel(n.ENGINE_KV_CACHE_USAGE, ENGINE_JI)})", legend)],
-           (8, 99, 8, 8),
+           (8, ENGINE_Y + 1, 8, 8),
            defaults={"min": 0, "max": 1} | thresholds(("green", None), ("orange", 0.8), ("red", 0.95))),
         ts("Engine time to first token", "p50/p95 of the time to first token measured inside the engine, from "
            f"{n.ENGINE_TTFT_BUCKET_RATE} (per-bucket rates of the engine's histogram), per engine instance. The "
            "Performance row's Time to first token is ernie-serve's view of the same requests; the gap between "
            "the two is the gateway hop." + ENGINE_NOTE, "s",
-           _engine_quantiles(n.ENGINE_TTFT_BUCKET_RATE), (16, 99, 8, 8)),
+           _engine_quantiles(n.ENGINE_TTFT_BUCKET_RATE), (16, ENGINE_Y + 1, 8, 8)),
         ts("Engine inter-token latency", "p50/p95 of the time between output tokens inside the engine (vLLM's "
            "inter-token latency, time per output token elsewhere), from "
            f"{n.ENGINE_ITL_BUCKET_RATE}, per engine instance." + ENGINE_NOTE, "s",
-           _engine_quantiles(n.ENGINE_ITL_BUCKET_RATE), (0, 107, 8, 8)),
+           _engine_quantiles(n.ENGINE_ITL_BUCKET_RATE), (0, ENGINE_Y + 9, 8, 8)),
         ts("Engine prefix-cache hit ratio", "Share of prompt tokens (requests, for engines that count those) "
            f"found in the engine's prefix cache, from {n.ENGINE_PREFIX_CACHE_HIT}: hits / queries over the "
            "recorded window where the engine counts both, else its own hit-rate gauge." + ENGINE_NOTE,
            "percentunit", [tgt(f"avg by {by} ({sel(n.ENGINE_PREFIX_CACHE_HIT, ENGINE_JI)})", legend)],
-           (8, 107, 8, 8), defaults={"min": 0, "max": 1}),
+           (8, ENGINE_Y + 9, 8, 8), defaults={"min": 0, "max": 1}),
         ts("Engine preemptions", "Requests the engine preempted (vLLM, FastDeploy) or retracted (SGLang) per "
            f"second, from {n.ENGINE_PREEMPTIONS_RATE}: each one gives back its KV cache and redoes its prefill "
            "later; sustained, the KV cache is too small for the batch the engine admits." + ENGINE_NOTE, "ops",
            [tgt(f"sum by {by} ({sel(n.ENGINE_PREEMPTIONS_RATE, ENGINE_JI)})", legend)],
-           (16, 107, 8, 8)),
+           (16, ENGINE_Y + 9, 8, 8)),
+    ]
+
+
+INTERNALS_NOTE = (
+    " ernie-serve's own engine (the local transformers engine); absent, not zero, in gateway mode "
+    "(--upstream), where the row below shows the upstream engine's own figures. The engine records plain "
+    "numbers at step boundaries; the telemetry side turns them into these series, off the request path."
+)
+
+
+def _internal_quantiles(specs: tuple[tuple[n.MetricSpec, str], ...], qs: tuple[str, ...]) -> list[dict]:
+    """p-quantile targets of several histograms on one panel, refIds A, B, C... in order."""
+    refs = iter("ABCDEFGH")
+    out = []
+    for spec, prefix in specs:
+        for q in qs:
+            expr = f"histogram_quantile({q}, sum by (le) (rate({sel(spec.prom_name + '_bucket', ERNIE)}{RI})))"
+            label = f"p{q[2:].ljust(2, '0') if q != '0.5' else '50'}"
+            out.append(tgt(expr, f"{prefix}{label}", next(refs)))
+    return out
+
+
+def _engine_internals() -> list[dict]:
+    y = INTERNALS_Y
+    steps = f"sum({rate(n.ENGINE_STEPS.prom_name, ERNIE)})"
+    return [
+        row(INTERNALS_ROW, y),
+        ts("KV cache used vs budget", "Bytes of KV cache the running batch holds (rows x width of its left-padded "
+           "cache, padding included) against its budget (--max-num-seqs x --max-model-len tokens), per instance. "
+           "At the budget new requests wait in the queue." + INTERNALS_NOTE, "bytes",
+           [tgt(f"sum by (instance) ({sel(n.KV_CACHE_USED.prom_name, ERNIE)})", "{{instance}} used", "A"),
+            tgt(f"sum by (instance) ({sel(n.KV_CACHE_BUDGET.prom_name, ERNIE)})", "{{instance}} budget", "B")],
+           (0, y + 1, 8, 8), overrides=DASHED_B),
+        ts("KV cache usage and padding", "Share of the KV budget in use (the KVCacheNearBudget alert fires above "
+           "0.9 for 10 minutes) and share of the batch's KV positions that are left padding: high padding means "
+           "short and long sequences share a batch and the short ones pay for the long ones' width."
+           + INTERNALS_NOTE, "percentunit",
+           [tgt(f"max by (instance) ({sel(n.KV_CACHE_USAGE.prom_name, ERNIE)})", "{{instance}} used", "A"),
+            tgt(f"max by (instance) ({sel(n.KV_CACHE_PADDING.prom_name, ERNIE)})", "{{instance}} padding", "B")],
+           (8, y + 1, 8, 8),
+           defaults={"min": 0, "max": 1} | thresholds(("green", None), ("orange", 0.8), ("red", 0.9))),
+        ts("Batch size per iteration", "p50/p95/p99 of the sequences each engine iteration ran (newly admitted "
+           "rows included), from ernie_batch_size." + INTERNALS_NOTE, "short",
+           _internal_quantiles(((n.BATCH_SIZE, ""),), ("0.5", "0.95", "0.99")), (16, y + 1, 8, 8)),
+        ts("Tokens per iteration", "p50/p95/p99 of the tokens each iteration ran through the model: prompt tokens "
+           "prefilled plus one per decoded row, padding not counted." + INTERNALS_NOTE, "short",
+           _internal_quantiles(((n.ITERATION_TOKENS, ""),), ("0.5", "0.95", "0.99")), (0, y + 9, 5, 8)),
+        ts("Prefill and decode time", "p50/p95 per finished request of prefill (scheduled to first token) and "
+           "decode (first to last token), as vLLM's request_prefill/decode_time_seconds." + INTERNALS_NOTE, "s",
+           _internal_quantiles(((n.PREFILL_TIME, "prefill "), (n.DECODE_TIME, "decode ")), ("0.5", "0.95")),
+           (5, y + 9, 6, 8)),
+        ts("Inter-token latency", "p50/p95/p99 of the gap between a sequence's consecutive tokens, per token "
+           "(ernie_inter_token_latency_seconds), next to the p95 of time per output token, which averages the "
+           "gaps per request: a wide gap between the two is a stall inside some requests." + INTERNALS_NOTE, "s",
+           [*_internal_quantiles(((n.INTER_TOKEN_LATENCY, "ITL "),), ("0.5", "0.95", "0.99")),
+            tgt(f"histogram_quantile(0.95, sum by (le) (rate({sel(n.GENAI_TPOT.prom_name + '_bucket', GENAI)}{RI})))",
+                "TPOT p95 (per request)", "D")],
+           (11, y + 9, 5, 8)),
+        ts("Admissions and evictions per step", "Sequences admitted from the waiting queue, and sequences that "
+           "left the running batch before finishing (reason: cancelled = client gone or shutdown, error = a "
+           "failed step), per engine step." + INTERNALS_NOTE, "short",
+           [tgt(f"sum({rate(n.ENGINE_ADMISSIONS.prom_name, ERNIE)}) / {steps}", "admitted", "A"),
+            tgt(f"sum by ({n.ATTR_REASON}) ({rate(n.ENGINE_EVICTIONS.prom_name, ERNIE)}) / scalar({steps})",
+                "{{reason}}", "B")],
+           (16, y + 9, 5, 8)),
+        panel("stat", "Model load time", "How long loading the model took at start-up, per instance (the "
+              f"{n.SPAN_MODEL_LOAD} span in Jaeger has the same interval)." + INTERNALS_NOTE, "s",
+              [tgt(f"max by (instance) ({sel(n.MODEL_LOAD_TIME.prom_name, ERNIE)})", "{{instance}}")],
+              (21, y + 9, 3, 8), options=STAT_OPTS),
     ]
 
 
@@ -473,7 +546,8 @@ def _templating() -> dict:
 # -------------------------------------------------------------------------------- dashboard
 def build_dashboard() -> dict:
     """The dashboard as Grafana's JSON model, built afresh (panel ids 1.. in dashboard order)."""
-    panels = [*_service_overview(), *_performance(), *_capacity(), *_resources(), *_traces(), *_slo(), *_engine()]
+    panels = [*_service_overview(), *_performance(), *_capacity(), *_resources(), *_traces(), *_slo(),
+              *_engine_internals(), *_engine()]
     for number, p in enumerate(panels, start=1):
         p["id"] = number
     return {

@@ -73,6 +73,7 @@ class Sequence:
     pad: int = 0  # left-padding columns in this row
     computed: int = 0  # real tokens whose K/V are cached
     next_token: int = 0
+    last_token_at: float = 0.0  # perf_counter of this sequence's latest token (inter-token latency)
 
 
 class AsyncDeliverer:
@@ -133,6 +134,8 @@ class Engine:
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats(max_num_seqs=max_num_seqs, max_queue_len=max_queue_len)
+        self.stats.kv_bytes_per_token = self._kv_bytes_per_token(model)
+        self.stats.kv_budget_tokens = max_num_seqs * max_model_len
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
         self._cache: Any = None
@@ -145,6 +148,16 @@ class Engine:
         # want of work), outside the lock, so it may submit, cancel or block to pause the engine at
         # a known step. Reassignable while running; None (the default) costs one check per step.
         self.step_hook = step_hook
+
+    @staticmethod
+    def _kv_bytes_per_token(model: Any) -> int:
+        """Bytes one cached token takes: its key and value in every layer, in the model's dtype."""
+        cfg = model.config
+        layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
+        heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or (cfg.hidden_size // heads if heads else 0))
+        return 2 * layers * kv_heads * head_dim * int(next(model.parameters()).element_size())
 
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -206,17 +219,24 @@ class Engine:
                 admitted = self._admit_locked()
             try:
                 self._drop_cancelled()
+                rows = tokens = 0
                 if admitted:
+                    rows, tokens = len(admitted), sum(len(s.prompt_ids) for s in admitted)
                     self._prefill(admitted)
                     admitted = []
                 if self._running:
+                    rows = len(self._running)  # the admitted rows are merged in by now
+                    tokens += rows
                     self._decode_step()
+                if rows:
+                    self.stats.iteration_samples.append((rows, tokens))
             except Exception as exc:  # the engine survives a failed step; its requests do not
                 log.exception("engine step failed")
                 message = f"engine error: {type(exc).__name__}: {exc}"
                 for seq in admitted:
                     self._finish(seq, FinishReason.ERROR.value, error=message)
                 self._fail_running(message)
+            self._note_kv()
         # A shutdown cancels what runs (the server's grace period is over): not a failure of the request.
         self._fail_running(SHUTDOWN_MESSAGE, FinishReason.CANCELLED.value)
         with self._cond:
@@ -234,6 +254,7 @@ class Engine:
             seq.stats.scheduled = time.perf_counter()
             admitted.append(seq)
         self.stats.waiting = len(self._waiting)
+        self.stats.admitted += len(admitted)
         return admitted
 
     def _drop_cancelled(self) -> None:
@@ -274,6 +295,7 @@ class Engine:
         now = time.perf_counter()
         for s in batch:
             s.stats.first_token = now
+            s.last_token_at = now
         self._emit(batch, tokens, now)  # marks sequences that finished on their first token
         self._merge(batch, cache)  # the model filled the cache in place
 
@@ -299,7 +321,17 @@ class Engine:
             if size > s.stats.max_batch_size:
                 s.stats.max_batch_size = size
         tokens = self._sample(out.logits[:, -1, :], batch)
-        self._emit(batch, tokens, time.perf_counter())
+        now = time.perf_counter()
+        # Inter-token latency: rows whose previous token came from the same step share one gap.
+        gaps: dict[float, int] = {}
+        for s in batch:
+            if not s.cancelled:
+                gap = now - s.last_token_at
+                gaps[gap] = gaps.get(gap, 0) + 1
+                s.last_token_at = now
+        for gap, n in gaps.items():
+            self.stats.itl_samples.append((gap, n))
+        self._emit(batch, tokens, now)
 
     def _sample(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
         logits = logits.float().cpu()
@@ -353,6 +385,9 @@ class Engine:
                 s.stats.finished = now
                 s.finished = True
                 s.stats.finish_reason = reason
+                first, scheduled = s.stats.first_token, s.stats.scheduled
+                if first is not None and scheduled is not None:
+                    self.stats.phase_samples.append((first - scheduled, now - first))
                 out.append((s.deliver, Event(delta, reason)))
                 finished_rows.add(row)
         deliver_all(out)
@@ -391,9 +426,17 @@ class Engine:
         seq.finished = True
         seq.stats.finished = time.perf_counter()
         seq.stats.finish_reason = reason
+        if seq.stats.scheduled is not None:  # it held a row (or was being prefilled): an eviction
+            self.stats.evicted[reason] = self.stats.evicted.get(reason, 0) + 1
         seq.deliver(Event("", reason, error))
 
     # ------------------------------------------------------------------ KV cache rows
+    def _note_kv(self) -> None:
+        """The running batch's cache size and padding, at the step boundary (plain numbers)."""
+        running = self._running
+        self.stats.kv_positions = len(running) * self._cache_width() if running else 0
+        self.stats.kv_padding = sum(s.pad for s in running)
+
     def _layers(self, cache: Any) -> list[Any]:
         return list(cache.layers)
 

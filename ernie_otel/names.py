@@ -99,6 +99,11 @@ CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 SPAN_QUEUE = "ernie.queue"
 SPAN_PREFILL = "ernie.prefill"
 SPAN_DECODE = "ernie.decode"
+# The start-up span: loading the model (a root span of its own trace, written once it is loaded).
+SPAN_MODEL_LOAD = "ernie.model.load"
+SPAN_ATTR_MODEL_SOURCE = "ernie.model.source"  # what --model named: a path, a Hub id or "tiny"
+SPAN_ATTR_MODEL_DEVICE = "ernie.model.device"
+SPAN_ATTR_MODEL_DTYPE = "ernie.model.dtype"
 
 
 def genai_span_name(operation: str, model: str) -> str:
@@ -281,6 +286,64 @@ TENANT_OVERFLOW = MetricSpec(
 COST = MetricSpec(
     "ernie_request_cost", Kind.COUNTER, "{currency}", "ernie_request_cost_total",
     _TENANT, "Cost of finished requests from the pricing file (--pricing-file), in its currency.")
+# The engine's insides (local engine only; absent in gateway mode). Filled by the engine at step
+# boundaries as plain numbers (EngineStats), turned into instruments by the telemetry side.
+ENGINE_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+               10.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+ITERATION_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+KV_CACHE_USED = MetricSpec(
+    "ernie_kv_cache_used", Kind.GAUGE, "By", "ernie_kv_cache_used_bytes", (ATTR_MODEL,),
+    "KV cache held by the running batch: rows x width of its left-padded cache (padding included) x the bytes "
+    "of one token's keys and values in every layer.")
+KV_CACHE_BUDGET = MetricSpec(
+    "ernie_kv_cache_budget", Kind.GAUGE, "By", "ernie_kv_cache_budget_bytes", (ATTR_MODEL,),
+    "The largest KV cache the running batch can reach: --max-num-seqs rows of --max-model-len tokens.")
+KV_CACHE_USAGE = MetricSpec(
+    "ernie_kv_cache_usage_ratio", Kind.GAUGE, "{ratio}", "ernie_kv_cache_usage_ratio", (ATTR_MODEL,),
+    "KV cache used / budget, 0..1 (vLLM's kv_cache_usage_perc for this engine).")
+KV_CACHE_PADDING = MetricSpec(
+    "ernie_kv_cache_padding_ratio", Kind.GAUGE, "{ratio}", "ernie_kv_cache_padding_ratio", (ATTR_MODEL,),
+    "Share of the running batch's KV positions that are left padding, 0..1: what mixing short and long "
+    "sequences in one batch costs.")
+BATCH_SIZE = MetricSpec(
+    "ernie_batch_size", Kind.HISTOGRAM, "{request}", "ernie_batch_size", (ATTR_MODEL,),
+    "Sequences run per engine iteration (the decode batch, newly admitted rows included).", BATCH_SIZE_BUCKETS)
+ITERATION_TOKENS = MetricSpec(
+    "ernie_iteration_tokens", Kind.HISTOGRAM, "{token}", "ernie_iteration_tokens", (ATTR_MODEL,),
+    "Tokens run through the model per engine iteration: prompt tokens prefilled plus one per decoded row "
+    "(padding not counted).", ITERATION_TOKEN_BUCKETS)
+PREFILL_TIME = MetricSpec(
+    "ernie_request_prefill_time", Kind.HISTOGRAM, "s", "ernie_request_prefill_time_seconds", (ATTR_MODEL,),
+    "Per finished request: scheduled into the batch to first token (vLLM request_prefill_time_seconds).",
+    ENGINE_LATENCY_BUCKETS)
+DECODE_TIME = MetricSpec(
+    "ernie_request_decode_time", Kind.HISTOGRAM, "s", "ernie_request_decode_time_seconds", (ATTR_MODEL,),
+    "Per finished request: first token to last token (vLLM request_decode_time_seconds).", LATENCY_BUCKETS)
+INTER_TOKEN_LATENCY = MetricSpec(
+    "ernie_inter_token_latency", Kind.HISTOGRAM, "s", "ernie_inter_token_latency_seconds", (ATTR_MODEL,),
+    "Per token after a sequence's first: the gap since its previous token (vLLM inter_token_latency_seconds); "
+    "gen_ai_server_time_per_output_token_seconds is the same per request, averaged.", ITL_BUCKETS)
+MODEL_LOAD_TIME = MetricSpec(
+    "ernie_model_load_time", Kind.GAUGE, "s", "ernie_model_load_time_seconds", (ATTR_MODEL,),
+    "How long loading the model took at start-up (also the ernie.model.load span).")
+ENGINE_ADMISSIONS = MetricSpec(
+    "ernie_engine_admissions", Kind.COUNTER, "{request}", "ernie_engine_admissions_total", (ATTR_MODEL,),
+    "Sequences admitted from the waiting queue into the running batch; per step: divide by ernie_engine_steps_total.")
+ENGINE_EVICTIONS = MetricSpec(
+    "ernie_engine_evictions", Kind.COUNTER, "{request}", "ernie_engine_evictions_total", (ATTR_MODEL, ATTR_REASON),
+    "Sequences that left the running batch before finishing, by reason: cancelled (client gone or shutdown), "
+    "error (a failed engine step).")
+ENGINE_STEPS = MetricSpec(
+    "ernie_engine_steps", Kind.COUNTER, "{step}", "ernie_engine_steps_total", (ATTR_MODEL,),
+    "Decode steps (engine iterations) run.")
+LOCAL_ENGINE_METRICS = (KV_CACHE_USED, KV_CACHE_BUDGET, KV_CACHE_USAGE, KV_CACHE_PADDING, BATCH_SIZE,
+                        ITERATION_TOKENS, PREFILL_TIME, DECODE_TIME, INTER_TOKEN_LATENCY, MODEL_LOAD_TIME,
+                        ENGINE_ADMISSIONS, ENGINE_EVICTIONS, ENGINE_STEPS)
+# Values of ENGINE_EVICTIONS' reason label (FinishReason values: the engine counts by those).
+EVICTION_REASONS = (FinishReason.CANCELLED.value, FinishReason.ERROR.value)
+
 SLO_METRICS = (SLO_REQUESTS, GOODPUT_TOKENS, SLO_TARGET, SLO_OBJECTIVE, SLO_HEADER_PROBLEMS, TENANT_REQUESTS,
                TENANT_TOKENS, TENANT_OVERFLOW, COST)
 
@@ -288,8 +351,68 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     REQUESTS, LATENCY, ERRORS, TOKEN_THROUGHPUT, QUEUE_LENGTH, QUEUE_CAPACITY, RUNNING,
     RUNNING_CAPACITY, QUEUE_TIME, PROMPT_TOKENS, GENERATION_TOKENS, GENAI_DURATION, GENAI_TTFT,
     GENAI_TPOT, GENAI_TOKEN_USAGE, GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL,
-    GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER, PROCESS_CPU, PROCESS_MEMORY, *SLO_METRICS,
+    GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER, PROCESS_CPU, PROCESS_MEMORY, *SLO_METRICS, *LOCAL_ENGINE_METRICS,
 )
+
+# ------------------------------------------------ GenAI semantic conventions: old and latest names
+# The GenAI conventions moved to open-telemetry/semantic-conventions-genai (no tagged release yet),
+# which replaces the client metric gen_ai.client.token.usage (one histogram split by
+# gen_ai.token.type) with gen_ai.client.inference.* counters (totals, by gen_ai.token.modality) and
+# per-operation histograms (input and output apart). OTEL_SEMCONV_STABILITY_OPT_IN chooses, as the
+# OTel instrumentations do: nothing -> the old names only; gen_ai_latest_experimental -> the latest
+# only; gen_ai_latest_experimental/dup -> both (ours, after http/dup: a deprecation window in which
+# dashboards move). The gen_ai.server.* metrics are current in both and always emitted.
+SEMCONV_GENAI_LATEST = "gen_ai_latest_experimental"
+SEMCONV_GENAI_DUP = "gen_ai_latest_experimental/dup"
+
+
+class GenAiSemconv(str, Enum):
+    OLD = "old"  # default: gen_ai.client.token.usage
+    BOTH = "both"  # gen_ai_latest_experimental/dup
+    LATEST = "latest"  # gen_ai_latest_experimental
+
+    @property
+    def old(self) -> bool:
+        return self is not GenAiSemconv.LATEST
+
+    @property
+    def latest(self) -> bool:
+        return self is not GenAiSemconv.OLD
+
+
+GEN_AI_TOKEN_MODALITY = "gen_ai.token.modality"
+TOKEN_MODALITY_TEXT = "text"  # ERNIE-4.5 here takes and gives text only
+_GENAI_USAGE = (*_GENAI, GEN_AI_TOKEN_MODALITY)
+GENAI_USAGE_INPUT = MetricSpec(
+    "gen_ai.client.inference.usage.input_tokens", Kind.COUNTER, "{token}",
+    "gen_ai_client_inference_usage_input_tokens_total", _GENAI_USAGE,
+    "Input (prompt) tokens used, by gen_ai.token.modality (latest GenAI semconv; replaces the input _sum of "
+    "gen_ai.client.token.usage).")
+GENAI_USAGE_OUTPUT = MetricSpec(
+    "gen_ai.client.inference.usage.output_tokens", Kind.COUNTER, "{token}",
+    "gen_ai_client_inference_usage_output_tokens_total", _GENAI_USAGE,
+    "Output (completion) tokens used, by gen_ai.token.modality (latest GenAI semconv).")
+GENAI_OPERATION_INPUT = MetricSpec(
+    "gen_ai.client.inference.operation.input_tokens", Kind.HISTOGRAM, "{token}",
+    "gen_ai_client_inference_operation_input_tokens", _GENAI,
+    "Input tokens per inference operation (latest GenAI semconv; replaces gen_ai.client.token.usage "
+    "with gen_ai.token.type=input).", GENAI_TOKEN_BUCKETS)
+GENAI_OPERATION_OUTPUT = MetricSpec(
+    "gen_ai.client.inference.operation.output_tokens", Kind.HISTOGRAM, "{token}",
+    "gen_ai_client_inference_operation_output_tokens", _GENAI,
+    "Output tokens per inference operation (latest GenAI semconv).", GENAI_TOKEN_BUCKETS)
+# Not in CATALOGUE (which is what every default-configured server emits): these need the opt-in.
+GENAI_LATEST_METRICS = (GENAI_USAGE_INPUT, GENAI_USAGE_OUTPUT, GENAI_OPERATION_INPUT, GENAI_OPERATION_OUTPUT)
+GENAI_OLD_METRICS = (GENAI_TOKEN_USAGE,)
+# old -> latest, with what the latest one needs (docs/metrics.md's migration table).
+GENAI_MIGRATION = (
+    (GENAI_TOKEN_USAGE, GENAI_USAGE_INPUT, f'`_sum` with `gen_ai_token_type="input"` -> counter, '
+     f'`{GEN_AI_TOKEN_MODALITY}="{TOKEN_MODALITY_TEXT}"`'),
+    (GENAI_TOKEN_USAGE, GENAI_USAGE_OUTPUT, '`_sum` with `gen_ai_token_type="output"` -> counter'),
+    (GENAI_TOKEN_USAGE, GENAI_OPERATION_INPUT, '`gen_ai_token_type="input"` histogram -> its own histogram'),
+    (GENAI_TOKEN_USAGE, GENAI_OPERATION_OUTPUT, '`gen_ai_token_type="output"` histogram -> its own histogram'),
+)
+
 GPU_METRICS = (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_MEMORY_USAGE, GPU_TEMPERATURE, GPU_POWER)
 
 # Engines behind gateway mode: their native families (every spelling, version by version) live in
@@ -394,10 +517,74 @@ def catalogue_markdown() -> str:
                  "`default` (none given) or `other` (unknown, or past `--max-tenants`); never on histograms.")
     lines.append(f"- `{ATTR_REASON}` of `ernie_tenant_overflow_total`: `unknown`, `cap`; of "
                  "`ernie_slo_header_problems_total`: `invalid` (ignored), `clamped`.")
+    lines.append(f"- `{ATTR_REASON}` of `{ENGINE_EVICTIONS.prom_name}`: "
+                 + ", ".join(f"`{r}`" for r in EVICTION_REASONS) + ".")
     lines += ["", "### error_type", "", "| value | meaning |", "|---|---|"]
     for err, meaning in ERROR_TYPE_MEANING.items():
         lines.append(f"| `{err.value}` | {meaning} |")
     lines += [
+        "",
+        "## The engine's insides",
+        "",
+        "The local engine fills plain numbers (`EngineStats`) at step boundaries; the telemetry side turns them",
+        "into the `ernie_kv_cache_*`, `ernie_batch_size`, `ernie_iteration_tokens`, `ernie_request_*_time_seconds`,",
+        "`ernie_inter_token_latency_seconds`, `ernie_engine_*` and `ernie_model_load_time_seconds` families above",
+        "(histograms when a collection or the telemetry thread drains the samples, gauges and counters when read).",
+        "Nothing of it runs on the request path. In gateway mode (`--upstream`) there is no local engine and",
+        "these series are absent; the upstream engine's own families take their place on the dashboard.",
+        "",
+        "- KV cache: the running batch is one left-padded cache of `rows x width` token positions; one position",
+        "  costs `2 x layers x kv_heads x head_dim x dtype bytes`. Used = rows x width x that (padding included,",
+        "  it is allocated); budget = `--max-num-seqs x --max-model-len` positions; padding ratio = the padding",
+        "  columns' share of the positions.",
+        "",
+        "## GenAI semantic conventions: old and latest names",
+        "",
+        "The GenAI conventions moved to `open-telemetry/semantic-conventions-genai` (no tagged release yet; names",
+        "may still move). `OTEL_SEMCONV_STABILITY_OPT_IN` (a comma-separated list, as for the OTel",
+        "instrumentations; `http` is always kept in it for the HTTP server metrics) chooses what is emitted:",
+        "",
+        "| `OTEL_SEMCONV_STABILITY_OPT_IN` contains | old names | latest names |",
+        "|---|---|---|",
+        "| neither value below (default) | yes | no |",
+        f"| `{SEMCONV_GENAI_DUP}` | yes | yes |",
+        f"| `{SEMCONV_GENAI_LATEST}` | no | yes |",
+        "",
+        "Latest names (emitted only with the opt-in):",
+        "",
+        "| Prometheus name | OTel instrument | type | unit | labels | buckets | meaning |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in GENAI_LATEST_METRICS:
+        buckets = ", ".join(f"{b:g}" for b in s.buckets) if s.buckets else ""
+        labels = ", ".join(f"`{label}`" for label in s.prom_labels)
+        lines.append(f"| `{s.prom_name}` | `{s.otel_name}` | {s.kind.value} | `{s.unit}` | {labels} | {buckets} "
+                     f"| {s.description} |")
+    lines += [
+        "",
+        "Migration (old -> latest):",
+        "",
+        "| old (default, `/dup`) | latest (`/dup`, latest) | change |",
+        "|---|---|---|",
+    ]
+    for old, new, change in GENAI_MIGRATION:
+        lines.append(f"| `{old.prom_name}` | `{new.prom_name}` | {change} |")
+    lines += [
+        "",
+        "- The dashboard's \"Tokens per request\" panel reads `gen_ai_client_token_usage`: with the latest names",
+        "  only it is empty. Run `/dup` while dashboards and alerts move, then switch.",
+        "- PromQL, input tokens spent: old",
+        "  `sum(increase(gen_ai_client_token_usage_sum{gen_ai_token_type=\"input\"}[5m]))`,",
+        "  latest `sum(increase(gen_ai_client_inference_usage_input_tokens_total[5m]))`.",
+        "- Unchanged in every mode: `gen_ai_server_request_duration_seconds`,",
+        "  `gen_ai_server_time_to_first_token_seconds`, `gen_ai_server_time_per_output_token_seconds` (server",
+        "  metrics, current) and every `ernie_*` name.",
+        "- `gen_ai.usage.cache_creation.input_tokens` is renamed `gen_ai.usage.cache_write.input_tokens`, and the",
+        "  latest conventions add `..._usage_cache_read/cache_write...` counters: this engine has no prompt cache, so",
+        "  neither the attributes nor those counters are emitted (a 0 would claim a cache that misses).",
+        "- Per-message events are deprecated for the `gen_ai.client.inference.operation.details` event; ernie-serve",
+        "  emits no per-message events: opted-in content goes on the GenAI span as `gen_ai.input.messages` /",
+        "  `gen_ai.output.messages`, the attributes that event carries.",
         "",
         "## Bucket overrides",
         "",
@@ -414,6 +601,10 @@ def catalogue_markdown() -> str:
         f"    - `{SPAN_QUEUE}`: arrival to scheduled",
         f"    - `{SPAN_PREFILL}`: scheduled to first token",
         f"    - `{SPAN_DECODE}`: first token to last token",
+        f"- `{SPAN_MODEL_LOAD}` (INTERNAL, a root span of its own trace): loading the model at start-up, with",
+        f"  `{GEN_AI_REQUEST_MODEL}`, `{SPAN_ATTR_MODEL_SOURCE}`, `{SPAN_ATTR_MODEL_DEVICE}`,",
+        f"  `{SPAN_ATTR_MODEL_DTYPE}`;",
+        "  written by the telemetry side at the first collection (or flush) after the load.",
         "",
         f"The response header `{TRACE_ID_HEADER}` carries the trace id; `{TRACE_RESPONSE_HEADER}` the",
         "W3C trace-context-2 form. Message content is recorded only with",

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                         slo_objective=config.slo_objective, tenants=TenantResolver(config.tenants or frozenset(),
                                                                             config.max_tenants),
                         tenant_header=config.tenant_header, price=price, batch_slots=config.max_num_seqs,
-                        keep=settings.keep_rule, access_logger=access_logger)
+                        keep=settings.keep_rule, access_logger=access_logger,
+                        genai_semconv=settings.genai_semconv)
 
     server = ErnieServer(config, recorder_factory, keys=keys)
     if telemetry.prometheus is not None and config.metrics_port:

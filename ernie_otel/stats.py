@@ -132,14 +132,70 @@ class ThroughputWindow:
         return total / span
 
 
+# How many per-iteration samples the engine keeps for the telemetry side between two drains (a
+# collection every few seconds drains them). Beyond it the oldest go: a stalled reader costs the
+# engine a bounded deque, never memory that grows.
+ENGINE_SAMPLES_MAX = 8192
+
+
+def _samples() -> collections.deque[tuple[float, float]]:
+    return collections.deque(maxlen=ENGINE_SAMPLES_MAX)
+
+
+@dataclass(slots=True)
+class ModelLoad:
+    """How the model was loaded: the start-up span and the load-time gauge come from this."""
+
+    seconds: float
+    start_unix_ns: int
+    end_unix_ns: int
+    model: str  # what --model named (a path, an id or "tiny")
+    device: str
+    dtype: str
+
+
 @dataclass(slots=True)
 class EngineStats:
-    """Live scheduler/engine figures, read by observable gauges."""
+    """Live scheduler/engine figures, read by observable gauges.
+
+    The engine writes them at step boundaries only, as plain numbers: gauges read the current
+    values, counters the cumulative totals, and the ``*_samples`` deques carry per-iteration and
+    per-request figures that the telemetry side drains into histograms (appends and pops of a
+    deque are atomic, so engine and telemetry threads need no lock).
+    """
 
     max_num_seqs: int
     max_queue_len: int
     waiting: int = 0
     running: int = 0
-    steps: int = 0
+    steps: int = 0  # decode steps run (cumulative)
     max_batch_seen: int = 0  # largest number of sequences decoded in one step
     tokens: ThroughputWindow = field(default_factory=ThroughputWindow)
+    # KV cache of the running batch, in token positions (one position = one token's K and V in
+    # every layer). The budget is the largest cache the batch can reach: max_num_seqs rows of
+    # max_model_len positions. 0 = no local engine (gateway mode): those gauges stay absent.
+    kv_bytes_per_token: int = 0
+    kv_budget_tokens: int = 0
+    kv_positions: int = 0  # rows x width of the left-padded cache, padding included
+    kv_padding: int = 0  # of which left padding
+    admitted: int = 0  # sequences moved from the waiting queue into the running batch (cumulative)
+    # Sequences that left the running batch before finishing, by FinishReason value (cancelled:
+    # client gone or shutdown; error: a failed step).
+    evicted: dict[str, int] = field(default_factory=dict)
+    # (sequences in the iteration, tokens it ran through the model: prompt tokens prefilled + one per decoded row)
+    iteration_samples: collections.deque[tuple[float, float]] = field(default_factory=_samples)
+    # (prefill seconds, decode seconds) of each request that finished normally
+    phase_samples: collections.deque[tuple[float, float]] = field(default_factory=_samples)
+    # (seconds between a sequence's two consecutive tokens, how many tokens had that gap): every row
+    # of one decode step whose previous token came from the same step shares one gap, so a step
+    # adds one or two entries, not one per token.
+    itl_samples: collections.deque[tuple[float, float]] = field(default_factory=_samples)
+    model_load: ModelLoad | None = None
+
+    @property
+    def kv_used_bytes(self) -> int:
+        return self.kv_positions * self.kv_bytes_per_token
+
+    @property
+    def kv_budget_bytes(self) -> int:
+        return self.kv_budget_tokens * self.kv_bytes_per_token

@@ -37,7 +37,7 @@ EXPECTED_ALERTS = {
     "HighInferenceLatency", "HighErrorRate", "HighGPUMemoryUsage", "ErnieServeDown",
     "ErnieMetricsAbsent", "HighTimeToFirstToken", "QueueSaturated", "RequestsRejected",
     "TelemetryExportFailures", "TelemetryReceiverRefused", "NoTraffic", "SLOErrorBudgetFastBurn",
-    "SLOErrorBudgetSlowBurn",
+    "SLOErrorBudgetSlowBurn", "KVCacheNearBudget",
 }
 # Labels the rules may use besides the catalogue's: target labels, histogram buckets, the
 # Collector's own component labels, the opt-in marker and the recording rules' static labels.

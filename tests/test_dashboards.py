@@ -75,8 +75,9 @@ ENGINE_MATCHERS = {("job", "=~", "$engine_job"), ("instance", "=~", "$engine_ins
 ENGINE_VARIABLES = ("engine_job", "engine_instance")
 
 # Sections of the dashboard and, per panel, the metric families it must show.
+INTERNALS_ROW = "Engine internals (ernie-serve)"
 REQUIRED_ROWS = ["Service overview", "Performance", "Capacity", "Resources", "Traces (spanmetrics)", "SLO",
-                 ENGINE_ROW]
+                 INTERNALS_ROW, ENGINE_ROW]
 _SM_CALLS, _SM_DUR = names.SPANMETRICS_CALLS_PROM, names.SPANMETRICS_DURATION_PROM
 REQUIRED_PANELS: dict[str, set[str]] = {
     "Request rate": {names.REQUESTS.prom_name},
@@ -109,6 +110,16 @@ REQUIRED_PANELS: dict[str, set[str]] = {
     "Engine inter-token latency": {names.ENGINE_ITL_BUCKET_RATE},
     "Engine prefix-cache hit ratio": {names.ENGINE_PREFIX_CACHE_HIT},
     "Engine preemptions": {names.ENGINE_PREEMPTIONS_RATE},
+    # ernie-serve's own engine (EngineStats)
+    "KV cache used vs budget": {names.KV_CACHE_USED.prom_name, names.KV_CACHE_BUDGET.prom_name},
+    "KV cache usage and padding": {names.KV_CACHE_USAGE.prom_name, names.KV_CACHE_PADDING.prom_name},
+    "Batch size per iteration": {names.BATCH_SIZE.prom_name + "_bucket"},
+    "Tokens per iteration": {names.ITERATION_TOKENS.prom_name + "_bucket"},
+    "Prefill and decode time": {names.PREFILL_TIME.prom_name + "_bucket", names.DECODE_TIME.prom_name + "_bucket"},
+    "Inter-token latency": {names.INTER_TOKEN_LATENCY.prom_name + "_bucket", names.GENAI_TPOT.prom_name + "_bucket"},
+    "Admissions and evictions per step": {names.ENGINE_ADMISSIONS.prom_name, names.ENGINE_EVICTIONS.prom_name,
+                                          names.ENGINE_STEPS.prom_name},
+    "Model load time": {names.MODEL_LOAD_TIME.prom_name},
 }
 EXEMPLAR_PANELS = {"End-to-end latency", "Time to first token"}
 QUANTILE_PANELS = {"End-to-end latency", "Time to first token", "Time per output token", "Queue time"}
@@ -522,6 +533,8 @@ def test_each_panel_sits_under_its_row(dashboard: dict) -> None:
         "GPU power": "Resources",
         "Process memory": "Resources",
         "Span duration p95": "Traces (spanmetrics)",
+        "KV cache used vs budget": INTERNALS_ROW,
+        "Model load time": INTERNALS_ROW,
         "Engine running vs waiting": ENGINE_ROW,
         "Engine time to first token": ENGINE_ROW,
     }

@@ -114,7 +114,8 @@ def test_every_catalogued_metric_has_its_unit_labels_and_buckets(env: Env) -> No
                names.GEN_AI_REQUEST_MODEL: {MODEL},
                names.GEN_AI_OPERATION_NAME: {o.value for o in names.Operation},
                names.GEN_AI_PROVIDER_NAME: {names.PROVIDER_NAME},
-               names.GEN_AI_TOKEN_TYPE: {t.value for t in names.TokenType}}
+               names.GEN_AI_TOKEN_TYPE: {t.value for t in names.TokenType},
+               names.ATTR_REASON: set(names.EVICTION_REASONS)}
     for spec in names.CATALOGUE:
         if spec in names.SLO_METRICS:
             continue  # need targets, tenants or prices configured: tests/test_slo.py

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ..engine import AsyncDeliverer, Engine, EngineStoppedError, Event, QueueFullError, SamplingParams, Sequence
 from ..kinds import ErrorType, FinishReason, Operation, Status
 from ..protocol import RESPONSE_METRICS_FIELD, SSE_DONE, APIError, GenerationRequest, sse_event
-from ..stats import EngineStats
+from ..stats import EngineStats, ModelLoad
 from .base import Call, Outcome, error_response
 from .loading import load_model, resolve_model_path
 
@@ -71,6 +71,7 @@ class LocalBackend:
             await asyncio.to_thread(self.engine.shutdown)
 
     def load(self) -> None:
+        started, started_unix_ns = time.perf_counter(), time.time_ns()
         try:
             path = resolve_model_path(self.model)
             model, tokenizer = load_model(path, self.device, self.dtype, self.torch_threads)
@@ -85,6 +86,10 @@ class LocalBackend:
             # engine); freezing them keeps collections to what requests allocate.
             gc.collect()
             gc.freeze()
+            # The load as the engine's stats: the telemetry side makes the start-up span and gauge of it.
+            dtype = str(getattr(model, "dtype", self.dtype))
+            engine.stats.model_load = ModelLoad(time.perf_counter() - started, started_unix_ns, time.time_ns(),
+                                                self.model, str(engine.device), dtype)
             engine.start()
             self.tokenizer, self.model_path, self.engine = tokenizer, path, engine
             log.info("model %s loaded from %s; serving as %r", self.model, path, self.model_name)

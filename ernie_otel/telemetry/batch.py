@@ -38,9 +38,12 @@ KEPT_TRACE = otel_context.create_key("ernie-otel.exemplar-trace-kept")
 class TelemetryThread:
     def __init__(self, instruments: Instruments, attrs: AttributeSets, writer: SpanWriter, *,
                  flush_interval: float, log_once: LogOnce, keep: KeepRule | None = None,
-                 access_log: Callable[[Finished], None] | None = None) -> None:
+                 access_log: Callable[[Finished], None] | None = None,
+                 engine_drain: Callable[[], None] | None = None) -> None:
         self.instruments = instruments
         self.access_log = access_log  # telemetry.logs.AccessLog: one log record per request, here off the loop
+        # The engine's per-iteration samples into histograms (telemetry.engine_metrics), on every flush.
+        self.engine_drain = engine_drain
         self.keep = keep
         self.attrs = attrs
         self.writer = writer
@@ -96,6 +99,11 @@ class TelemetryThread:
                         self.access_log(item)
                     except Exception as exc:
                         self._log_once("access log", exc)
+            if self.engine_drain is not None:
+                try:
+                    self.engine_drain()
+                except Exception as exc:
+                    self._log_once("engine metrics", exc)
 
     def close(self) -> None:
         """Stop the thread and record what is queued (before the providers shut down)."""
@@ -146,8 +154,16 @@ class TelemetryThread:
             if tpot is not None:
                 ins.tpot.record(tpot, attrs.genai[op], ctx)
         if st.prompt_tokens:
-            ins.token_usage.record(st.prompt_tokens, attrs.token[(op, TokenType.INPUT.value)], ctx)
-            ins.token_usage.record(st.output_tokens, attrs.token[(op, TokenType.OUTPUT.value)], ctx)
+            if ins.token_usage is not None:
+                ins.token_usage.record(st.prompt_tokens, attrs.token[(op, TokenType.INPUT.value)], ctx)
+                ins.token_usage.record(st.output_tokens, attrs.token[(op, TokenType.OUTPUT.value)], ctx)
+            latest = ins.latest_genai
+            if latest is not None:
+                genai = attrs.genai[op]
+                latest.operation_input.record(st.prompt_tokens, genai, ctx)
+                latest.operation_output.record(st.output_tokens, genai, ctx)
+                latest.usage_input.add(st.prompt_tokens, attrs.usage[op], ctx)
+                latest.usage_output.add(st.output_tokens, attrs.usage[op], ctx)
 
     def end_spans(self, item: Finished) -> None:
         """The GenAI span's attributes and its phase children, from the request's stats."""

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, MeterProvider, Observation
 from opentelemetry.util.types import AttributeValue
 
 from .. import names
@@ -47,6 +47,9 @@ class AttributeSets:
             (o, e.value): {**self.genai[o], names.ATTR_ERROR_TYPE: e.value} for o in ops for e in ErrorType}
         self.token: dict[tuple[str, str], Attrs] = {
             (o, t.value): {**self.genai[o], names.GEN_AI_TOKEN_TYPE: t.value} for o in ops for t in TokenType}
+        # The latest GenAI usage counters: by modality (text, the only one this server has).
+        self.usage: dict[str, Attrs] = {
+            o: {**self.genai[o], names.GEN_AI_TOKEN_MODALITY: names.TOKEN_MODALITY_TEXT} for o in ops}
         # The GenAI span: its name and the attributes known at arrival (also what the sampler sees).
         self.span_base: dict[str, Attrs] = {
             o: {**self.genai[o], names.SERVER_ADDRESS: server_address, names.SERVER_PORT: server_port} for o in ops}
@@ -67,6 +70,20 @@ def _process_memory(_: CallbackOptions) -> Iterable[Observation]:
         return
 
 
+class LatestGenAi:
+    """The latest GenAI semconv token instruments (OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental[/dup]):
+    per-operation histograms and usage counters, input and output apart. Recorded by the telemetry thread."""
+
+    def __init__(self, meter: Meter, hist: Callable[[names.MetricSpec], Histogram]) -> None:
+        def counter(spec: names.MetricSpec) -> Counter:
+            return meter.create_counter(spec.otel_name, unit=spec.unit, description=spec.description)
+
+        self.operation_input = hist(names.GENAI_OPERATION_INPUT)
+        self.operation_output = hist(names.GENAI_OPERATION_OUTPUT)
+        self.usage_input = counter(names.GENAI_USAGE_INPUT)
+        self.usage_output = counter(names.GENAI_USAGE_OUTPUT)
+
+
 class Instruments:
     """The histograms, and the observable counters and gauges with the totals they read.
 
@@ -82,6 +99,7 @@ class Instruments:
         *,
         bucket_overrides: dict[str, list[float]] | None,
         before_collect: Callable[[], None],
+        genai_semconv: names.GenAiSemconv = names.GenAiSemconv.OLD,
     ) -> None:
         meter = meter_provider.get_meter(names.METER_NAME)
 
@@ -96,7 +114,9 @@ class Instruments:
         self.genai_duration = hist(names.GENAI_DURATION)
         self.ttft = hist(names.GENAI_TTFT)
         self.tpot = hist(names.GENAI_TPOT)
-        self.token_usage = hist(names.GENAI_TOKEN_USAGE)
+        # Old and/or latest GenAI token metrics, as OTEL_SEMCONV_STABILITY_OPT_IN chose (names.GenAiSemconv).
+        self.token_usage = hist(names.GENAI_TOKEN_USAGE) if genai_semconv.old else None
+        self.latest_genai = LatestGenAi(meter, hist) if genai_semconv.latest else None
 
         # Cumulative totals behind the observable counters; every allowed series starts at 0 so
         # rate() and alerts see a series from start-up.

@@ -38,6 +38,7 @@ from ..slo import NO_TARGETS, SloTargets
 from ..stats import EngineStats
 from ..tenancy import Price, TenantResolver
 from .batch import TelemetryThread
+from .engine_metrics import EngineInstruments
 from .instruments import AttributeSets, Instruments
 from .keep import KeepRule
 from .logs import AccessLog
@@ -75,6 +76,7 @@ class Recorder(RequestPath):
         batch_slots: int = 1,
         keep: KeepRule | None = None,
         access_logger: logging.Logger | None = None,
+        genai_semconv: names.GenAiSemconv = names.GenAiSemconv.OLD,
     ) -> None:
         self.model = model
         self.tracer = tracer_provider.get_tracer(names.TRACER_NAME)
@@ -83,13 +85,16 @@ class Recorder(RequestPath):
         log_once = LogOnce(log)
         # Collections call flush() before reading the counters; it only runs once __init__ is done.
         self.instruments = Instruments(meter_provider, self.attrs, engine_stats, bucket_overrides=bucket_overrides,
-                                       before_collect=self.flush)
+                                       before_collect=self.flush, genai_semconv=genai_semconv)
         capture = _capture_content_enabled() if capture_content is None else capture_content
         # The access log is written by the telemetry thread too: the request path only queues.
         self.access_log = (AccessLog(access_logger, model, capture_content=capture)
                            if access_logger is not None else None)
+        self.engine = EngineInstruments(meter_provider.get_meter(names.METER_NAME), self.tracer, model, engine_stats,
+                                        bucket_overrides)
         self.batch = TelemetryThread(self.instruments, self.attrs, self.spans, flush_interval=flush_interval,
-                                     log_once=log_once, keep=keep, access_log=self.access_log)
+                                     log_once=log_once, keep=keep, access_log=self.access_log,
+                                     engine_drain=self.engine.drain)
         self.instruments.accounting.configure(slo_targets, slo_objective, priced=price is not None)
         super().__init__(instruments=self.instruments, begin=self.spans.begin, batch=self.batch,
                          capture_content=capture,

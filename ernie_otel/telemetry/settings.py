@@ -55,6 +55,28 @@ def _capture(text: str) -> bool:
     return to_bool(text)
 
 
+_HTTP_OPT_INS = ("http", "http/dup")
+
+
+def _opt_in(text: str) -> str:
+    """The comma-separated opt-in list, with ``http`` added unless an HTTP value is there already:
+    a user who opts in to the GenAI conventions must not lose the stable HTTP metrics (seconds)."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not any(v in _HTTP_OPT_INS for v in values):
+        values.insert(0, "http")
+    return ",".join(values)
+
+
+def genai_semconv(opt_in: str) -> names.GenAiSemconv:
+    """Which GenAI metric names to emit; ``/dup`` wins over the plain value, as for ``http/dup``."""
+    values = {v.strip() for v in opt_in.split(",")}
+    if names.SEMCONV_GENAI_DUP in values:
+        return names.GenAiSemconv.BOTH
+    if names.SEMCONV_GENAI_LATEST in values:
+        return names.GenAiSemconv.LATEST
+    return names.GenAiSemconv.OLD
+
+
 def _buckets(text: str) -> Mapping[str, tuple[float, ...]]:
     # names.load_bucket_overrides checks names against the catalogue and the bounds' order.
     loaded = names.load_bucket_overrides(text)
@@ -108,7 +130,10 @@ class TelemetrySettings(Config):
     fastapi_excluded_urls: str = option("health,metrics", env="OTEL_PYTHON_FASTAPI_EXCLUDED_URLS",
                                         help="URLs without HTTP server spans and metrics")
     # Seconds (http.server.request.duration), not the old milliseconds histogram promtool rejects.
-    semconv_opt_in: str = option("http", env=SEMCONV_ENV, help="semantic-convention stability opt-in")
+    # A comma-separated list: gen_ai_latest_experimental (latest GenAI names only) or
+    # gen_ai_latest_experimental/dup (old and latest) switch the GenAI metrics (docs/metrics.md).
+    semconv_opt_in: str = option("http", env=SEMCONV_ENV, convert=_opt_in,
+                                 help="semantic-convention stability opt-in (comma-separated; http is always kept)")
     # The fleet's tail-sampling policies (collector/fleet/sampler.yaml): the same variables and
     # defaults, so the recorder attaches exemplars only to traces the samplers keep.
     exemplars_follow_sampling: bool = option(False, env=EXEMPLARS_FOLLOW_SAMPLING_ENV, convert=to_bool,
@@ -132,6 +157,10 @@ class TelemetrySettings(Config):
             if from_resource is not None:
                 given["service_name"] = from_resource
         return from_sources(cls, given, env)
+
+    @property
+    def genai_semconv(self) -> names.GenAiSemconv:
+        return genai_semconv(self.semconv_opt_in)
 
     @property
     def ratio(self) -> float:

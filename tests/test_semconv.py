@@ -1,0 +1,139 @@
+"""The GenAI semantic-convention switch: OTEL_SEMCONV_STABILITY_OPT_IN chooses the old names only
+(default), both (gen_ai_latest_experimental/dup) or the latest only (gen_ai_latest_experimental),
+read through TelemetrySettings and checked on a real recorder through an in-memory reader."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from serve_helpers import run_server
+
+from ernie_otel import names
+from ernie_otel.stats import EngineStats
+from ernie_otel.telemetry.recorder import Recorder
+from ernie_otel.telemetry.settings import SEMCONV_ENV, TelemetrySettings, publish_semconv_opt_in
+
+MODEL = "ernie-4.5-tiny"
+PROMPT, OUTPUT = 7, 3  # tokens of the one request each test records
+OLD, BOTH, LATEST = names.GenAiSemconv.OLD, names.GenAiSemconv.BOTH, names.GenAiSemconv.LATEST
+
+
+@pytest.mark.parametrize(("value", "mode", "published"), [
+    (None, OLD, "http"),
+    ("", OLD, "http"),
+    ("gen_ai_latest_experimental", LATEST, "http,gen_ai_latest_experimental"),
+    ("gen_ai_latest_experimental/dup", BOTH, "http,gen_ai_latest_experimental/dup"),
+    ("http, gen_ai_latest_experimental", LATEST, "http,gen_ai_latest_experimental"),
+    # /dup wins over the plain value, as http/dup does for HTTP
+    ("gen_ai_latest_experimental,gen_ai_latest_experimental/dup", BOTH,
+     "http,gen_ai_latest_experimental,gen_ai_latest_experimental/dup"),
+    ("http/dup,database", OLD, "http/dup,database"),
+])
+def test_mode_comes_from_the_opt_in_list_and_http_stays(value: str | None, mode: names.GenAiSemconv,
+                                                        published: str) -> None:
+    settings = TelemetrySettings.from_env({} if value is None else {SEMCONV_ENV: value})
+    assert settings.genai_semconv is mode
+    env: dict[str, str] = {}
+    publish_semconv_opt_in(settings, env)
+    # What the FastAPI instrumentation then reads: still the stable HTTP conventions (seconds).
+    assert env[SEMCONV_ENV] == published
+
+
+def _record_one(mode: names.GenAiSemconv) -> dict[str, Any]:
+    reader = InMemoryMetricReader()
+    stats = EngineStats(max_num_seqs=1, max_queue_len=1)
+    recorder = Recorder(MeterProvider(metric_readers=[reader]), TracerProvider(), MODEL, lambda: stats,
+                        genai_semconv=mode)
+    rt = recorder.start(names.Operation.CHAT.value, "chatcmpl-1")
+    st = rt.stats
+    st.scheduled, st.first_token = st.arrival + 0.01, st.arrival + 0.02
+    st.prompt_tokens, st.output_tokens = PROMPT, OUTPUT
+    recorder.finish(rt, names.Status.OK.value)
+    recorder.flush()
+    data = reader.get_metrics_data()
+    recorder.close()
+    return {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+
+
+def _point(metric: Any) -> Any:
+    (point,) = metric.data.data_points
+    return point
+
+
+GENAI = {names.GEN_AI_OPERATION_NAME: "chat", names.GEN_AI_PROVIDER_NAME: names.PROVIDER_NAME,
+         names.GEN_AI_REQUEST_MODEL: MODEL}
+
+
+@pytest.mark.parametrize("mode", [OLD, BOTH, LATEST])
+def test_each_mode_emits_its_names(mode: names.GenAiSemconv) -> None:
+    metrics = _record_one(mode)
+    old_present = names.GENAI_TOKEN_USAGE.otel_name in metrics
+    latest_present = {spec.otel_name for spec in names.GENAI_LATEST_METRICS} & set(metrics)
+    assert old_present is (mode is not LATEST)
+    assert latest_present == ({spec.otel_name for spec in names.GENAI_LATEST_METRICS} if mode is not OLD else set())
+    if old_present:
+        by_type = {p.attributes[names.GEN_AI_TOKEN_TYPE]: p.sum
+                   for p in metrics[names.GENAI_TOKEN_USAGE.otel_name].data.data_points}
+        assert by_type == {"input": PROMPT, "output": OUTPUT}
+    if latest_present:
+        for spec, value in ((names.GENAI_USAGE_INPUT, PROMPT), (names.GENAI_USAGE_OUTPUT, OUTPUT)):
+            metric = metrics[spec.otel_name]
+            point = _point(metric)
+            assert metric.unit == spec.unit and metric.data.is_monotonic
+            assert point.value == value
+            assert dict(point.attributes) == {**GENAI, names.GEN_AI_TOKEN_MODALITY: names.TOKEN_MODALITY_TEXT}
+        for spec, value in ((names.GENAI_OPERATION_INPUT, PROMPT), (names.GENAI_OPERATION_OUTPUT, OUTPUT)):
+            point = _point(metrics[spec.otel_name])
+            assert (point.count, point.sum) == (1, value)
+            assert tuple(point.explicit_bounds) == spec.buckets
+            assert dict(point.attributes) == GENAI  # no modality on histograms: percentiles would not add up
+    # Never switched: the server metrics and the ernie_* names.
+    for spec in (names.GENAI_DURATION, names.GENAI_TTFT, names.LATENCY, names.PROMPT_TOKENS):
+        assert spec.otel_name in metrics, spec.otel_name
+
+
+def test_latest_names_follow_the_prometheus_rule_and_pass_the_keep_filter() -> None:
+    keep = re.compile(names.PROMETHEUS_KEEP_REGEX)
+    for spec in names.GENAI_LATEST_METRICS:
+        expected = spec.otel_name.replace(".", "_") + ("_total" if spec.kind is names.Kind.COUNTER else "")
+        assert spec.prom_name == expected
+        assert keep.fullmatch(spec.prom_name + ("_bucket" if spec.kind is names.Kind.HISTOGRAM else ""))
+        assert spec not in names.CATALOGUE  # a default server does not emit them
+    table = names.catalogue_markdown()
+    for old, new, _ in names.GENAI_MIGRATION:
+        assert f"| `{old.prom_name}` | `{new.prom_name}` |" in table
+
+
+def test_ernie_serve_with_the_latest_names_keeps_stable_http(tmp_path: Path) -> None:
+    """The real server, opted in to the latest GenAI names only: they are on /metrics, the old
+    client histogram is not, the FastAPI instrumentation still emits the stable HTTP histogram
+    (seconds) although the user's opt-in list did not name http, and promtool accepts it all."""
+    with run_server(tmp_path, env={SEMCONV_ENV: names.SEMCONV_GENAI_LATEST}) as served:
+        r = httpx.post(served.base + "/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        text = served.metrics_text()
+    assert f"{names.GENAI_OPERATION_INPUT.prom_name}_bucket" in text
+    assert served_value(text, names.GENAI_USAGE_INPUT.prom_name) == usage["prompt_tokens"]
+    assert served_value(text, names.GENAI_USAGE_OUTPUT.prom_name) == usage["completion_tokens"]
+    assert names.GENAI_TOKEN_USAGE.prom_name not in text
+    assert f"{names.HTTP_SERVER_DURATION_PROM}_bucket" in text
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def served_value(text: str, family: str) -> float:
+    """The one sample of a family on a /metrics page."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(family + "{") or line.startswith(family + " ")]
+    assert len(values) == 1, (family, values)
+    return values[0]
