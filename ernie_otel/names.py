@@ -85,6 +85,12 @@ SPAN_ATTR_TENANT = "ernie.tenant"
 SPAN_ATTR_SLO_MET = "ernie.slo.met"  # bool: met every judged objective
 SPAN_ATTR_SLO_MISSED = "ernie.slo.missed"  # the objectives missed, e.g. ["ttft"]
 SPAN_ATTR_COST = "ernie.cost"
+# Arrival to first token, seconds (float), on the GenAI span whenever a first token came: the
+# same quantity and unit as the semconv server metric gen_ai.server.time_to_first_token, hence
+# its name. (semconv's span attribute gen_ai.response.time_to_first_chunk is a client's view of a
+# stream, request issued to first chunk received: not what a server measures.) The fleet's tail
+# sampler keeps a trace on it (collector/fleet/sampler.yaml, slow-first-token), exactly.
+SPAN_ATTR_TTFT = _gen_ai_metrics.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN
 
 
 def span_attr_slo_target(slo: str) -> str:
@@ -597,7 +603,7 @@ def catalogue_markdown() -> str:
         "- `POST /v1/chat/completions` (SERVER, FastAPI instrumentation; `/health` and `/metrics` excluded)",
         "  - `{operation} {model}` (INTERNAL, GenAI attributes: request max tokens, temperature, top_p,",
         "    stream, response id and model, finish reasons, input/output token usage; `error.type` and",
-        "    status ERROR on failure)",
+        f"    status ERROR on failure; `{SPAN_ATTR_TTFT}`: arrival to first token, seconds)",
         f"    - `{SPAN_QUEUE}`: arrival to scheduled",
         f"    - `{SPAN_PREFILL}`: scheduled to first token",
         f"    - `{SPAN_DECODE}`: first token to last token",

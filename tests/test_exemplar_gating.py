@@ -2,7 +2,7 @@
 
 The recorder applies the sampling Collectors' rule (ernie_otel/telemetry/keep.py) with their
 parameters (the same OTELCOL_SAMPLING_* variables) and attaches exemplars only to kept traces:
-errors, cancelled, slow, slow queue/prefill, baseline-picked. Unit level with the SDK's in-memory
+errors, cancelled, slow, slow first token (queue + prefill), baseline-picked. Unit level with the SDK's in-memory
 metric reader; tests/test_fleet_traces.py runs the real samplers against the same hash rule.
 """
 
@@ -74,8 +74,8 @@ def test_baseline_agrees_with_the_sampler_reference_on_1000_random_ids(percent: 
     rng = random.Random(1304)
     ids = [rng.getrandbits(128) for _ in range(1000)]
     rule = KeepRule(percent, "ernie-otel", 10_000, 2000)
-    ours = [rule.keeps(t, failed=False, error_type=None, finish_reason="stop", duration_ns=MS, queue_ns=MS,
-                       prefill_ns=MS) for t in ids]
+    ours = [rule.keeps(t, failed=False, error_type=None, finish_reason="stop", duration_ns=MS, ttft_s=0.001)
+            for t in ids]
     assert ours == [reference_baseline_keeps(t, percent, "ernie-otel") for t in ids]
     # The share picked is the percent (binomial, n=1000: 5 sigma is under 7 points at 30%).
     assert abs(sum(ours) / len(ids) - percent / 100) < 0.07
@@ -106,7 +106,7 @@ def test_each_policy_clause_and_its_boundary() -> None:
 
     def keeps(**over: Any) -> bool:
         args: dict[str, Any] = dict(failed=False, error_type=None, finish_reason="stop", duration_ns=10 * MS,
-                                    queue_ns=MS, prefill_ns=MS)
+                                    ttft_s=0.002)
         return rule.keeps(t, **{**args, **over})
 
     assert not keeps()
@@ -115,8 +115,8 @@ def test_each_policy_clause_and_its_boundary() -> None:
     assert keeps(finish_reason=FinishReason.CANCELLED.value)
     # The latency policy: whole milliseconds >= threshold, i.e. ns >= threshold * 1e6.
     assert keeps(duration_ns=5000 * MS) and not keeps(duration_ns=5000 * MS - 1)
-    assert keeps(queue_ns=1000 * MS) and not keeps(queue_ns=1000 * MS - 1)
-    assert keeps(prefill_ns=1000 * MS) and not keeps(prefill_ns=None, queue_ns=None)
+    # The slow-first-token policy: the TTFT attribute (seconds) >= TTFT_MS / 1000.0, bit for bit.
+    assert keeps(ttft_s=1.0) and keeps(ttft_s=7.5) and not keeps(ttft_s=0.999999) and not keeps(ttft_s=None)
 
 
 # ------------------------------------------------------------------------ configuration
@@ -206,8 +206,8 @@ def _request(recorder: Recorder, kind: str) -> tuple[int, bool]:
         prefill, total = 1.5, 1.6
     elif kind == "almost_slow":  # just under the thresholds: only the baseline may keep these
         total = 4.99
-    elif kind == "almost_slow_queue":
-        queue, total = 0.99, 1.2
+    elif kind == "almost_slow_ttft":  # queue + prefill = 0.99 s: neither phase alone, nor both, reach 1 s
+        queue, total = 0.97, 1.2
     st.scheduled = st.arrival + queue
     st.first_token = st.scheduled + prefill
     st.finished = st.arrival + total
@@ -219,7 +219,7 @@ def _request(recorder: Recorder, kind: str) -> tuple[int, bool]:
 
 def test_exemplars_exactly_for_the_traces_the_sampler_keeps() -> None:
     recorder, reader = _recorder(RULE)
-    kinds = [*sorted(KEPT_KINDS), "almost_slow", "almost_slow_queue"] + ["ok"] * 40
+    kinds = [*sorted(KEPT_KINDS), "almost_slow", "almost_slow_ttft"] + ["ok"] * 40
     outcomes = {"kept": 0, "dropped": 0}
     try:
         for kind in kinds:
@@ -298,7 +298,7 @@ def _agent_exemplars(fleet: Fleet) -> tuple[set[str], str]:
 
 def test_every_exemplar_resolves_after_real_tail_sampling(fleet: Fleet) -> None:
     """The recorder, exporting OTLP to the fleet's agent -> lb -> two samplers -> Jaeger: the traces
-    in Jaeger are exactly those the rule keeps (errors, cancels, slow, slow queue/prefill, baseline;
+    in Jaeger are exactly those the rule keeps (errors, cancels, slow, slow first token, baseline;
     not the ones just under a threshold), and every exemplar the agent's Prometheus endpoint serves
     names one of them."""
     fleet.start_jaeger()
@@ -318,7 +318,7 @@ def test_every_exemplar_resolves_after_real_tail_sampling(fleet: Fleet) -> None:
     recorder = Recorder(meter_provider, tracer_provider, "ernie-exemplar-probe", lambda: None, keep=RULE)
     sent: dict[str, tuple[str, bool]] = {}
     try:
-        for kind in [*sorted(KEPT_KINDS), "almost_slow", "almost_slow_queue", "almost_slow"] + ["ok"] * 30:
+        for kind in [*sorted(KEPT_KINDS), "almost_slow", "almost_slow_ttft", "almost_slow"] + ["ok"] * 30:
             trace_id, kept = _request(recorder, kind)
             sent[format(trace_id, "032x")] = (kind, kept)
         recorder.flush()

@@ -234,7 +234,8 @@ def send_trace(replicas: Replicas, index: int, kind: str, t0: int) -> SentTrace:
     """One request: gateway replica (index % 2) -> engine replica (index // 2 % 2).
 
     Durations (ms): OK 300 total; `slow` LATENCY_MS + 500; `slow_ttft` a prefill of TTFT_MS + 200
-    with a total still under LATENCY_MS, so only the first-token policy can keep it."""
+    (the GenAI span's TTFT attribute over the threshold) with a total still under LATENCY_MS, so
+    only the first-token policy can keep it."""
     g, e = index % 2, (index // 2) % 2
     gw, en = replicas.tracer(GATEWAY_SERVICE, g), replicas.tracer(ENGINE_SERVICE, e)
     total = {"slow": LATENCY_MS + 500, "slow_ttft": TTFT_MS + 700}.get(kind, 300) * MS
@@ -283,6 +284,8 @@ def send_trace(replicas: Replicas, index: int, kind: str, t0: int) -> SentTrace:
                 genai.set_attribute(names.ATTR_ERROR_TYPE, names.ErrorType.ENGINE_ERROR.value)
                 genai.set_status(Status(StatusCode.ERROR, names.ErrorType.ENGINE_ERROR.value))
                 status_code = 500
+            # What ernie-serve writes at finish: arrival (the GenAI span's start) to first token.
+            genai.set_attribute(names.SPAN_ATTR_TTFT, (p_end - (start + 3 * MS)) / 1e9)
             reason = names.FinishReason.CANCELLED.value if kind == "cancelled" else names.FinishReason.STOP.value
             genai.set_attribute(names.GEN_AI_RESPONSE_FINISH_REASONS, [reason])
         genai.end(end_time=end - 2 * MS)
@@ -532,3 +535,54 @@ def test_secure_overlay_requires_tls_and_token(pipeline_bin: Path, tmp_path: Pat
                               "otelcol_receiver_accepted_spans")
         assert accepted == 1, f"accepted {accepted} spans; only the authenticated export should count"
         assert proc.proc.poll() is None, proc.log_tail()
+
+
+def test_slow_first_token_policy_is_the_ttft_attribute_exactly(fleet: Fleet) -> None:
+    """sampler.yaml's slow-first-token policy, through the real sampler: a trace is kept when its
+    GenAI span's gen_ai.server.time_to_first_token (seconds) is OTELCOL_SAMPLING_TTFT_MS / 1000 or
+    more -- at the boundary, not a microsecond under it -- whatever its phase spans say, and the
+    recorder's rule (keep.py) decides every case the same way. Baseline 0%: nothing else keeps."""
+    from ernie_otel.telemetry.keep import KeepRule
+
+    fleet.sampler_envs[0]["OTELCOL_SAMPLING_BASELINE_PERCENT"] = "0"
+    fleet.start_jaeger()
+    fleet.start_sampler(0)
+    threshold = TTFT_MS / 1000
+    # name -> (TTFT attribute or None, prefill span ms): the last two have a prefill span over the
+    # threshold but no (or a small) attribute: the old lower-bound policy on phases is gone.
+    cases: dict[str, tuple[float | None, int]] = {
+        "at": (threshold, 10), "over": (threshold + 3.25, 10), "just_under": (threshold - 1e-6, 10),
+        "far_under": (0.05, 10), "no_attribute_long_prefill": (None, TTFT_MS + 500),
+        "short_attribute_long_prefill": (0.2, TTFT_MS + 500)}
+    rule = KeepRule(0, HASH_SALT, LATENCY_MS, TTFT_MS)
+    provider = TracerProvider(resource=Resource.create({"service.name": ENGINE_SERVICE}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
+        endpoint=str(fleet.sampler_envs[0]["OTELCOL_OTLP_GRPC_ENDPOINT"]), insecure=True), schedule_delay_millis=200))
+    tracer = provider.get_tracer(names.TRACER_NAME)
+    t0 = time.time_ns() - 10_000 * MS
+    sent: dict[str, tuple[str, bool]] = {}
+    try:
+        for name, (ttft, prefill_ms) in cases.items():
+            genai = tracer.start_span(names.genai_span_name("chat", MODEL), start_time=t0)
+            if ttft is not None:
+                genai.set_attribute(names.SPAN_ATTR_TTFT, ttft)
+            ctx = trace.set_span_in_context(genai)
+            tracer.start_span(names.SPAN_PREFILL, context=ctx, start_time=t0).end(end_time=t0 + prefill_ms * MS)
+            genai.end(end_time=t0 + (prefill_ms + 100) * MS)
+            trace_id = genai.get_span_context().trace_id
+            kept = rule.keeps(trace_id, failed=False, error_type=None, finish_reason="stop",
+                              duration_ns=(prefill_ms + 100) * MS, ttft_s=ttft)
+            sent[f"{trace_id:032x}"] = (name, kept)
+        assert provider.force_flush(10_000)
+    finally:
+        provider.shutdown()
+    assert [n for n, k in sent.values() if k] == ["at", "over"], "the recorder's rule disagrees with the cases"
+    kept_traces = [SentTrace(int(h, 16), n, 2, {ENGINE_SERVICE}, set()) for h, (n, k) in sent.items() if k]
+    wait_kept(fleet, kept_traces, timeout=30 + 3 * DECISION_WAIT_S)
+    time.sleep(2)  # the dropped ones were decided with the kept ones
+    leaked = [n for h, (n, k) in sent.items() if not k and jaeger_trace(fleet.query, h) is not None]
+    assert not leaked, f"kept by the sampler, not by the rule: {leaked}"
+    telemetry = f"http://127.0.0.1:{fleet.sampler_envs[0]['OTELCOL_TELEMETRY_PORT']}/metrics"
+    sampled = metric_sum(telemetry, "otelcol_processor_tail_sampling_count_traces_sampled",
+                         'policy="slow-first-token",sampled="true"')
+    assert sampled == 2, f"slow-first-token sampled {sampled} traces"

@@ -205,6 +205,10 @@ def test_span_tree_follows_incoming_traceparent(env: Env) -> None:
     assert tuple(a[names.GEN_AI_RESPONSE_FINISH_REASONS]) == ("length",)
     assert a[names.GEN_AI_USAGE_OUTPUT_TOKENS] == 4 and a[names.GEN_AI_USAGE_INPUT_TOKENS] > 0
     assert names.GEN_AI_INPUT_MESSAGES not in a and names.GEN_AI_OUTPUT_MESSAGES not in a
+    # TTFT (what the fleet's slow-first-token policy reads): arrival to first token, the GenAI
+    # span's start to the prefill span's end, in seconds (the spans' ns are truncated: 2 us slack).
+    ttft_ns = by_name[names.SPAN_PREFILL].end_time - genai.start_time
+    assert abs(a[names.SPAN_ATTR_TTFT] * 1e9 - ttft_ns) < 2000, (a[names.SPAN_ATTR_TTFT], ttft_ns)
     # health is excluded from tracing
     env.spans.clear()
     httpx.get(env.base + "/health")
@@ -450,6 +454,7 @@ def test_a_tracer_provider_that_is_not_the_sdks_gets_the_same_span_tree() -> Non
     genai = by_name[names.genai_span_name("chat", MODEL)]
     assert genai.attributes[names.GEN_AI_RESPONSE_ID] == "chatcmpl-x"
     assert genai.attributes[names.GEN_AI_REQUEST_MODEL] == MODEL
+    assert genai.attributes[names.SPAN_ATTR_TTFT] == pytest.approx(0.02)
     for child in (names.SPAN_QUEUE, names.SPAN_PREFILL, names.SPAN_DECODE):
         assert by_name[child].parent.span_id == genai.context.span_id, child
         assert genai.start_time <= by_name[child].start_time <= by_name[child].end_time <= genai.end_time

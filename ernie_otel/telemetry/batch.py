@@ -122,14 +122,11 @@ class TelemetryThread:
             return trace.set_span_in_context(rt.span)
         st = rt.stats
         assert st.finished is not None  # finish() set it
-        # The timestamps end_spans gives the spans, so the sampler measures the same durations.
-        arrival, scheduled = st.arrival_unix_ns, st.to_unix_ns(st.scheduled) if st.scheduled is not None else None
-        first = st.to_unix_ns(st.first_token) if st.first_token is not None else None
+        # The values end_spans gives the span, so the sampler judges the same numbers.
         kept = self.keep.keeps(
             rt.span.get_span_context().trace_id, failed=item.status in _FAILED, error_type=item.error_type,
-            finish_reason=st.finish_reason, duration_ns=st.to_unix_ns(st.finished) - arrival,
-            queue_ns=None if scheduled is None else scheduled - arrival,
-            prefill_ns=None if scheduled is None or first is None else first - scheduled)
+            finish_reason=st.finish_reason, duration_ns=st.to_unix_ns(st.finished) - st.arrival_unix_ns,
+            ttft_s=None if st.first_token is None else st.first_token - st.arrival)
         return otel_context.set_value(KEPT_TRACE, True, trace.set_span_in_context(rt.span)) if kept else _NO_EXEMPLAR
 
     def record_histograms(self, rt: RequestTelemetry, status: str, error_type: str | None,
@@ -188,6 +185,9 @@ class TelemetryThread:
             attrs[names.GEN_AI_RESPONSE_ID] = item.response_id
         if st.finish_reason:
             attrs[names.GEN_AI_RESPONSE_FINISH_REASONS] = [st.finish_reason]
+        if st.first_token is not None:
+            # The exact TTFT the fleet's tail sampler keeps slow traces on (and keep.py checks).
+            attrs[names.SPAN_ATTR_TTFT] = st.first_token - st.arrival
         # Content was kept only if capture was on when the request ran (set_request_params/finish).
         if rt.input_messages is not None:
             attrs[names.GEN_AI_INPUT_MESSAGES] = json.dumps(rt.input_messages, ensure_ascii=False)

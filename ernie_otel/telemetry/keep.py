@@ -15,7 +15,8 @@ policies over the spans this process writes:
 - errors / error-type: the GenAI span has status ERROR or an ``error.type`` attribute;
 - cancelled: its ``gen_ai.response.finish_reasons`` holds "cancelled";
 - slow-request: the trace lasts at least as long as the GenAI span (first start to last end);
-- slow-first-token: the ernie.queue / ernie.prefill span lengths, from the same timestamps;
+- slow-first-token: the GenAI span's ``gen_ai.server.time_to_first_token``, the very float the
+  recorder writes there, against the same threshold computed the same way (ms / 1000.0 in float64);
 - baseline: the probabilistic policy's hash, computed exactly as the Collector computes it.
 
 Pure Python, no OpenTelemetry: the rule is testable on its own and cheap (one FNV pass over
@@ -83,16 +84,17 @@ class KeepRule:
         object.__setattr__(self, "threshold", baseline_threshold(self.baseline_percent))
 
     def keeps(self, trace_id: int, *, failed: bool, error_type: str | None, finish_reason: str | None,
-              duration_ns: int, queue_ns: int | None, prefill_ns: int | None) -> bool:
-        """Whether the sampler will keep the trace. Durations are span end minus start, in ns, of the
-        GenAI span and (when written) its queue and prefill children; None: no such span."""
+              duration_ns: int, ttft_s: float | None) -> bool:
+        """Whether the sampler will keep the trace. ``duration_ns``: the GenAI span's end minus start;
+        ``ttft_s``: its time-to-first-token attribute (None: no first token, no attribute)."""
         if failed or error_type is not None or finish_reason == FinishReason.CANCELLED.value:
             return True
         # The latency policy compares whole milliseconds (Go's Duration.Milliseconds truncates);
         # for non-negative durations that is the same as comparing nanoseconds to threshold * 1e6.
         if duration_ns >= self.latency_ms * _NS_PER_MS:
             return True
-        ttft_ns = self.ttft_ms * _NS_PER_MS
-        if any(d is not None and d >= ttft_ns for d in (queue_ns, prefill_ns)):
+        # sampler.yaml compares the attribute with ${OTELCOL_SAMPLING_TTFT_MS} / 1000.0: OTTL
+        # divides an int64 by a float64 in float64, as Python does here, so both agree to the bit.
+        if ttft_s is not None and ttft_s >= self.ttft_ms / 1000.0:
             return True
         return baseline_keeps(trace_id, self.hash_salt, self.threshold)

@@ -145,7 +145,7 @@ class TelemetrySettings(Config):
     sampling_latency_ms: int = option(10000, env="OTELCOL_SAMPLING_LATENCY_MS", convert=to_int, check=at_least(0),
                                       help="tail sampler's slow-request threshold, ms")
     sampling_ttft_ms: int = option(2000, env="OTELCOL_SAMPLING_TTFT_MS", convert=to_int, check=at_least(0),
-                                   help="tail sampler's slow queue/prefill threshold, ms")
+                                   help="tail sampler's slow time-to-first-token threshold, ms")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TelemetrySettings:
