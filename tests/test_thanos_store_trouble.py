@@ -100,6 +100,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadDayFleet]:
 
 
 def test_compactor_sigkilled_mid_run_restarts_and_finishes(fleet: BadDayFleet) -> None:
+    """SIGKILL leaves whatever the compactor had half done (a downloaded group, a partial upload);
+    restarted, it must finish from the bucket as it stands, with nothing overlapping."""
     now = int(time.time()) // HOUR * HOUR
     backfill(fleet, "backfill", now - HOUR)
     assert len(_backfill_blocks(fleet)) >= 30, _backfill_blocks(fleet)
@@ -166,6 +168,8 @@ def test_overlapping_blocks_halt_the_compactor_not_ingestion(fleet: BadDayFleet)
 
 
 def test_full_bucket_stops_uploads_not_ingestion(fleet: BadDayFleet) -> None:
+    """The bucket's filesystem full: uploads fail, ingestion does not; the blocks wait on the
+    receivers' disks and are uploaded once there is space again."""
     bucket = fleet.bucket
     assert bucket is not None
     receivers = [p.http for p in fleet.ingester_ports]
