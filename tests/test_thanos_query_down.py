@@ -29,6 +29,8 @@ from thanos_fleet import (
 from ernie_otel import names
 from ernie_otel.stack import thanos as launch
 
+pytestmark = pytest.mark.integration
+
 REQUESTS = names.REQUESTS.prom_name
 
 

@@ -37,6 +37,8 @@ from thanos_fleet import (
 
 from ernie_otel import names
 
+pytestmark = pytest.mark.integration
+
 REQUESTS = names.REQUESTS.prom_name
 BACKFILL_LABELS = ['--label=receive_replica="backfill"', '--label=tenant_id="default-tenant"']
 BACKFILL_INSTANCE = "backfill:8181"
