@@ -9,21 +9,18 @@ Takes about a minute once the Thanos binary is cached (deploy/thanos/build.sh).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from dashboard_queries import iter_queries, load_dashboard
 from helpers import REPO_ROOT, RunningProcess, free_port, http_get, run_process, wait_http
-from test_alerts import alertmanager_config_for_test
 from thanos_fleet import (
     HOST,
     REPLICA_LABEL,
@@ -32,6 +29,7 @@ from thanos_fleet import (
     ReceivePorts,
     api,
     build_thanos,
+    delivered,
     hashmod,
     hashring_config,
     instant,
@@ -42,6 +40,9 @@ from thanos_fleet import (
     rule_args,
     scalar_or_none,
     shard_config,
+    split_targets,
+    start_alertmanager,
+    wait_for,
 )
 
 from ernie_otel import names
@@ -51,21 +52,6 @@ SHARDS = 2
 INGESTERS = 3
 TARGETS = 4
 REQUESTS = names.REQUESTS.prom_name
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except AssertionError as err:  # a query that fails while a component starts
-            value, last = None, err
-        if value is not None and value is not False:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last})")
 
 
 @dataclass
@@ -91,10 +77,7 @@ class Fleet:
 
     def delivered(self, alertname: str) -> list[dict[str, Any]]:
         """Every alert named `alertname` in every webhook POST Alertmanager made so far."""
-        if not self.notifications.exists():
-            return []
-        posts = [json.loads(line) for line in self.notifications.read_text().splitlines() if line.strip()]
-        return [a for p in posts for a in p.get("alerts", []) if a["labels"].get("alertname") == alertname]
+        return delivered(self.notifications, alertname)
 
     def shard(self, index: int) -> str:
         return f"http://{HOST}:{self.shard_ports[index]}"
@@ -122,47 +105,6 @@ class Fleet:
         return running
 
 
-def _split_targets(count: int) -> list[CounterTarget]:
-    """`count` targets whose addresses hash to every shard (each shard gets at least one)."""
-    targets: list[CounterTarget] = []
-    spare: list[CounterTarget] = []
-    while len(targets) < count:
-        target = CounterTarget()
-        have = {hashmod(t.address, SHARDS) for t in targets}
-        missing = set(range(SHARDS)) - have
-        if len(targets) + len(missing) < count or hashmod(target.address, SHARDS) in missing:
-            targets.append(target)
-        else:
-            spare.append(target)
-    for target in spare:
-        target.close()
-    return targets
-
-
-def _start_alertmanager(stack: contextlib.ExitStack, tmp: Path, sink_url: str) -> int:
-    """alerts/alertmanager.yml (webhooks pointed at the sink, short group timings, and a repeat
-    interval longer than the test so that a second notification can only be a duplicate)."""
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if binary is None:
-        pytest.fail("Alertmanager is not installed (Debian package prometheus-alertmanager)")
-    secrets = tmp / "secrets"
-    secrets.mkdir()
-    config = alertmanager_config_for_test(sink_url, secrets,
-                                          {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"})
-    for receiver in config["receivers"]:
-        for webhook in receiver.get("webhook_configs", []):
-            token = webhook.get("http_config", {}).get("authorization", {}).get("credentials_file")
-            if token:
-                Path(token).write_text("test-token\n")
-    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    am = stack.enter_context(run_process(
-        [binary, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
-         f"--web.listen-address={HOST}:{port}", "--cluster.listen-address="], tmp / "alertmanager.log"))
-    wait_http(f"http://{HOST}:{port}/-/ready", timeout=30, proc=am.proc)
-    return port
-
-
 def _short_hold_copy(tmp: Path) -> Path:
     """alerts/fleet-global.yml with every alert's `for:` at 2 s (nothing else changed), so the
     fleet alerts fire within the test."""
@@ -179,7 +121,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     thanos = build_thanos()
     tmp = tmp_path_factory.mktemp("thanos-fleet")
     with contextlib.ExitStack() as stack:
-        targets = _split_targets(TARGETS)
+        targets = split_targets(TARGETS)
         for target in targets:
             stack.callback(target.close)
         load = Load(targets)
@@ -191,7 +133,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         threading.Thread(target=sink.serve_forever, daemon=True).start()
         stack.callback(sink.server_close)
         stack.callback(sink.shutdown)
-        am_port = _start_alertmanager(stack, tmp, f"http://{HOST}:{sink.server_address[1]}")
+        am_port = start_alertmanager(stack, tmp, f"http://{HOST}:{sink.server_address[1]}")
 
         ingester_ports = [ReceivePorts() for _ in range(INGESTERS)]
         router_ports = ReceivePorts()

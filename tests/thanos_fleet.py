@@ -9,28 +9,38 @@ data paths and intervals.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
+import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from helpers import free_port, http_get
+import yaml
+from helpers import free_port, http_get, run_process, wait_http
+from test_alerts import alertmanager_config_for_test
 
 from ernie_otel import names
 from ernie_otel.stack import thanos as launch
 from ernie_otel.stack.records import StackError
+from ernie_otel.stack.webhook_sink import make_server
 
 SHARD_CONFIG = launch.SHARD_CONFIG
 THANOS_DIR = launch.THANOS_DIR
 HOST = launch.HOST
 REPLICA_LABEL = launch.REPLICA_LABEL
 MODEL = "ernie-4.5-0.3b"
+ALERTS_DIR = launch.ALERTS_DIR
+T = TypeVar("T")
 
 # The launch code the stack uses (ernie_otel/stack/thanos.py): one copy of every argument list.
 hashmod = launch.hashmod
@@ -222,3 +232,286 @@ def iter_blocks(bucket: Path) -> Iterator[dict[str, Any]]:
         doc = json.loads(meta.read_text())
         doc["_dir"] = meta.parent
         yield doc
+
+
+# ------------------------------------------------------------------------ waits and set-up
+def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll `check` until it returns something other than None/False; fail the test after
+    `timeout` s. An AssertionError inside (a query failing while a component starts) counts as
+    not yet."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except AssertionError as err:
+            value, last = None, err
+        if value is not None and value is not False:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last})")
+
+
+def split_targets(count: int, shards: int = launch.SHARDS) -> list[CounterTarget]:
+    """`count` targets whose addresses hash to every shard (each shard gets at least one)."""
+    targets: list[CounterTarget] = []
+    spare: list[CounterTarget] = []
+    while len(targets) < count:
+        target = CounterTarget()
+        have = {hashmod(t.address, shards) for t in targets}
+        missing = set(range(shards)) - have
+        if len(targets) + len(missing) < count or hashmod(target.address, shards) in missing:
+            targets.append(target)
+        else:
+            spare.append(target)
+    for target in spare:
+        target.close()
+    return targets
+
+
+def start_alertmanager(stack: contextlib.ExitStack, tmp: Path, sink_url: str) -> int:
+    """alerts/alertmanager.yml (webhooks pointed at the sink, short group timings, and a repeat
+    interval longer than the test so that a second notification can only be a duplicate)."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        pytest.fail("Alertmanager is not installed (Debian package prometheus-alertmanager)")
+    secrets = tmp / "secrets"
+    secrets.mkdir()
+    config = alertmanager_config_for_test(sink_url, secrets,
+                                          {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"})
+    for receiver in config["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            token = webhook.get("http_config", {}).get("authorization", {}).get("credentials_file")
+            if token:
+                Path(token).write_text("test-token\n")
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    am = stack.enter_context(run_process(
+        [binary, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
+         f"--web.listen-address={HOST}:{port}", "--cluster.listen-address="], tmp / "alertmanager.log"))
+    wait_http(f"http://{HOST}:{port}/-/ready", timeout=30, proc=am.proc)
+    return port
+
+
+def delivered(notifications: Path, alertname: str, status: str | None = None) -> list[dict[str, Any]]:
+    """Every alert named `alertname` (and with this status, if given) in every webhook POST
+    Alertmanager made so far (the webhook sink's JSON lines)."""
+    if not notifications.exists():
+        return []
+    posts = [json.loads(line) for line in notifications.read_text().splitlines() if line.strip()]
+    return [a for p in posts for a in p.get("alerts", [])
+            if a["labels"].get("alertname") == alertname and status in (None, a.get("status"))]
+
+
+def short_hold_shard_rules(tmp: Path, config: Path, hold: str = "2s") -> Path:
+    """Point a rendered shard config at copies of its rule files (alerts/ernie-*.yml and
+    alerts/fleet-store.yml) whose `for:` holds are all `hold` -- nothing else changed -- so that
+    alerts fire within a test. Returns the copies' directory."""
+    rules = tmp / "short-hold-rules"
+    rules.mkdir(exist_ok=True)
+    for source in [*sorted(ALERTS_DIR.glob("ernie-*.yml")), ALERTS_DIR / "fleet-store.yml"]:
+        text = source.read_text()
+        (rules / source.name).write_text(re.sub(r"^(\s+for:\s*)\S+$", rf"\g<1>{hold}", text, flags=re.M))
+    text = config.read_text()
+    assert text.count(f"{ALERTS_DIR}/") == 2, text
+    config.write_text(text.replace(f"{ALERTS_DIR}/", f"{rules}/"))
+    return rules
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `path` for the block: a real filesystem that fills up (ENOSPC),
+    which neither a chmod (root ignores it) nor a per-process file size limit imitates. Mounting
+    needs root or password-less sudo, as scripts/setup.sh's package installs do."""
+    path.mkdir(parents=True, exist_ok=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    mount = subprocess.run([*sudo, "mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                           capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+    if mount.returncode != 0:
+        pytest.fail(f"cannot mount a {size} tmpfs on {path} (needs root or password-less sudo): {mount.stderr}")
+    try:
+        yield path
+    finally:
+        # Lazy (-l): a process the test failed to stop must not leave the mount behind.
+        subprocess.run([*sudo, "umount", "-l", str(path)], capture_output=True, timeout=30, check=False,
+                       stdin=subprocess.DEVNULL)
+
+
+def fill_up(path: Path) -> Path:
+    """Write one file into the filesystem of `path` until it is full (ENOSPC); returns the file."""
+    filler = path / "filler"
+    chunk = b"\0" * (1 << 20)
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(chunk)
+                out.flush()
+        except OSError as err:
+            if err.errno != 28:  # ENOSPC
+                raise
+    return filler
+
+
+# ------------------------------------------------------------------- the bad-days fleet
+INGESTERS = launch.INGESTERS
+# Receivers in the store-trouble test cut (and ship) a block every minute instead of every 2 h, so
+# that uploads happen within the test; Thanos receive's (hidden) TSDB block-duration flags.
+SHORT_BLOCKS = ["--tsdb.min-block-duration=1m", "--tsdb.max-block-duration=1m"]
+
+
+@dataclass
+class BadDayFleet:
+    """Targets under load -> 2 Prometheus shards (short-hold rule copies, 1 s scrapes) -> routing
+    receiver -> 3 ingesting receivers (RF 2) -> Thanos Query; Alertmanager in front of the
+    package's webhook sink. With a `bucket`: the receivers ship 1 min blocks to it, and a store
+    gateway (and a compactor the test starts) work on it. Every Thanos HTTP port, started or not,
+    is a meta-monitoring target of both shards, so the shards' store-health rules see them."""
+
+    tmp: Path
+    thanos: Path
+    stack: contextlib.ExitStack
+    targets: list[CounterTarget]
+    load: Load
+    notifications: Path
+    alertmanager_port: int
+    bucket: Path | None
+    ingester_ports: list[ReceivePorts] = field(default_factory=lambda: [ReceivePorts() for _ in range(INGESTERS)])
+    router_ports: ReceivePorts = field(default_factory=ReceivePorts)
+    query_http: int = field(default_factory=free_port)
+    query_grpc: int = field(default_factory=free_port)
+    store_http: int = field(default_factory=free_port)
+    store_grpc: int = field(default_factory=free_port)
+    compactor_http: int = field(default_factory=free_port)
+    shard_ports: list[int] = field(default_factory=lambda: [free_port() for _ in range(launch.SHARDS)])
+    procs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def query(self) -> str:
+        return f"http://{HOST}:{self.query_http}"
+
+    def shard(self, index: int) -> str:
+        return f"http://{HOST}:{self.shard_ports[index]}"
+
+    def objstore(self) -> Path:
+        assert self.bucket is not None
+        return objstore_config(self.tmp, self.bucket)
+
+    def _start(self, name: str, args: list[str], ready: str | None, timeout: float = 60) -> Any:
+        """Start a process (stopped with the fleet) and, unless `ready` is None, wait for it."""
+        running = self.stack.enter_context(run_process(args, self.tmp / f"{name}.log"))
+        if ready is not None:
+            wait_http(ready, timeout=timeout, proc=running.proc)
+        self.procs[name] = running
+        return running
+
+    def start_ingesters(self) -> None:
+        """All ingesting receivers at once (then each waited for): they start within a second or
+        two of each other, inside the window _outside_prune_minute leaves."""
+        for index, ports in enumerate(self.ingester_ports):
+            args = receive_args(self.thanos, ports, self.tmp / f"receive-{index}", replica=f"r{index}")
+            if self.bucket is not None:
+                args += [f"--objstore.config-file={self.objstore()}", *SHORT_BLOCKS]
+            self._start(f"receive-{index}", args, None)
+        for index, ports in enumerate(self.ingester_ports):
+            wait_http(f"http://{HOST}:{ports.http}/-/ready", timeout=60, proc=self.procs[f"receive-{index}"].proc)
+
+    def start_query(self) -> Any:
+        endpoints = [p.grpc for p in self.ingester_ports]
+        if self.bucket is not None:
+            endpoints.append(self.store_grpc)
+        return self._start("query", query_args(self.thanos, self.query_http, self.query_grpc, endpoints),
+                           f"{self.query}/-/ready")
+
+    def start_compactor(self, *extra: str) -> Any:
+        """The stack's raw-tier compactor (--wait), re-running every 2 s instead of every 5 min, and
+        taking blocks at once (they are seconds old here; live it waits 30 min for uploads to settle)."""
+        args = [*launch.compact_args(self.thanos, self.tmp / "compact", self.objstore(), http=self.compactor_http,
+                                     selector="compact-raw-selector.yml", raw_retention=launch.RAW_RETENTION),
+                "--wait-interval=2s", "--consistency-delay=0s", *extra]
+        return self._start("compact", args, f"http://{HOST}:{self.compactor_http}/-/ready")
+
+    def metrics(self, port: int) -> str:
+        code, body = http_get(f"http://{HOST}:{port}/metrics", timeout=10)
+        assert code == 200, (port, code)
+        return body
+
+    def expected_total(self) -> int:
+        return sum(t.total() for t in self.load.targets)
+
+    def query_total(self) -> float | None:
+        instances = "|".join(t.address for t in self.load.targets)
+        return scalar_or_none(self.query, f'sum({names.REQUESTS.prom_name}{{instance=~"{instances}"}})')
+
+    def wait_query_equals_targets(self, timeout: float = 90) -> float:
+        """Query's deduplicated sum over the loaded targets catches up with their own counters
+        (call with the load paused)."""
+        expected = self.expected_total()
+        return wait_for(lambda: self.query_total() == expected and expected, timeout,
+                        f"sum({names.REQUESTS.prom_name}) through Thanos Query == {expected}")
+
+    def writers_failed(self) -> float:
+        """Samples the shards gave up on (a 4xx from the receivers, or the queue dropping them)."""
+        return sum(metric_value(self.metrics(port), "prometheus_remote_storage_samples_failed_total")
+                   for port in self.shard_ports)
+
+
+def _outside_prune_minute(margin_s: float = 12) -> None:
+    """Wait until the receivers can start without meeting a Thanos v0.42.4 race: receive prunes
+    its tenants at every wall-clock minute divisible by twice the max block duration, and runs that
+    check once at start-up; if it lands there while the default tenant's TSDB is still opening, the
+    receiver panics (nil pointer in tenant.shouldBeMarkedInactive). With 2 h blocks that is a start
+    in the first minute of 00:00, 04:00, ...; with the 1 min blocks here, every even minute. So
+    start in an odd minute with `margin_s` of it left."""
+    period_min = 2 * 1  # 2 x --tsdb.max-block-duration of SHORT_BLOCKS, in minutes
+    deadline = time.monotonic() + 2 * 60 * period_min
+    while time.monotonic() < deadline:
+        now = time.time()
+        if int(now // 60) % period_min != 0 and now % 60 < 60 - margin_s:
+            return
+        time.sleep(0.5)
+    pytest.fail("the wall clock never left the receivers' prune minute")
+
+
+@contextlib.contextmanager
+def bad_day_fleet(tmp: Path, *, targets: int = 4, bucket: Path | None = None) -> Iterator[BadDayFleet]:
+    """A running BadDayFleet for the block (see there); every process and thread stopped after."""
+    thanos = build_thanos()
+    with contextlib.ExitStack() as stack:
+        loaded = split_targets(targets)
+        for target in loaded:
+            stack.callback(target.close)
+        load = Load(loaded)
+        stack.callback(load.stop)
+
+        notifications = tmp / "notifications.jsonl"
+        sink = make_server(HOST, 0, notifications)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        stack.callback(sink.server_close)
+        stack.callback(sink.shutdown)
+        am_port = start_alertmanager(stack, tmp, f"http://{HOST}:{sink.server_address[1]}")
+
+        fleet = BadDayFleet(tmp, thanos, stack, loaded, load, notifications, am_port, bucket)
+        if bucket is not None:
+            _outside_prune_minute()
+        fleet.start_ingesters()
+        fleet._start("router", receive_args(thanos, fleet.router_ports, tmp / "router",
+                                            hashring=hashring_config(tmp, fleet.ingester_ports)),
+                     f"http://{HOST}:{fleet.router_ports.http}/-/ready")
+        if bucket is not None:
+            fleet._start("store", [*launch.store_args(thanos, tmp / "store", fleet.objstore(), http=fleet.store_http,
+                                                      grpc=fleet.store_grpc), "--sync-block-duration=3s"],
+                         f"http://{HOST}:{fleet.store_http}/-/ready", timeout=120)
+        fleet.start_query()
+
+        thanos_http = [fleet.query_http, fleet.router_ports.http, *(p.http for p in fleet.ingester_ports)]
+        if bucket is not None:
+            thanos_http += [fleet.store_http, fleet.compactor_http]
+        meta = {"prometheus-shard": [f"{HOST}:{p}" for p in fleet.shard_ports],
+                "thanos": [f"{HOST}:{p}" for p in thanos_http]}
+        for index, port in enumerate(fleet.shard_ports):
+            config = shard_config(tmp, index, remote_write_port=fleet.router_ports.remote_write,
+                                  alertmanager_port=am_port, targets=[t.address for t in loaded], meta_targets=meta)
+            short_hold_shard_rules(tmp, config)
+            fleet._start(f"shard-{index}", prometheus_args(config, port, tmp / f"shard-{index}"),
+                         f"http://{HOST}:{port}/-/ready")
+        yield fleet
