@@ -17,15 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from helpers import free_ports, http_get
-from thanos_fleet import instant, metric_value, scalar_or_none
+from thanos_fleet import instant, metric_value, scalar_or_none, wait_for
 
 from ernie_otel import names
 from ernie_otel.ports import DEFAULT_PORTS
@@ -38,23 +36,6 @@ REQUESTS = names.REQUESTS.prom_name
 # Keep every trace and decide fast, so each request's trace is in Jaeger within seconds (the
 # shipped default keeps 10% of the unremarkable ones after 10 s).
 SAMPLING_ENV = {"OTELCOL_SAMPLING_BASELINE_PERCENT": "100", "OTELCOL_SAMPLING_DECISION_WAIT": "2s"}
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (AssertionError, OSError) as err:  # a component still settling
-            value, last = None, err
-        if value is not None and value is not False:
-            return value
-        time.sleep(1.0)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last})")
-
-
 @pytest.fixture(scope="module")
 def fleet_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("fleet-stack")

@@ -237,14 +237,14 @@ def iter_blocks(bucket: Path) -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------------ waits and set-up
 def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
     """Poll `check` until it returns something other than None/False; fail the test after
-    `timeout` s. An AssertionError inside (a query failing while a component starts) counts as
-    not yet."""
+    `timeout` s. An AssertionError or OSError inside (a query failing, a port refusing, while a
+    component starts) counts as not yet."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         try:
             value = check()
-        except AssertionError as err:
+        except (AssertionError, OSError) as err:
             value, last = None, err
         if value is not None and value is not False:
             return value
