@@ -38,6 +38,8 @@ CHART_COPIES: dict[str, str] = {
     "files/collector/lb.yaml": "collector/fleet/lb.yaml",
     "files/collector/sampler.yaml": "collector/fleet/sampler.yaml",
     "files/jaeger/jaeger.yaml": "collector/jaeger.yaml",
+    # The Jaeger UI's trace -> logs links; templates/jaeger.yaml points them at logStore.uiUrl.
+    "files/jaeger/jaeger-ui.json": "collector/jaeger-ui.json",
 }
 
 

@@ -66,6 +66,22 @@ ernie-otel.io/collector: "true"
 {{- end }}
 {{- end }}
 
+{{/* True (non-empty) when the chart runs its own VictoriaLogs: logStore.url unset. */}}
+{{- define "ernie-otel.ownLogStore" -}}
+{{- if and .Values.logStore.enabled (not .Values.logStore.url) }}true{{ end }}
+{{- end }}
+
+{{/* Base URL the agents' otlp_http/logs exporter appends /insert/opentelemetry/v1/logs to. */}}
+{{- define "ernie-otel.logStoreUrl" -}}
+{{- if .Values.logStore.url }}
+{{- .Values.logStore.url }}
+{{- else if .Values.logStore.enabled }}
+{{- printf "http://%s:%v" (include "ernie-otel.component" (list . "victorialogs")) .Values.ports.log_store }}
+{{- else }}
+{{- fail "logStore.enabled=false needs logStore.url (the base URL of an existing log store taking OTLP/HTTP logs)" }}
+{{- end }}
+{{- end }}
+
 {{/* Environment every Collector container gets: limits, and its own metrics on 0.0.0.0. */}}
 {{- define "ernie-otel.collectorCommonEnv" -}}
 - name: OTELCOL_MEMORY_LIMIT_MIB
@@ -124,6 +140,10 @@ same ones, so the exemplars it attaches point only at traces the samplers keep. 
       value: {{ include "ernie-otel.tracesEndpoint" . | quote }}
     - name: OTELCOL_DEPLOYMENT_ENVIRONMENT
       value: {{ .Values.collector.deploymentEnvironment | quote }}
+    # The logs pipeline's store (collector/otelcol.yaml otlp_http/logs); the base config's
+    # default, 127.0.0.1, has nothing behind it in a pod.
+    - name: OTELCOL_LOG_STORE_URL
+      value: {{ include "ernie-otel.logStoreUrl" . | quote }}
   ports:
     - {name: otlp-grpc, containerPort: {{ .Values.ports.otlp_grpc }}, protocol: TCP}
     - {name: otlp-http, containerPort: {{ .Values.ports.otlp_http }}, protocol: TCP}
