@@ -1,11 +1,13 @@
-"""Container smoke test: the chart's trace path (agent -> lb -> two samplers -> Jaeger) in
-containers, from images built FROM scratch with the project's static Collector and Jaeger.
+"""Container smoke test: the chart's trace path (agent -> lb -> two samplers -> Jaeger) and log path
+(agent -> VictoriaLogs) in containers, from images built FROM scratch with the project's static
+Collector, Jaeger and VictoriaLogs.
 
 What a cluster would run, minus the cluster (kind/k3s cannot run here): Debian's podman with
 runc, each container hardened as the chart's pods are (uid 10001, read-only root filesystem, no
 capabilities, no privilege escalation), the repository's own config files mounted read-only,
 and every listener given through the env variables the configs document. Spans come over OTLP
-from the Python SDK and must arrive whole in Jaeger's query API.
+from the Python SDK and must arrive whole in Jaeger's query API; a log record in a span's context
+must be found by its trace id through VictoriaLogs' LogsQL API.
 
 Network: host networking ONLY, on free 127.0.0.1 ports. podman's default bridge network sits in
 a private range that must never be used on this machine, so podman runs with its own
@@ -22,22 +24,28 @@ sandbox); scripts/setup.sh installs podman and runc.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from helpers import REPO_ROOT, free_port, free_ports, http_get, wait_http
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, set_span_in_context
 
 from ernie_otel import names
 from ernie_otel.stack import components
@@ -182,10 +190,29 @@ def _send_traces(endpoint: str) -> list[str]:
     return ids
 
 
+def _send_log(endpoint: str, trace_id: str) -> None:
+    """One log record in the context of a trace's root span, as ernie-serve's access log is."""
+    provider = LoggerProvider(resource=Resource.create({"service.name": SERVICE}))
+    provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint=endpoint, insecure=True),
+                                                              schedule_delay_millis=200))
+    span = SpanContext(int(trace_id, 16), 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    provider.get_logger(names.ACCESS_LOGGER).emit(
+        timestamp=time.time_ns(), context=set_span_in_context(NonRecordingSpan(span)),
+        severity_number=SeverityNumber.INFO, severity_text=logging.getLevelName(logging.INFO),
+        body="container smoke", attributes={})
+    assert provider.force_flush(10_000), "the SDK could not export logs to the agent container"
+    provider.shutdown()
+
+
 def test_chart_trace_path_runs_in_scratch_containers(podman: Podman, pipeline_bin: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     collector = podman.build(pipeline_bin / "otelcol-ernie", tag)
     jaeger = podman.build(pipeline_bin / "jaeger", tag)
+    # The log store, with the flags the local stack gives it (the chart and compose give the same
+    # ones: tests/test_k8s.py), its data on a volume as on the chart's claim.
+    victorialogs = podman.build(components.victorialogs_binary(timeout=3600), tag)
+    log_store = f"127.0.0.1:{free_port()}"
+    victorialogs_args = components.victorialogs_command(Path("/x"), Path("/vlogs"), log_store)[1:]
     conf = f"{REPO_ROOT / 'collector'}"
     config_volume = {Path(conf): "/conf:ro"}
 
@@ -206,10 +233,12 @@ def test_chart_trace_path_runs_in_scratch_containers(podman: Podman, pipeline_bi
     lb = {**collector_env(),
           "OTELCOL_SAMPLER_ENDPOINTS": "[" + ", ".join(s["OTELCOL_OTLP_GRPC_ENDPOINT"] for s in samplers) + "]"}
     agent = {**components.collector_env(free_ports()), "OTELCOL_QUEUE_DIR": QUEUE,
-             "OTELCOL_LB_ENDPOINT": lb["OTELCOL_OTLP_GRPC_ENDPOINT"]}
+             "OTELCOL_LB_ENDPOINT": lb["OTELCOL_OTLP_GRPC_ENDPOINT"], "OTELCOL_LOG_STORE_URL": f"http://{log_store}"}
 
     # (name, image, args, env, health URL), started in this order: each tier's target first.
     containers = [
+        ("victorialogs", victorialogs, victorialogs_args, {}, f"http://{log_store}/health",
+         {_queue_dir(podman.base, "victorialogs"): "/vlogs"}),
         ("jaeger", jaeger, ["--config", "/conf/jaeger.yaml"], jaeger_env, f"{query}/api/services",
          {jaeger_data: "/data"}),
         *[(f"sampler{k}", collector, ["--config", "/conf/fleet/sampler.yaml"], env,
@@ -241,6 +270,18 @@ def test_chart_trace_path_runs_in_scratch_containers(podman: Podman, pipeline_bi
                 missing.discard(trace_id)
         time.sleep(1)
     assert not missing, f"traces never reached Jaeger through agent -> lb -> sampler: {missing}\n{podman.logs()}"
+
+    # The log path: a record in the first trace's context, found by that trace id (the Jaeger UI's link).
+    _send_log(agent["OTELCOL_OTLP_GRPC_ENDPOINT"], ids[0])
+    logsql = urllib.parse.urlencode({"query": f"trace_id:{ids[0]}"})
+    records: list[dict[str, str]] = []
+    deadline = time.monotonic() + 60
+    while not records and time.monotonic() < deadline:
+        status, body = http_get(f"http://{log_store}/select/logsql/query?{logsql}")
+        assert status == 200, body
+        records = [json.loads(line) for line in body.splitlines() if line.strip()]
+        time.sleep(1)
+    assert [r.get("_msg") for r in records] == ["container smoke"], f"{records}\n{podman.logs()}"
     # Every container is still running: none crashed on its way.
     running = [f"smoke-{tag}-{c[0]}" for c in containers]
     states = podman("inspect", "--format", "{{.State.Status}}", *running).stdout.split()
