@@ -20,12 +20,14 @@ from opentelemetry.context import Context
 
 from .. import names
 from ..kinds import Status, TokenType
+from ..slo import Slo
 from .instruments import AttributeSets, Attrs, Instruments
 from .keep import KeepRule
 from .request_path import Finished, LogOnce, RequestTelemetry
 from .sdk_internals import Phase, SpanWriter
 
 _FAILED = (Status.ERROR.value, Status.REJECTED.value)
+_TTFT_TARGET, _TPOT_TARGET, _E2E_TARGET = (names.span_attr_slo_target(s.value) for s in (Slo.TTFT, Slo.TPOT, Slo.E2E))
 # The invalid span, explicitly: the trace-based exemplar filter attaches nothing to a record made in
 # this context. (An empty Context() would not do: the SDK takes a falsy context as "use the current one".)
 _NO_EXEMPLAR = trace.set_span_in_context(trace.INVALID_SPAN)
@@ -173,9 +175,13 @@ class TelemetryThread:
         if item.error_type is not None:
             attrs[names.ATTR_ERROR_TYPE] = item.error_type
         attrs[names.SPAN_ATTR_TENANT] = st.tenant
-        if st.slo.any:
-            for slo, ms in st.slo.as_ms().items():
-                attrs[names.span_attr_slo_target(slo)] = ms
+        targets = st.slo
+        if targets.any:
+            # SloTargets.as_ms() written out, with the attribute names built once.
+            for key, target in ((_TTFT_TARGET, targets.ttft), (_TPOT_TARGET, targets.tpot),
+                                (_E2E_TARGET, targets.e2e)):
+                if target is not None:
+                    attrs[key] = round(target * 1000, 3)
             if st.slo_verdicts:
                 attrs[names.SPAN_ATTR_SLO_MET] = st.slo_verdicts[-1][1]
                 attrs[names.SPAN_ATTR_SLO_MISSED] = [s.value for s, met in st.slo_verdicts[:-1] if not met]
