@@ -1,7 +1,7 @@
 """CPU cost of the per-request recording path (``Recorder``) alone, and of rendering /metrics.
 
-    .venv/bin/python benchmarks/recording_path.py [--n 20000] [--reps 5] [--full-only] [--json PATH]
-    .venv/bin/python benchmarks/recording_path.py --old REV [--n 5000] [--reps 10]
+    .venv/bin/python benchmarks/recording_path.py [--n 20000] [--reps 5] [--full-only | --slo-pieces] [--json PATH]
+    .venv/bin/python benchmarks/recording_path.py --old REV [--slo-pieces] [--n 5000] [--reps 10]
 
 Builds a ``Recorder`` over real SDK providers, the way ``ernie-serve`` does standalone: a
 MeterProvider with the ``ErniePrometheusReader`` and a TracerProvider whose BatchSpanProcessor
@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +329,59 @@ def render_times(reader: ErniePrometheusReader, count: int) -> tuple[float, floa
     return statistics.median(cpus) * 1e3, statistics.median(walls) * 1e3, size
 
 
+# ------------------------------------------------------------------------------ SLO accounting alone
+class AttributesOnlyWriter:
+    """Takes the finished request's span attributes and hands nothing to the SDK: what end_spans()
+    adds for SLO accounting is attribute building, the same SDK hand-over follows either way."""
+
+    def recording(self, rt: RequestTelemetry) -> bool:
+        return True
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def best_thread_us(fn: Callable[[], None], n: int, rounds: int) -> float:
+    """Best of ``rounds`` batches of n calls, thread CPU (``time.thread_time``) per call in µs. The
+    minimum rather than the median: on a loaded machine preemption and cache thrash only add."""
+    best = float("inf")
+    for _ in range(rounds):
+        gc.collect()
+        t0 = time.thread_time()
+        for _ in range(n):
+            fn()
+        best = min(best, time.thread_time() - t0)
+    return best / n * 1e6
+
+
+def slo_pieces(n: int, rounds: int) -> dict[str, float]:
+    """What SLO accounting adds to one request, piece by piece, against the same calls with nothing
+    configured (``_account`` is finish()'s accounting step, called directly to time it alone)."""
+    plain, slo, acc = Setup(1000), Setup(1000, accounting="slo"), Setup(1000, accounting="all")
+    out: dict[str, float] = {}
+    try:
+        for label, setup in (("nothing configured", plain), ("SLO targets", slo),
+                             ("SLO targets, tenants, cost", acc)):
+            rec = setup.recorder
+            rt = started(setup, 1)[0]
+            st = rt.stats
+            rec.attribute(rt, REQUEST_HEADERS)
+            rec.finish(rt, OK, response_id="chatcmpl-bench")  # sets the verdicts end_spans() reads
+            rec.batch.writer = AttributesOnlyWriter()
+            item = Finished(rt, OK, None, None, "chatcmpl-bench", None)
+            out[f"attribute(), {label}"] = best_thread_us(partial(rec.attribute, rt, REQUEST_HEADERS), n, rounds)
+            out[f"finish()'s accounting, {label}"] = best_thread_us(partial(rec._account, st, OK, None), n, rounds)
+            out[f"end_spans() attributes, {label}"] = best_thread_us(partial(rec.batch.end_spans, item), n, rounds)
+    finally:
+        for setup in (plain, slo, acc):
+            setup.shutdown()
+    for label in ("SLO targets", "SLO targets, tenants, cost"):
+        out[f"added by {label} (sum of the three, minus nothing configured)"] = sum(
+            out[f"{piece}, {label}"] - out[f"{piece}, nothing configured"]
+            for piece in ("attribute()", "finish()'s accounting", "end_spans() attributes"))
+    return out
+
+
 ON = "telemetry on"
 SLO = "telemetry on + SLO targets (one from a header)"
 ACCOUNTING = "telemetry on + SLO targets, tenants, cost"
@@ -349,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--renders", type=int, default=200)
     ap.add_argument("--full-only", action="store_true", help="only the whole-path variants (no breakdown, no render)")
+    ap.add_argument("--slo-pieces", action="store_true",
+                    help="only SLO accounting's pieces: thread CPU, best of --reps batches of --n calls")
     ap.add_argument("--old", default=None, metavar="REV",
                     help="git revision to compare with, side by side (fresh processes, alternating)")
     ap.add_argument("--json", dest="json_path", default=None)
@@ -356,6 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.old:
         return compare(args)
     n, reps = args.n, args.reps
+    if args.slo_pieces:
+        pieces = slo_pieces(n, reps)
+        print(f"SLO accounting alone, thread CPU µs per call (best of {reps} batches of {n}); {load()}\n")
+        print("| piece | µs |\n|---|---:|")
+        for k, v in pieces.items():
+            print(f"| {k} | {v:.2f} |")
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps({"slo_pieces_us": pieces}, indent=2) + "\n")
+        return 0
     load_before = load()
 
     on = Setup(n)
@@ -446,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    """This tree against ``--old REV``: per repetition one fresh ``--full-only`` process per tree."""
+    """This tree against ``--old REV``: per repetition one fresh ``--full-only`` (or ``--slo-pieces``,
+    best of 5 batches) process per tree."""
     work = Path(tempfile.mkdtemp(prefix="ernie-recording-"))
     old_tree = work / "old"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(old_tree), args.old], check=True)
@@ -459,17 +525,20 @@ def compare(args: argparse.Namespace) -> int:
             for name in order:
                 out = work / f"round-{rnd}-{'new' if trees[name] == REPO else 'old'}.json"
                 # This script, with the tree's package first on the path (ahead of the editable install).
-                subprocess.run([sys.executable, __file__, "--full-only", "--n", str(args.n), "--reps", "1",
-                                "--json", str(out)], check=True, stdout=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(trees[name])})
-                rounds[name].append(json.loads(out.read_text())["full_path_us"])
+                mode = ["--slo-pieces", "--reps", "5"] if args.slo_pieces else ["--full-only", "--reps", "1"]
+                env = {**os.environ, "PYTHONPATH": str(trees[name])}
+                subprocess.run([sys.executable, __file__, *mode, "--n", str(args.n), "--json", str(out)],
+                               check=True, stdout=subprocess.DEVNULL, env=env)
+                rounds[name].append(json.loads(out.read_text())["slo_pieces_us" if args.slo_pieces else "full_path_us"])
                 print(f"round {rnd + 1}/{args.reps} {name}: " + ", ".join(
-                    f"{rounds[name][-1][k]:.1f}" for k in (ON, SLO, ACCOUNTING)) + f" µs; {load()}", file=sys.stderr)
+                    f"{v:.1f}" for v in list(rounds[name][-1].values())[:3]) + f" µs; {load()}", file=sys.stderr)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], check=False)
     new, old = (rounds[t] for t in trees)
+    what = (f"SLO accounting's pieces (thread CPU, best of 5 batches of {args.n} calls)" if args.slo_pieces else
+            f"every variant once over N={args.n} requests (CPU of the process)")
     print(f"Recording path, this tree vs {args.old}: {args.reps} rounds, each a fresh process per tree (order "
-          f"alternating) running every variant once over N={args.n} requests; CPU µs per request, medians.\n"
+          f"alternating) measuring {what}; µs per request, medians over the rounds.\n"
           f"{load_before} at start, {load()} at the end.\n")
     print(f"| path | this tree | {args.old} | this tree / {args.old} (median per-round ratio) |\n|---|---:|---:|---:|")
     results: dict[str, Any] = {"old": args.old, "n": args.n, "rounds": args.reps, "variants": {}}
@@ -478,7 +547,11 @@ def compare(args: argparse.Namespace) -> int:
         b = statistics.median(r[k] for r in old)
         ratio = statistics.median(x[k] / y[k] for x, y in zip(new, old, strict=True))
         results["variants"][k] = {"new_us": a, "old_us": b, "ratio": ratio}
-        print(f"| {k} | {a:.1f} | {b:.1f} | {ratio * 100:.1f}% |")
+        print(f"| {k} | {a:.2f} | {b:.2f} | {ratio * 100:.1f}% |")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({**results, "rounds_us": rounds}, indent=2) + "\n")
+    if args.slo_pieces:
+        return 0
     print("\nSLO accounting's cost (median of the per-round differences within one process):\n")
     print(f"| difference | this tree | {args.old} |\n|---|---:|---:|")
     for k, ref in ((SLO, ON), (ACCOUNTING, ON), (TWO_READERS_ACCOUNTING, TWO_READERS)):
