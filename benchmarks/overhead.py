@@ -1,7 +1,8 @@
 """Telemetry overhead of ernie-serve: off vs standalone Prometheus vs full OTLP (metrics + traces).
 
     .venv/bin/python benchmarks/overhead.py [--model tiny] [--rounds 5] [--requests 64]
-        [--concurrency 8] [--max-tokens 32] [--json PATH]
+        [--concurrency 8] [--max-tokens 32] [--slo-ttft MS --slo-tpot MS --slo-e2e MS [--slo-headers]]
+        [--json PATH]
 
 Three ernie-serve processes serve the same model, one per telemetry mode:
 
@@ -25,6 +26,10 @@ distance from ``off`` is the noise floor of the figures.
 ``--old REV`` with the ``prom-old``/``full-old`` variants serves those from REV's code (checked out
 into a temporary git worktree, run with this virtual environment), in the same rounds as this
 tree's ``prom``/``full``: what a change bought, measured side by side.
+
+``--slo-ttft/--slo-tpot/--slo-e2e`` give every server those SLO targets (so ``prom`` and ``full``
+pay for SLO accounting and its span attributes); ``--slo-headers`` also sends the TTFT/TPOT
+targets with every request as the gateway headers, so the per-request header path runs too.
 
 This module also holds the ernie-serve/Collector starters the other benchmark scripts import.
 """
@@ -142,8 +147,16 @@ def start_collector(bin_dir: Path, log_dir: Path, gomaxprocs: int = 0,
 
 def workload(url: str, args: argparse.Namespace, requests: int | None = None,
              concurrency: int | None = None) -> BenchConfig:
+    slo = {f"slo_{k}": ms / 1000.0 for k in ("ttft", "tpot", "e2e") if (ms := getattr(args, f"slo_{k}", None))}
     return BenchConfig(url=url, requests=requests or args.requests, concurrency=concurrency or args.concurrency,
-                       max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens, stream=True, ignore_eos=True)
+                       max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens, stream=True, ignore_eos=True,
+                       slo_headers=bool(slo) and getattr(args, "slo_headers", False), **slo)
+
+
+def slo_args(args: argparse.Namespace) -> list[str]:
+    """The ernie-serve flags for --slo-ttft/--slo-tpot/--slo-e2e (milliseconds), as given."""
+    return [a for k in ("ttft", "tpot", "e2e") if (ms := getattr(args, f"slo_{k}", None))
+            for a in (f"--slo-{k}", f"{ms:g}")]
 
 
 def bench(cfg: BenchConfig) -> BenchResult:
@@ -200,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="ernie-serve --device for every server (default: ernie-serve's auto)")
     ap.add_argument("--old", default=None, metavar="REV",
                     help="git revision that serves the prom-old/full-old variants, side by side with this tree")
+    for kind in ("ttft", "tpot", "e2e"):
+        ap.add_argument(f"--slo-{kind}", type=float, default=None, metavar="MS",
+                        help=f"ernie-serve --slo-{kind} for every server (and the load generator's goodput)")
+    ap.add_argument("--slo-headers", action="store_true",
+                    help="send the TTFT/TPOT targets with each request as x-slo-ttft-ms / x-slo-tpot-ms")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     variants = ["off", *[v for v in args.variants.split(",") if v and v != "off"]]
@@ -256,6 +274,7 @@ def run(args: argparse.Namespace, variants: list[str], log_dir: Path, old_tree: 
             "full-old": (threads, ["--otlp-endpoint", otlp], True),
         }
         device = ["--device", args.device] if args.device else []
+        device += slo_args(args)
         if args.torch_threads:  # ernie-serve sets torch's thread count itself; OMP_NUM_THREADS alone is overridden
             device += ["--torch-threads", str(args.torch_threads)]
         servers: dict[str, Running] = {}
@@ -350,7 +369,18 @@ def summarize(runs: dict[str, list[BenchResult]], cpu_ms: dict[str, list[float]]
             "tok_s_min": min(tps),
             "tok_s_max": max(tps),
         }
+        attained = [a for r in rs if (a := r.slo_attainment.get("all")) is not None]
+        if attained:  # with --slo-*: the client's share of requests that met every target
+            out[v]["slo_all_attainment_median"] = statistics.median(attained)
     return out
+
+
+def slo_note(args: argparse.Namespace) -> str:
+    flags = slo_args(args)
+    if not flags:
+        return ""
+    sent = " (also sent as request headers)" if getattr(args, "slo_headers", False) else ""
+    return f"SLO targets on every server: {' '.join(flags)}{sent}. "
 
 
 def format_table(summary: dict[str, dict[str, float]], args: argparse.Namespace, note: str, elapsed: float) -> str:
@@ -359,7 +389,7 @@ def format_table(summary: dict[str, dict[str, float]], args: argparse.Namespace,
         f"{args.requests} requests, concurrency {args.concurrency}, max_tokens {args.max_tokens} (ignore_eos), stream, "
         f"prompt ~{args.prompt_tokens} words, torch threads {args.torch_threads or 'default'}, "
         f"device {getattr(args, 'device', None) or 'auto'}. full -> {note}. "
-        f"{elapsed:.0f} s.",
+        + slo_note(args) + f"{elapsed:.0f} s; load average {os.getloadavg()[0]:.2f} at the end.",
         "",
         "| variant | tok/s (median) | tok/s min-max | vs off (ratio of medians) | vs off (median per-round ratio) "
         "| TTFT p50 ms (median) | TTFT vs off (median per-round Δ) | TPOT p50 ms (median) "
@@ -373,6 +403,11 @@ def format_table(summary: dict[str, dict[str, float]], args: argparse.Namespace,
             f"{s['ttft_p50_ms_median']:.1f} | {s['ttft_delta_ms_per_round_median']:+.1f} ms | "
             f"{s['tpot_p50_ms_median']:.2f} | {s['server_cpu_ms_per_request_median']:.2f} | "
             f"{s['server_cpu_ms_per_request_delta_vs_off']:+.2f} ms |")
+    attainment = {v: s["slo_all_attainment_median"] for v, s in summary.items() if "slo_all_attainment_median" in s}
+    if attainment:
+        lines.append("")
+        lines.append("Client-side SLO attainment (all targets, median per run): "
+                     + ", ".join(f"{v} {a * 100:.1f}%" for v, a in attainment.items()) + ".")
     full = summary.get("full")
     if full is not None:
         ok_tps = full["tok_s_ratio_per_round_median"] >= 0.98

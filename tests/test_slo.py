@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.datastructures import Headers
 
 from ernie_otel import names, slo
 from ernie_otel.kinds import ErrorType, Status
@@ -49,6 +50,22 @@ def test_header_targets_are_clamped_and_bad_ones_ignored() -> None:
     targets, problems = slo.request_targets(base, {slo.HEADER_TTFT: "100", slo.HEADER_TPOT: "junk"})
     assert targets == SloTargets(ttft=0.1, tpot=0.05, e2e=10.0)
     assert problems == [(slo.HEADER_TPOT, HeaderProblem.INVALID)]
+
+
+def test_remembered_header_targets_equal_parsed_ones_and_the_memo_stays_bounded() -> None:
+    base = SloTargets(ttft=0.5, tpot=0.05, e2e=10.0)
+    memo = slo.HeaderTargets(base, max_entries=8)
+    values = [None, "250", " 12.5 ", "0", "9e9", "abc", "", "1" * 40, "nan"]
+    for _ in range(2):  # the second pass answers from the memo
+        for ttft in values:
+            for tpot in values:
+                targets, problems = slo.header_targets(base, ttft, tpot)
+                assert memo(ttft, tpot) == (targets, tuple(problems)), (ttft, tpot)
+    for i in range(1000):  # a client varying its headers: parsed every time, never hoarded
+        assert memo(str(i + 1), None)[0].ttft == (i + 1) / 1000
+        assert len(memo._memo) <= 8
+    memo("7" * 1000, None)
+    assert ("7" * 1000, None) not in memo._memo
 
 
 def test_evaluation_follows_the_documented_definitions() -> None:
@@ -206,6 +223,24 @@ def test_bad_headers_are_counted_never_raised() -> None:
                         (slo.HEADER_TTFT, "clamped"): 1}
     # the invalid one kept the server's 500 ms target: met; the clamped 1 ms target: missed
     assert rig.counts(names.SLO_REQUESTS)[("default", "ttft", "met")] == 1
+
+
+def test_starlette_headers_are_read_in_one_pass() -> None:
+    # attribute() reads Starlette's raw header list in one pass: names compared without case (on
+    # either side), and the first of repeated headers wins, as with Headers.get.
+    rig = Rig(slo_targets=SloTargets(ttft=0.5, tpot=0.05), tenants=TenantResolver(frozenset({"a", "b"})),
+              tenant_header="X-Tenant-Id")
+    raw = [(b"host", b"x"), (b"x-slo-ttft-ms", b"250"), (b"x-tenant-id", b"a"), (b"x-slo-ttft-ms", b"999"),
+           (b"x-tenant-id", b"b"), (b"X-SLO-TPOT-MS", b"20")]
+    headers = Headers(raw=raw)
+    rt = rig.recorder.start("chat", "id")
+    rig.recorder.attribute(rt, headers)
+    assert (headers.get("x-slo-ttft-ms"), headers.get("X-Tenant-Id")) == ("250", "a")
+    assert rt.stats.tenant == "a"
+    assert rt.stats.slo == SloTargets(ttft=0.25, tpot=0.02)
+    rt = rig.recorder.start("chat", "id")
+    rig.recorder.attribute(rt, Headers(raw=[(b"host", b"x")]))
+    assert rt.stats.tenant == "default" and rt.stats.slo == SloTargets(ttft=0.5, tpot=0.05)
 
 
 def test_tenant_counters_cap_and_cost() -> None:

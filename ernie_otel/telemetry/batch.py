@@ -9,6 +9,7 @@ queue/prefill/decode children to the span writer. Collections and tests call ``f
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import threading
 import time
@@ -21,18 +22,29 @@ from opentelemetry.context import Context
 
 from .. import names
 from ..kinds import Status, TokenType
+from ..slo import Slo, SloTargets
 from .instruments import AttributeSets, Attrs, Instruments
 from .keep import KeepRule
 from .request_path import Finished, LogOnce, RequestTelemetry
 from .sdk_internals import Phase, SpanWriter
 
 _FAILED = (Status.ERROR.value, Status.REJECTED.value)
+_SLO_TARGET_KEYS = tuple((s.value, names.span_attr_slo_target(s.value)) for s in (Slo.TTFT, Slo.TPOT, Slo.E2E))
 # The invalid span, explicitly: the trace-based exemplar filter attaches nothing to a record made in
 # this context. (An empty Context() would not do: the SDK takes a falsy context as "use the current one".)
 _NO_EXEMPLAR = trace.set_span_in_context(trace.INVALID_SPAN)
 # Marks the records of a trace the fleet's samplers keep; when exemplars follow sampling, the SDK's
 # exemplar filter (exemplar_filter.py) admits only measurements that carry it.
 KEPT_TRACE = otel_context.create_key("ernie-otel.exemplar-trace-kept")
+
+
+@functools.lru_cache(maxsize=256)
+def _slo_target_attributes(targets: SloTargets) -> dict[str, float]:
+    """A request's targets as span attributes (ms), once per distinct set of targets: a server sees
+    few (its own and the gateway's usual headers), and rounding three floats per span cost ~1 µs.
+    Callers copy from the result, never change it."""
+    ms = targets.as_ms()
+    return {key: ms[slo] for slo, key in _SLO_TARGET_KEYS if slo in ms}
 
 
 class TelemetryThread:
@@ -198,8 +210,7 @@ class TelemetryThread:
             attrs[names.ATTR_ERROR_TYPE] = item.error_type
         attrs[names.SPAN_ATTR_TENANT] = st.tenant
         if st.slo.any:
-            for slo, ms in st.slo.as_ms().items():
-                attrs[names.span_attr_slo_target(slo)] = ms
+            attrs.update(_slo_target_attributes(st.slo))
             if st.slo_verdicts:
                 attrs[names.SPAN_ATTR_SLO_MET] = st.slo_verdicts[-1][1]
                 attrs[names.SPAN_ATTR_SLO_MISSED] = [s.value for s, met in st.slo_verdicts[:-1] if not met]

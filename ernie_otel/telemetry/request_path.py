@@ -20,7 +20,7 @@ from opentelemetry.util.types import Attributes
 
 from .. import names
 from ..kinds import Status
-from ..slo import NO_TARGETS, SloResult, SloTargets, evaluate, request_targets
+from ..slo import HEADER_TPOT, HEADER_TTFT, NO_TARGETS, HeaderTargets, Slo, SloResult, SloTargets, evaluate
 from ..stats import RequestStats
 from ..tenancy import Price, TenantResolver
 
@@ -115,6 +115,13 @@ class RequestPath:
         self.tenant_header = tenant_header
         self.price = price
         self.batch_slots = batch_slots
+        # Built once: the header targets' memo, and the raw (lower-case) names of the headers
+        # attribute() reads.
+        self._slo_headers = HeaderTargets(slo_targets) if slo_targets.any else None
+        wanted = [HEADER_TTFT, HEADER_TPOT] if self._slo_headers is not None else []
+        if tenants is not None and tenant_header:
+            wanted.append(tenant_header)
+        self._wanted = {h.lower().encode("latin-1"): h for h in wanted}
 
     def start(self, operation: str, request_id: str) -> RequestTelemetry:
         stats = RequestStats(request_id=request_id, operation=operation)
@@ -137,20 +144,39 @@ class RequestPath:
     def attribute(self, rt: RequestTelemetry, headers: Mapping[str, str], key_name: str | None = None) -> None:
         """Whose request this is and which targets it is judged against, from its headers (and the
         name of the API key that authenticated it). Bad headers are counted, never an error."""
+        if self.tenants is None and self._slo_headers is None:
+            return
         try:
+            values = self._header_values(headers)
             st = rt.stats
             if self.tenants is not None:
                 tenant, overflow = self.tenants.resolve(
-                    headers.get(self.tenant_header) if self.tenant_header else None, key_name)
+                    values.get(self.tenant_header) if self.tenant_header else None, key_name)
                 st.tenant = tenant
                 if overflow is not None:
                     self._overflow[overflow.value] += 1
-            if self.slo_targets.any:
-                st.slo, problems = request_targets(self.slo_targets, headers)
+            if self._slo_headers is not None:
+                st.slo, problems = self._slo_headers(values.get(HEADER_TTFT), values.get(HEADER_TPOT))
                 for header, problem in problems:
                     self._header_problems[(header, problem.value)] += 1
         except Exception as exc:
             self._log_once("attribution", exc)
+
+    def _header_values(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """The headers attribute() reads, found in one pass where the mapping exposes the raw ASGI
+        list (Starlette's ``Headers.raw``): its ``get`` scans that list once per name and raises
+        and catches a KeyError for an absent one, ~2 µs for three look-ups against <1 µs for one
+        pass. The first occurrence wins, as with ``get``."""
+        raw = getattr(headers, "raw", None)
+        if not isinstance(raw, list):
+            return headers
+        wanted = self._wanted
+        found: dict[str, str] = {}
+        for key, value in raw:
+            name = wanted.get(key.lower())
+            if name is not None and name not in found:
+                found[name] = value.decode("latin-1")
+        return found
 
     def set_request_params(self, rt: RequestTelemetry, messages: Any = None) -> None:
         """Parameters are in ``rt.stats``; only the (opt-in) content needs keeping here."""
@@ -210,7 +236,7 @@ class RequestPath:
                                 st.finished - st.arrival)
             st.slo_verdicts = verdicts
             for slo, met in verdicts:
-                sk = (tenant, slo.value, _MET if met else _MISSED)
+                sk = (tenant, _SLO_VALUES[slo], _MET if met else _MISSED)
                 self._slo_counts[sk] = self._slo_counts.get(sk, 0) + 1
             if verdicts and verdicts[-1][1]:
                 self._goodput[tenant] = self._goodput.get(tenant, 0) + st.output_tokens
@@ -221,6 +247,8 @@ class RequestPath:
             self._cost[tenant] = self._cost.get(tenant, 0.0) + cost
 
 
+# Enum ``.value`` is a descriptor call: the request path reads these plain strings instead.
+_SLO_VALUES = {s: s.value for s in Slo}
 _MET = SloResult.MET.value
 _MISSED = SloResult.MISSED.value
 _REJECTED = Status.REJECTED.value
