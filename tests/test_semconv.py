@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,48 @@ def test_ernie_serve_with_the_latest_names_keeps_stable_http(tmp_path: Path) -> 
     assert f"{names.HTTP_SERVER_DURATION_PROM}_bucket" in text
     p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ernie_serve_exports_the_event_where_its_log_records_go(tmp_path: Path) -> None:
+    """The real server's wiring (serve.py -> Recorder -> its LoggerProvider): with the latest names and
+    the console log exporter, each request's event is on stdout with the request's trace id, its
+    token usage, and no content (no opt-in)."""
+    env = {SEMCONV_ENV: names.SEMCONV_GENAI_LATEST, "OTEL_LOGS_EXPORTER": "console",
+           "OTEL_BLRP_SCHEDULE_DELAY": "100", names.CAPTURE_CONTENT_ENV: None}
+    with run_server(tmp_path, env=env) as served:
+        r = httpx.post(served.base + "/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "secret-hi"}], "max_tokens": 3,
+                             "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        trace_id = r.headers[names.TRACE_ID_HEADER]
+
+        def events() -> list[dict[str, Any]]:
+            return [e for e in _json_objects(served.log())
+                    if e.get("event_name") == names.GENAI_EVENT_OPERATION_DETAILS
+                    and e.get("trace_id") == "0x" + trace_id]
+
+        deadline = time.monotonic() + 15
+        while not events() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        found = events()
+        assert len(found) == 1, served.log()[-3000:]
+    attrs = found[0]["attributes"]
+    assert attrs[names.GEN_AI_RESPONSE_ID] == r.json()["id"]
+    assert attrs[names.GEN_AI_USAGE_OUTPUT_TOKENS] == r.json()["usage"]["completion_tokens"] == 3
+    assert attrs[names.GEN_AI_OPERATION_NAME] == names.Operation.CHAT.value
+    assert names.GEN_AI_INPUT_MESSAGES not in attrs and "secret-hi" not in json.dumps(found[0])
+
+
+def _json_objects(text: str) -> Iterator[dict[str, Any]]:
+    """Every JSON object that starts a line of a process log (the console exporter's are indented)."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"^\{", text, re.MULTILINE):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
 
 
 def served_value(text: str, family: str) -> float:
