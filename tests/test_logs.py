@@ -176,7 +176,8 @@ def test_content_is_logged_with_the_opt_in() -> None:
         r = captured.chat(f"please repeat {secret}")
         assert r.status_code == 200, r.text
         line = captured.line_of(r.headers[names.TRACE_ID_HEADER])
-        assert secret in line[names.LOG_INPUT_MESSAGES]
+        assert json.loads(line[names.LOG_INPUT_MESSAGES]) == [
+            {"role": "user", "parts": [{"type": "text", "content": f"please repeat {secret}"}]}]
         assert line[names.LOG_OUTPUT_TEXT] == r.json()["choices"][0]["message"]["content"]
         record = next(d.log_record for d in captured.otlp_logs.get_finished_logs()
                       if format(d.log_record.trace_id or 0, "032x") == r.headers[names.TRACE_ID_HEADER])
