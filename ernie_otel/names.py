@@ -410,6 +410,26 @@ GENAI_OPERATION_OUTPUT = MetricSpec(
 # Not in CATALOGUE (which is what every default-configured server emits): these need the opt-in.
 GENAI_LATEST_METRICS = (GENAI_USAGE_INPUT, GENAI_USAGE_OUTPUT, GENAI_OPERATION_INPUT, GENAI_OPERATION_OUTPUT)
 GENAI_OLD_METRICS = (GENAI_TOKEN_USAGE,)
+# The one GenAI event of the latest conventions (replacing the deprecated per-message events
+# gen_ai.system.message / gen_ai.user.message / gen_ai.assistant.message / gen_ai.tool.message /
+# gen_ai.choice, none of which ernie-serve ever emitted): an OTel log record with this event name,
+# one per finished request, in the GenAI span's context, with the attributes below and no body.
+# Emitted with the latest names (latest and /dup) whenever log records are exported.
+GENAI_EVENT_OPERATION_DETAILS = "gen_ai.client.inference.operation.details"
+# Always on the event (each only when the request has a value: an absent key means "not known").
+GENAI_EVENT_ATTRIBUTES = (
+    GEN_AI_OPERATION_NAME, GEN_AI_PROVIDER_NAME, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL, SERVER_ADDRESS,
+    SERVER_PORT, GEN_AI_REQUEST_STREAM, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_TEMPERATURE, GEN_AI_REQUEST_TOP_P,
+    GEN_AI_REQUEST_SEED, GEN_AI_RESPONSE_ID, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_ERROR_TYPE,
+)
+# Only with the content opt-in (CAPTURE_CONTENT_ENV), in structured form (lists of
+# {"role", "parts": [{"type": "text", "content"}]}, outputs with "finish_reason"), as the
+# convention requires on events; spans keep them as JSON strings (span attributes cannot nest).
+GENAI_EVENT_CONTENT_ATTRIBUTES = (GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES)
+# What an output message's finish_reason says when the request ended without one (an error).
+GENAI_EVENT_NO_FINISH_REASON = FinishReason.ERROR.value
+
 # old -> latest, with what the latest one needs (docs/metrics.md's migration table).
 GENAI_MIGRATION = (
     (GENAI_TOKEN_USAGE, GENAI_USAGE_INPUT, f'`_sum` with `gen_ai_token_type="input"` -> counter, '
@@ -588,9 +608,23 @@ def catalogue_markdown() -> str:
         "- `gen_ai.usage.cache_creation.input_tokens` is renamed `gen_ai.usage.cache_write.input_tokens`, and the",
         "  latest conventions add `..._usage_cache_read/cache_write...` counters: this engine has no prompt cache, so",
         "  neither the attributes nor those counters are emitted (a 0 would claim a cache that misses).",
-        "- Per-message events are deprecated for the `gen_ai.client.inference.operation.details` event; ernie-serve",
-        "  emits no per-message events: opted-in content goes on the GenAI span as `gen_ai.input.messages` /",
-        "  `gen_ai.output.messages`, the attributes that event carries.",
+        "",
+        "Events (OTel log records with an event name, exported wherever log records go: see docs/pipeline.md):",
+        "",
+        "| old (default) | latest (`/dup`, latest) | change |",
+        "|---|---|---|",
+        "| none (per-message events `gen_ai.user.message`, `gen_ai.choice`, ... are deprecated and were never "
+        f"emitted) | `{GENAI_EVENT_OPERATION_DETAILS}` | one event per finished request, in the GenAI span's "
+        "context (its trace and span ids), no body |",
+        "",
+        f"- `{GENAI_EVENT_OPERATION_DETAILS}` carries "
+        + ", ".join(f"`{key}`" for key in GENAI_EVENT_ATTRIBUTES)
+        + " (each when the request has a value; `error.type` only on failure).",
+        "- With the content opt-in only: " + ", ".join(f"`{key}`" for key in GENAI_EVENT_CONTENT_ATTRIBUTES)
+        + ", structured (`[{\"role\": \"user\", \"parts\": [{\"type\": \"text\", \"content\": ...}]}]`, output",
+        f"  messages with `finish_reason`, `{GENAI_EVENT_NO_FINISH_REASON}` when the request failed); on the GenAI",
+        "  span the same keys hold the same messages as JSON strings (span attributes cannot nest), in every mode.",
+        "- In the default mode no event is emitted: content stays on the span only.",
         "",
         "## Bucket overrides",
         "",

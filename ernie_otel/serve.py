@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                             config.max_tenants),
                         tenant_header=config.tenant_header, price=price, batch_slots=config.max_num_seqs,
                         keep=settings.keep_rule, access_logger=access_logger,
-                        genai_semconv=settings.genai_semconv)
+                        genai_semconv=settings.genai_semconv, logger_provider=telemetry.logger_provider)
 
     server = ErnieServer(config, recorder_factory, keys=keys)
     if telemetry.prometheus is not None and config.metrics_port:

@@ -73,7 +73,7 @@ def _access_logger(stream: io.StringIO, provider: LoggerProvider) -> logging.Log
     return logger
 
 
-def _env(capture_content: bool) -> Iterator[Env]:
+def _env(capture_content: bool, genai_semconv: names.GenAiSemconv = names.GenAiSemconv.OLD) -> Iterator[Env]:
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
@@ -87,7 +87,8 @@ def _env(capture_content: bool) -> Iterator[Env]:
     config = ServeConfig(model="tiny", max_num_seqs=2, max_queue_len=4, max_model_len=1024)
     server = ErnieServer(config, lambda model, stats: Recorder(meter_provider, tracer_provider, model, stats,
                                                                capture_content=capture_content,
-                                                               access_logger=access))
+                                                               access_logger=access, genai_semconv=genai_semconv,
+                                                               logger_provider=logger_provider))
     with app_in_thread(server.create_app(telemetry)) as base:
         yield Env(base, server, spans, otlp_logs, stream)
 
@@ -175,11 +176,41 @@ def test_content_is_logged_with_the_opt_in() -> None:
         r = captured.chat(f"please repeat {secret}")
         assert r.status_code == 200, r.text
         line = captured.line_of(r.headers[names.TRACE_ID_HEADER])
-        assert secret in line[names.LOG_INPUT_MESSAGES]
+        assert json.loads(line[names.LOG_INPUT_MESSAGES]) == [
+            {"role": "user", "parts": [{"type": "text", "content": f"please repeat {secret}"}]}]
         assert line[names.LOG_OUTPUT_TEXT] == r.json()["choices"][0]["message"]["content"]
         record = next(d.log_record for d in captured.otlp_logs.get_finished_logs()
                       if format(d.log_record.trace_id or 0, "032x") == r.headers[names.TRACE_ID_HEADER])
         assert secret in str((record.attributes or {})[names.LOG_INPUT_MESSAGES])
+
+
+def test_the_latest_conventions_add_the_operation_details_event_beside_the_access_record() -> None:
+    """A served request with the latest GenAI names and the content opt-in: one access record and one
+    gen_ai.client.inference.operation.details event, both in the GenAI span's context; the event's
+    content is structured (role + parts), the access line is unchanged."""
+    for served in _env(capture_content=True, genai_semconv=names.GenAiSemconv.LATEST):
+        secret = f"secret-{uuid.uuid4().hex}"
+        r = served.chat(f"please repeat {secret}")
+        assert r.status_code == 200, r.text
+        trace_id = r.headers[names.TRACE_ID_HEADER]
+        line = served.line_of(trace_id)
+        mine = [d.log_record for d in served.otlp_logs.get_finished_logs()
+                if format(d.log_record.trace_id or 0, "032x") == trace_id]
+        events = [rec for rec in mine if rec.event_name == names.GENAI_EVENT_OPERATION_DETAILS]
+        assert len(mine) == 2 and len(events) == 1, [rec.event_name for rec in mine]
+        event = events[0]
+        assert format(event.span_id or 0, "016x") == line[names.LOG_SPAN_ID]
+        attrs = dict(event.attributes or {})
+        usage = r.json()["usage"]
+        assert attrs[names.GEN_AI_RESPONSE_ID] == r.json()["id"]
+        assert attrs[names.GEN_AI_USAGE_INPUT_TOKENS] == usage["prompt_tokens"]
+        assert attrs[names.GEN_AI_USAGE_OUTPUT_TOKENS] == usage["completion_tokens"] == 5
+        assert tuple(attrs[names.GEN_AI_RESPONSE_FINISH_REASONS]) == (names.FinishReason.LENGTH.value,)
+        (message,) = attrs[names.GEN_AI_INPUT_MESSAGES]
+        assert message["role"] == "user" and message["parts"][0]["content"] == f"please repeat {secret}"
+        (choice,) = attrs[names.GEN_AI_OUTPUT_MESSAGES]
+        assert choice["parts"][0]["content"] == r.json()["choices"][0]["message"]["content"]
+        assert choice["finish_reason"] == names.FinishReason.LENGTH.value
 
 
 def test_every_line_carries_the_active_span_ids() -> None:

@@ -11,15 +11,20 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from e2e_client import E2EStack, wait_for
 from helpers import http_get
+from serve_helpers import run_server
 from test_ui_browser import PLACEHOLDER_TEXT, Browser
 
 from ernie_otel import jaeger_ui, names
+from ernie_otel.ports import HOST
 from ernie_otel.stack import components
+from ernie_otel.telemetry.settings import SEMCONV_ENV
 
 LOG_WAIT_S = 30  # the SDK's batch (1 s) + the Collector's batch (1 s) + VictoriaLogs' indexing (~1 s)
 
@@ -90,6 +95,31 @@ def test_prompt_and_completion_never_reach_the_log_store_by_default(e2e_stack: E
     assert any(r.get("trace_id") == result.trace_id for r in everything)
     assert not [r for r in everything if secret in json.dumps(r)]
     assert secret not in e2e_stack.stack.log_path("ernie_serve").read_text()
+
+
+def test_the_latest_conventions_event_reaches_the_log_store(e2e_stack: E2EStack, tmp_path: Path) -> None:
+    """A second ernie-serve, opted in to the latest GenAI names and exporting to the stack's Collector:
+    its gen_ai.client.inference.operation.details event reaches VictoriaLogs as an event (the OTLP
+    event name kept through the Collector) in the request's trace, with its details and no content."""
+    endpoint = f"http://{HOST}:{e2e_stack.stack.ports['otlp_grpc']}"
+    secret = f"secret{uuid.uuid4().hex}"
+    with run_server(tmp_path, "--otlp-endpoint", endpoint, env={SEMCONV_ENV: names.SEMCONV_GENAI_LATEST},
+                    name="latest") as served:
+        r = httpx.post(served.base + "/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": f"repeat {secret}"}], "max_tokens": 4,
+                             "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        trace_id = r.headers[names.TRACE_ID_HEADER]
+        query = f'trace_id:{trace_id} event_name:"{names.GENAI_EVENT_OPERATION_DETAILS}"'
+        record = wait_for(lambda: _logsql(e2e_stack, query), LOG_WAIT_S, f"the event of trace {trace_id}")
+    assert len(record) == 1, record
+    event = record[0]
+    # VictoriaLogs keeps every OTLP attribute as a string field.
+    assert event[names.GEN_AI_RESPONSE_ID] == r.json()["id"]
+    assert event[names.GEN_AI_USAGE_OUTPUT_TOKENS] == "4"
+    assert event[names.GEN_AI_OPERATION_NAME] == names.Operation.CHAT.value
+    assert event["span_id"] == _access_record(e2e_stack, trace_id)["span_id"], "both sit on the GenAI span"
+    assert secret not in json.dumps(event) and names.GEN_AI_INPUT_MESSAGES not in event
 
 
 def _ui_config(e: E2EStack) -> dict[str, Any]:

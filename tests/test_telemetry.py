@@ -223,9 +223,12 @@ def test_content_only_with_opt_in(env: Env) -> None:
     finally:
         env.server.recorder.capture_content = False
     genai = next(s for s in env.finished_spans() if s.name == names.genai_span_name("chat", MODEL))
-    assert json.loads(genai.attributes[names.GEN_AI_INPUT_MESSAGES])[0]["content"] == "hello there"
+    # The convention's message schema (role + parts), the same as on the operation-details event.
+    assert json.loads(genai.attributes[names.GEN_AI_INPUT_MESSAGES]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "hello there"}]}]
     out = json.loads(genai.attributes[names.GEN_AI_OUTPUT_MESSAGES])
-    assert out[0]["content"] == r.json()["choices"][0]["message"]["content"]
+    assert out == [{"role": "assistant", "finish_reason": "length",
+                    "parts": [{"type": "text", "content": r.json()["choices"][0]["message"]["content"]}]}]
 
 
 def test_error_request_lands_in_error_series_with_error_span(env: Env) -> None:

@@ -23,6 +23,7 @@ from opentelemetry.context import Context
 from .. import names
 from ..kinds import Status, TokenType
 from ..slo import Slo, SloTargets
+from .genai_events import input_messages, output_messages
 from .instruments import AttributeSets, Attrs, Instruments
 from .keep import KeepRule
 from .request_path import Finished, LogOnce, RequestTelemetry
@@ -51,9 +52,12 @@ class TelemetryThread:
     def __init__(self, instruments: Instruments, attrs: AttributeSets, writer: SpanWriter, *,
                  flush_interval: float, log_once: LogOnce, keep: KeepRule | None = None,
                  access_log: Callable[[Finished], None] | None = None,
+                 genai_event: Callable[[Finished], None] | None = None,
                  engine_drain: Callable[[], None] | None = None) -> None:
         self.instruments = instruments
         self.access_log = access_log  # telemetry.logs.AccessLog: one log record per request, here off the loop
+        # telemetry.genai_events.InferenceDetails: the latest GenAI conventions' event, one per request.
+        self.genai_event = genai_event
         # The engine's per-iteration samples into histograms (telemetry.engine_metrics), on every flush.
         self.engine_drain = engine_drain
         self.keep = keep
@@ -111,6 +115,11 @@ class TelemetryThread:
                         self.access_log(item)
                     except Exception as exc:
                         self._log_once("access log", exc)
+                if self.genai_event is not None:
+                    try:
+                        self.genai_event(item)
+                    except Exception as exc:
+                        self._log_once("genai event", exc)
             if self.engine_drain is not None:
                 try:
                     self.engine_drain()
@@ -201,11 +210,12 @@ class TelemetryThread:
             # The exact TTFT the fleet's tail sampler keeps slow traces on (and keep.py checks).
             attrs[names.SPAN_ATTR_TTFT] = st.first_token - st.arrival
         # Content was kept only if capture was on when the request ran (set_request_params/finish).
+        # The convention's message schema (as on the event), as JSON text: span attributes cannot nest.
         if rt.input_messages is not None:
-            attrs[names.GEN_AI_INPUT_MESSAGES] = json.dumps(rt.input_messages, ensure_ascii=False)
+            attrs[names.GEN_AI_INPUT_MESSAGES] = json.dumps(input_messages(rt.input_messages), ensure_ascii=False)
         if item.output_text is not None:
             attrs[names.GEN_AI_OUTPUT_MESSAGES] = json.dumps(
-                [{"role": "assistant", "content": item.output_text}], ensure_ascii=False)
+                output_messages(item.output_text, st.finish_reason), ensure_ascii=False)
         if item.error_type is not None:
             attrs[names.ATTR_ERROR_TYPE] = item.error_type
         attrs[names.SPAN_ATTR_TENANT] = st.tenant

@@ -32,6 +32,7 @@ from opentelemetry._logs import LoggerProvider, SeverityNumber
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from .. import names
+from .genai_events import input_messages
 
 if TYPE_CHECKING:
     from opentelemetry._logs import Logger
@@ -62,10 +63,6 @@ def severity(levelno: int) -> SeverityNumber:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
-
-
-def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def span_ids(record: logging.LogRecord) -> tuple[str, str]:
@@ -108,7 +105,9 @@ class AccessLog:
                 out[key] = value
         if self.capture_content:
             if item.rt.input_messages is not None:
-                out[names.LOG_INPUT_MESSAGES] = _json_text(item.rt.input_messages)
+                # The key is the convention's, so the value follows its message schema (as on spans).
+                out[names.LOG_INPUT_MESSAGES] = json.dumps(input_messages(item.rt.input_messages),
+                                                             ensure_ascii=False, default=str)
             if item.output_text is not None:
                 out[names.LOG_OUTPUT_TEXT] = item.output_text
         return out

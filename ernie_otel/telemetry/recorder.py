@@ -16,6 +16,8 @@ for many requests at a time. ``Recorder`` wires four parts together, each its ow
   records each histogram once inside the GenAI span's context (trace-based exemplars) and builds
   the span tree (GenAI span, queue/prefill/decode children) from the engine's timestamps;
 - ``logs``: the access log, one record per request, written by the same thread (optional);
+- ``genai_events``: with the latest GenAI names on and a ``LoggerProvider``, the
+  ``gen_ai.client.inference.operation.details`` event per request, written by the same thread;
 - ``sdk_internals``: the only module that touches the SDK's private parts, to hand finished
   ``ReadableSpan`` objects to the span processors; with a tracer provider that is not the SDK's,
   spans go through the public API instead.
@@ -29,6 +31,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from opentelemetry._logs import LoggerProvider
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -39,6 +42,7 @@ from ..stats import EngineStats
 from ..tenancy import Price, TenantResolver
 from .batch import TelemetryThread
 from .engine_metrics import EngineInstruments
+from .genai_events import InferenceDetails
 from .instruments import AttributeSets, Instruments
 from .keep import KeepRule
 from .logs import AccessLog
@@ -77,6 +81,7 @@ class Recorder(RequestPath):
         keep: KeepRule | None = None,
         access_logger: logging.Logger | None = None,
         genai_semconv: names.GenAiSemconv = names.GenAiSemconv.OLD,
+        logger_provider: LoggerProvider | None = None,
     ) -> None:
         self.model = model
         self.tracer = tracer_provider.get_tracer(names.TRACER_NAME)
@@ -90,10 +95,14 @@ class Recorder(RequestPath):
         # The access log is written by the telemetry thread too: the request path only queues.
         self.access_log = (AccessLog(access_logger, model, capture_content=capture)
                            if access_logger is not None else None)
+        # The latest GenAI conventions' event, a log record: only with their names on and records exported.
+        self.genai_event = (InferenceDetails(logger_provider, self.attrs)
+                            if logger_provider is not None and genai_semconv.latest else None)
         self.engine = EngineInstruments(meter_provider.get_meter(names.METER_NAME), self.tracer, model, engine_stats,
                                         bucket_overrides)
         self.batch = TelemetryThread(self.instruments, self.attrs, self.spans, flush_interval=flush_interval,
                                      log_once=log_once, keep=keep, access_log=self.access_log,
+                                     genai_event=self.genai_event,
                                      engine_drain=self.engine.drain)
         self.instruments.accounting.configure(slo_targets, slo_objective, priced=price is not None)
         super().__init__(instruments=self.instruments, begin=self.spans.begin, batch=self.batch,
