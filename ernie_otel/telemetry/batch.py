@@ -14,7 +14,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -23,7 +22,7 @@ from opentelemetry.context import Context
 from .. import names
 from ..kinds import Status, TokenType
 from ..slo import Slo, SloTargets
-from .genai_events import input_messages, output_messages
+from .genai_events import input_messages, output_messages, response_attributes
 from .instruments import AttributeSets, Attrs, Instruments
 from .keep import KeepRule
 from .request_path import Finished, LogOnce, RequestTelemetry
@@ -190,22 +189,7 @@ class TelemetryThread:
             return
         st = rt.stats
         assert st.finished is not None  # finish() set it
-        attrs: dict[str, Any] = {
-            names.GEN_AI_RESPONSE_MODEL: self.attrs.model,
-            names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens,
-            names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens,
-        }
-        if rt.params_set:
-            attrs[names.GEN_AI_REQUEST_STREAM] = st.stream
-            for key, value in ((names.GEN_AI_REQUEST_MAX_TOKENS, st.max_tokens),
-                               (names.GEN_AI_REQUEST_TEMPERATURE, st.temperature),
-                               (names.GEN_AI_REQUEST_TOP_P, st.top_p), (names.GEN_AI_REQUEST_SEED, st.seed)):
-                if value is not None:
-                    attrs[key] = value
-        if item.response_id:
-            attrs[names.GEN_AI_RESPONSE_ID] = item.response_id
-        if st.finish_reason:
-            attrs[names.GEN_AI_RESPONSE_FINISH_REASONS] = [st.finish_reason]
+        attrs = response_attributes(self.attrs.model, item)
         if st.first_token is not None:
             # The exact TTFT the fleet's tail sampler keeps slow traces on (and keep.py checks).
             attrs[names.SPAN_ATTR_TTFT] = st.first_token - st.arrival

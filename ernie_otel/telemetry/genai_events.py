@@ -76,6 +76,29 @@ def output_messages(text: str, finish_reason: str | None) -> list[dict[str, Any]
              "finish_reason": finish_reason or names.GENAI_EVENT_NO_FINISH_REASON}]
 
 
+def response_attributes(model: str, item: Finished) -> dict[str, Any]:
+    """What the GenAI span and the event both carry about a finished request: the response model,
+    token usage, the request parameters it set, the response id and the finish reason."""
+    st = item.rt.stats
+    out: dict[str, Any] = {
+        names.GEN_AI_RESPONSE_MODEL: model,
+        names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens,
+        names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens,
+    }
+    if item.rt.params_set:
+        out[names.GEN_AI_REQUEST_STREAM] = st.stream
+        for key, value in ((names.GEN_AI_REQUEST_MAX_TOKENS, st.max_tokens),
+                           (names.GEN_AI_REQUEST_TEMPERATURE, st.temperature),
+                           (names.GEN_AI_REQUEST_TOP_P, st.top_p), (names.GEN_AI_REQUEST_SEED, st.seed)):
+            if value is not None:
+                out[key] = value
+    if item.response_id:
+        out[names.GEN_AI_RESPONSE_ID] = item.response_id
+    if st.finish_reason:
+        out[names.GEN_AI_RESPONSE_FINISH_REASONS] = [st.finish_reason]
+    return out
+
+
 class InferenceDetails:
     """One ``gen_ai.client.inference.operation.details`` record per finished request."""
 
@@ -87,23 +110,7 @@ class InferenceDetails:
         """The event's attributes; content only if the request path kept it (the opt-in)."""
         rt = item.rt
         st = rt.stats
-        out: dict[str, Any] = {
-            **self.attrs.span_base[st.operation],
-            names.GEN_AI_RESPONSE_MODEL: self.attrs.model,
-            names.GEN_AI_USAGE_INPUT_TOKENS: st.prompt_tokens,
-            names.GEN_AI_USAGE_OUTPUT_TOKENS: st.output_tokens,
-        }
-        if rt.params_set:
-            out[names.GEN_AI_REQUEST_STREAM] = st.stream
-            for key, value in ((names.GEN_AI_REQUEST_MAX_TOKENS, st.max_tokens),
-                               (names.GEN_AI_REQUEST_TEMPERATURE, st.temperature),
-                               (names.GEN_AI_REQUEST_TOP_P, st.top_p), (names.GEN_AI_REQUEST_SEED, st.seed)):
-                if value is not None:
-                    out[key] = value
-        if item.response_id:
-            out[names.GEN_AI_RESPONSE_ID] = item.response_id
-        if st.finish_reason:
-            out[names.GEN_AI_RESPONSE_FINISH_REASONS] = [st.finish_reason]
+        out: dict[str, Any] = {**self.attrs.span_base[st.operation], **response_attributes(self.attrs.model, item)}
         if item.error_type is not None:
             out[names.ATTR_ERROR_TYPE] = item.error_type
         # Content was kept only if capture was on when the request ran (set_request_params/finish).
