@@ -10,7 +10,6 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from e2e_client import E2EStack, wait_for
 from helpers import http_get
 from serve_helpers import run_server
 from test_ui_browser import PLACEHOLDER_TEXT, Browser
+from test_ui_browser import browser as browser  # the fixture: one headless Chromium per module
 
 from ernie_otel import jaeger_ui, names
 from ernie_otel.ports import HOST
@@ -161,15 +161,6 @@ def test_the_stack_runs_and_reports_the_log_store(e2e_stack: E2EStack) -> None:
     assert ui == components.victorialogs_ui_url(e2e_stack.stack.ports)
     code, body = http_get(ui, timeout=10)
     assert code == 200 and "<html" in body.lower()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    b = Browser(tmp_path_factory.mktemp("screenshots"))
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 @pytest.mark.integration

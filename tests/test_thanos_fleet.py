@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,13 +39,11 @@ from thanos_fleet import (
     rule_args,
     scalar_or_none,
     shard_config,
-    split_targets,
-    start_alertmanager,
+    targets_and_alerting,
     wait_for,
 )
 
 from ernie_otel import names
-from ernie_otel.stack.webhook_sink import make_server
 
 SHARDS = 2
 INGESTERS = 3
@@ -121,19 +118,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     thanos = build_thanos()
     tmp = tmp_path_factory.mktemp("thanos-fleet")
     with contextlib.ExitStack() as stack:
-        targets = split_targets(TARGETS)
-        for target in targets:
-            stack.callback(target.close)
-        load = Load(targets)
-        stack.callback(load.stop)
-
-        # The notification path: the package's webhook sink behind the shipped Alertmanager config.
-        notifications = tmp / "notifications.jsonl"
-        sink = make_server(HOST, 0, notifications)
-        threading.Thread(target=sink.serve_forever, daemon=True).start()
-        stack.callback(sink.server_close)
-        stack.callback(sink.shutdown)
-        am_port = start_alertmanager(stack, tmp, f"http://{HOST}:{sink.server_address[1]}")
+        targets, load, notifications, am_port = targets_and_alerting(stack, tmp, TARGETS)
 
         ingester_ports = [ReceivePorts() for _ in range(INGESTERS)]
         router_ports = ReceivePorts()

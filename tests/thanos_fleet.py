@@ -472,23 +472,30 @@ def _outside_prune_minute(margin_s: float = 12) -> None:
     pytest.fail("the wall clock never left the receivers' prune minute")
 
 
+def targets_and_alerting(stack: contextlib.ExitStack, tmp: Path,
+                         count: int) -> tuple[list[CounterTarget], Load, Path, int]:
+    """``count`` fake targets split over the shards under a paused load, and the notification path
+    (the package's webhook sink behind the shipped Alertmanager config), all stopped by ``stack``:
+    (targets, load, the sink's notifications file, Alertmanager's port)."""
+    targets = split_targets(count)
+    for target in targets:
+        stack.callback(target.close)
+    load = Load(targets)
+    stack.callback(load.stop)
+    notifications = tmp / "notifications.jsonl"
+    sink = make_server(HOST, 0, notifications)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    stack.callback(sink.server_close)
+    stack.callback(sink.shutdown)
+    return targets, load, notifications, start_alertmanager(stack, tmp, f"http://{HOST}:{sink.server_address[1]}")
+
+
 @contextlib.contextmanager
 def bad_day_fleet(tmp: Path, *, targets: int = 4, bucket: Path | None = None) -> Iterator[BadDayFleet]:
     """A running BadDayFleet for the block (see there); every process and thread stopped after."""
     thanos = build_thanos()
     with contextlib.ExitStack() as stack:
-        loaded = split_targets(targets)
-        for target in loaded:
-            stack.callback(target.close)
-        load = Load(loaded)
-        stack.callback(load.stop)
-
-        notifications = tmp / "notifications.jsonl"
-        sink = make_server(HOST, 0, notifications)
-        threading.Thread(target=sink.serve_forever, daemon=True).start()
-        stack.callback(sink.server_close)
-        stack.callback(sink.shutdown)
-        am_port = start_alertmanager(stack, tmp, f"http://{HOST}:{sink.server_address[1]}")
+        loaded, load, notifications, am_port = targets_and_alerting(stack, tmp, targets)
 
         fleet = BadDayFleet(tmp, thanos, stack, loaded, load, notifications, am_port, bucket)
         if bucket is not None:
