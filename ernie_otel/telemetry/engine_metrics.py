@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from .. import names
 from ..stats import EngineStats
-from .instruments import Attrs
+from .instruments import Attrs, histogram
 
 # Drained samples are recorded in no span's context, so no exemplar points at an unrelated trace.
 _NO_SPAN = trace.set_span_in_context(trace.INVALID_SPAN)
@@ -50,9 +50,7 @@ class EngineInstruments:
         self._load_span_written = False
 
         def hist(spec: names.MetricSpec) -> Histogram:
-            return meter.create_histogram(
-                spec.otel_name, unit=spec.unit, description=spec.description,
-                explicit_bucket_boundaries_advisory=list(names.histogram_buckets(spec, bucket_overrides)))
+            return histogram(meter, spec, bucket_overrides)
 
         self.batch_size = hist(names.BATCH_SIZE)
         self.iteration_tokens = hist(names.ITERATION_TOKENS)

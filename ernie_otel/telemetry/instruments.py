@@ -104,10 +104,7 @@ class Instruments:
         meter = meter_provider.get_meter(names.METER_NAME)
 
         def hist(spec: names.MetricSpec) -> Histogram:
-            return meter.create_histogram(
-                spec.otel_name, unit=spec.unit, description=spec.description,
-                explicit_bucket_boundaries_advisory=list(names.histogram_buckets(spec, bucket_overrides)),
-            )
+            return histogram(meter, spec, bucket_overrides)
 
         self.latency = hist(names.LATENCY)
         self.queue_time = hist(names.QUEUE_TIME)
@@ -151,6 +148,14 @@ class Instruments:
                                         unit=names.PROCESS_CPU.unit, description=names.PROCESS_CPU.description)
         meter.create_observable_gauge(names.PROCESS_MEMORY.otel_name, callbacks=[_process_memory],
                                       unit=names.PROCESS_MEMORY.unit, description=names.PROCESS_MEMORY.description)
+
+
+def histogram(meter: Meter, spec: names.MetricSpec, bucket_overrides: dict[str, list[float]] | None) -> Histogram:
+    """The histogram of ``spec``, with its buckets (or the operator's override) as advisory boundaries."""
+    return meter.create_histogram(
+        spec.otel_name, unit=spec.unit, description=spec.description,
+        explicit_bucket_boundaries_advisory=list(names.histogram_buckets(spec, bucket_overrides)),
+    )
 
 
 def _counter(meter: Meter, spec: names.MetricSpec, totals: dict[Any, int], attrs: Mapping[Any, Attrs],
