@@ -30,6 +30,7 @@ __all__ = [
     "free_ports",
     "http_get",
     "http_post_json",
+    "in_memory_server",
     "run_process",
     "wait_http",
 ]
@@ -57,6 +58,31 @@ def wait_http(url: str, timeout: float = 30.0, status: int = 200, headers: Mappi
         return procs.wait_http(url, timeout=timeout, proc=proc, status=status, headers=headers)
     except procs.NotHealthyError as exc:
         raise AssertionError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def in_memory_server(config: Any, make_recorder: Any) -> Iterator[tuple[str, Any, Any, Any]]:
+    """An ErnieServer for ``config`` served by :func:`app_in_thread`, its telemetry into in-memory
+    SDK readers: yields (base URL, InMemoryMetricReader, InMemorySpanExporter, server).
+    ``make_recorder(meter_provider, tracer_provider, model, stats)`` builds each model's Recorder."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ernie_otel.server import ErnieServer
+    from ernie_otel.telemetry.setup import Telemetry
+
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = Telemetry(meter_provider, tracer_provider, None, "standalone")
+    server = ErnieServer(config, lambda model, stats: make_recorder(meter_provider, tracer_provider, model, stats))
+    with app_in_thread(server.create_app(telemetry)) as base:
+        yield base, reader, spans, server
 
 
 @contextlib.contextmanager

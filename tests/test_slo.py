@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from helpers import app_in_thread
+from helpers import in_memory_server
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -30,7 +30,6 @@ from ernie_otel.serve import ServeConfig
 from ernie_otel.server import ErnieServer
 from ernie_otel.slo import HeaderProblem, Slo, SloTargets
 from ernie_otel.telemetry.recorder import Recorder
-from ernie_otel.telemetry.setup import Telemetry
 from ernie_otel.tenancy import OTHER_TENANT, Overflow, Price, TenantResolver, load_pricing, resolve_tenant
 
 MODEL = "m"
@@ -291,21 +290,14 @@ def test_accounting_stays_cheap() -> None:
 # ----------------------------------------------------------------------------- a real server
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    telemetry = Telemetry(meter_provider, tracer_provider, None, "standalone")
     config = ServeConfig(model="tiny", max_num_seqs=2, max_queue_len=4, max_model_len=1024, response_metrics=True,
                          slo_ttft=60.0, slo_e2e=120.0, tenants=frozenset({"team-a"}))
 
-    def recorder(model: str, stats: Any) -> Recorder:
+    def recorder(meter_provider: Any, tracer_provider: Any, model: str, stats: Any) -> Recorder:
         return Recorder(meter_provider, tracer_provider, model, stats, slo_targets=config.slo(),
                         tenants=TenantResolver(frozenset({"team-a"}), 4), tenant_header=config.tenant_header)
 
-    server = ErnieServer(config, recorder)
-    with app_in_thread(server.create_app(telemetry)) as base:
+    with in_memory_server(config, recorder) as (base, reader, spans, server):
         yield Served(base, reader, spans, server)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import app_in_thread
+from helpers import in_memory_server
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -33,7 +33,6 @@ from ernie_otel.server import ErnieServer
 from ernie_otel.stats import ThroughputWindow
 from ernie_otel.telemetry.gpu import NvmlSampler, load_nvml, register_gpu_metrics
 from ernie_otel.telemetry.recorder import Recorder
-from ernie_otel.telemetry.setup import Telemetry
 
 MODEL = "ernie-4.5-tiny"
 
@@ -64,15 +63,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    telemetry = Telemetry(meter_provider, tracer_provider, None, "standalone")
     config = ServeConfig(model="tiny", max_num_seqs=1, max_queue_len=0, max_model_len=1024)
-    server = ErnieServer(config, lambda model, stats: Recorder(meter_provider, tracer_provider, model, stats))
-    with app_in_thread(server.create_app(telemetry)) as base:
+    with in_memory_server(config, Recorder) as (base, reader, spans, server):
         yield Env(base, reader, spans, server)
 
 
