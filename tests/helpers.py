@@ -51,11 +51,13 @@ def run_process(args: Sequence[str | os.PathLike[str]], log_path: Path, env: Map
 
 
 def wait_http(url: str, timeout: float = 30.0, status: int = 200, headers: Mapping[str, str] | None = None,
-              proc: subprocess.Popen[bytes] | None = None) -> str:
+              proc: subprocess.Popen[bytes] | RunningProcess | None = None) -> str:
     """Poll url until it answers `status`; returns the body. Fails the test (AssertionError) if
-    `proc` exits first or time runs out."""
+    `proc` exits first or time runs out; given a RunningProcess, the failure carries its log."""
+    log_path = proc.log_path if isinstance(proc, RunningProcess) else None
+    popen = proc.proc if isinstance(proc, RunningProcess) else proc
     try:
-        return procs.wait_http(url, timeout=timeout, proc=proc, status=status, headers=headers)
+        return procs.wait_http(url, timeout=timeout, proc=popen, status=status, headers=headers, log_path=log_path)
     except procs.NotHealthyError as exc:
         raise AssertionError(str(exc)) from None
 

@@ -386,8 +386,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertStack]:
             tmp / "prometheus.log"))
         prom_url = f"http://127.0.0.1:{prom_port}"
 
-        wait_http(f"{am_url}/-/ready", timeout=30, proc=alertmanager.proc)
-        wait_http(f"{prom_url}/-/ready", timeout=30, proc=prometheus.proc)
+        wait_http(f"{am_url}/-/ready", timeout=30, proc=alertmanager)
+        wait_http(f"{prom_url}/-/ready", timeout=30, proc=prometheus)
 
         load = ErrorLoad(serve.base, model)
         load.start()

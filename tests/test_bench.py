@@ -28,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                      env={"OTEL_SDK_DISABLED": "true"}) as running:
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_http(url + "/health", timeout=120, proc=running.proc)
+            wait_http(url + "/health", timeout=120, proc=running)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{running.log_tail()}") from None
         yield url

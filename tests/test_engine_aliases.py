@@ -239,7 +239,7 @@ def test_every_engine_version_through_collector_and_prometheus(pipeline_bin: Pat
     with run_process(collector_cmd, tmp_path / "otelcol.log", env=env) as collector, run_process(
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{prometheus_port}"], tmp_path / "prometheus.log"):
-        wait_http(f"http://{health}/", proc=collector.proc, timeout=60)
+        wait_http(f"http://{health}/", proc=collector, timeout=60)
         wait_http(f"{prom}/-/ready", timeout=60)
 
         def having(figure: e.Figure) -> int:
@@ -341,7 +341,7 @@ def test_a_single_engine_target_still_works(pipeline_bin: Path, engine_endpoints
     collector_cmd = [pipeline_bin / "otelcol-ernie", "--config", REPO_ROOT / "collector" / "otelcol.yaml",
                      "--config", ENGINE_CONFIG]
     with run_process(collector_cmd, tmp_path / "otelcol.log", env=env) as collector:
-        wait_http(f"http://{health}/", proc=collector.proc, timeout=60)
+        wait_http(f"http://{health}/", proc=collector, timeout=60)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             code, body = http_get(f"http://{exporter}/metrics")

@@ -111,7 +111,7 @@ class Fleet:
         proc = self.stack.enter_context(run_process(args, self.work / f"{name}-{run}.log", env=env))
         self.procs[name] = proc
         try:
-            wait_http(health, timeout=60, proc=proc.proc)
+            wait_http(health, timeout=60, proc=proc)
         except AssertionError as err:
             raise AssertionError(f"{name}: {err}\n{self.logs()}") from None
 
@@ -509,7 +509,7 @@ def test_secure_overlay_requires_tls_and_token(pipeline_bin: Path, tmp_path: Pat
                               "--config", FLEET_DIR / "secure-sampler.yaml"]
     with run_process(args, tmp_path / "sampler.log", env=env) as proc:
         try:
-            wait_http(f"http://{env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=60, proc=proc.proc)
+            wait_http(f"http://{env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=60, proc=proc)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{proc.log_tail()}") from None
         endpoint = str(env["OTELCOL_OTLP_GRPC_ENDPOINT"])

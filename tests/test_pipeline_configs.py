@@ -203,7 +203,7 @@ def collector(pipeline_bin: Path, tmp_path: Path) -> Iterator[tuple[RunningProce
         env=env,
     ) as proc:
         try:
-            wait_http(f"http://{env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=30, proc=proc.proc)
+            wait_http(f"http://{env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=30, proc=proc)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{proc.log_tail()}") from None
         yield proc, env
@@ -389,10 +389,10 @@ def test_jaeger_starts_on_overridden_ports(pipeline_bin: Path, tmp_path: Path) -
     env = _jaeger_env(tmp_path)
     with run_process([pipeline_bin / "jaeger", "--config", JAEGER_CONFIG], tmp_path / "jaeger.log", env=env) as proc:
         try:
-            body = wait_http(f"http://{env['JAEGER_QUERY_HTTP_ENDPOINT']}/api/services", timeout=30, proc=proc.proc)
+            body = wait_http(f"http://{env['JAEGER_QUERY_HTTP_ENDPOINT']}/api/services", timeout=30, proc=proc)
             assert "data" in json.loads(body)
-            wait_http(f"http://{env['JAEGER_HEALTH_ENDPOINT']}/status", timeout=10, proc=proc.proc)
-            wait_http(f"http://127.0.0.1:{env['JAEGER_METRICS_PORT']}/metrics", timeout=10, proc=proc.proc)
+            wait_http(f"http://{env['JAEGER_HEALTH_ENDPOINT']}/status", timeout=10, proc=proc)
+            wait_http(f"http://127.0.0.1:{env['JAEGER_METRICS_PORT']}/metrics", timeout=10, proc=proc)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{proc.log_tail()}") from None
         _assert_running(proc)
@@ -419,8 +419,8 @@ def test_collector_forwards_spans_to_jaeger(pipeline_bin: Path, tmp_path: Path) 
             return f"--- jaeger ---\n{jaeger.log_tail()}\n--- otelcol ---\n{otelcol.log_tail()}"
 
         try:
-            wait_http(f"{query}/api/services", timeout=30, proc=jaeger.proc)
-            wait_http(f"http://{otel_env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=30, proc=otelcol.proc)
+            wait_http(f"{query}/api/services", timeout=30, proc=jaeger)
+            wait_http(f"http://{otel_env['OTELCOL_HEALTH_ENDPOINT']}/", timeout=30, proc=otelcol)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{logs()}") from None
         code, body = http_post_json(
@@ -468,7 +468,7 @@ def test_jaeger_keeps_traces_across_restart(pipeline_bin: Path, tmp_path: Path) 
             [pipeline_bin / "jaeger", "--config", JAEGER_CONFIG], tmp_path / f"jaeger-{run}.log", env=env
         ) as proc:
             try:
-                wait_http(f"{query}/api/services", timeout=30, proc=proc.proc)
+                wait_http(f"{query}/api/services", timeout=30, proc=proc)
             except AssertionError as err:
                 raise AssertionError(f"{err}\n{proc.log_tail()}") from None
             if run == "before":

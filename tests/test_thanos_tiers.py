@@ -128,9 +128,9 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
                       # (live: the store stops reading it after 24h, the compactor deletes it at 48h).
                       "--ignore-deletion-marks-delay=0s"], tmp / "store.log") as store, \
          run_process(launch.query_args(thanos, query_http, free_port(), [store_grpc]), tmp / "query.log") as query:
-        wait_http(f"http://{HOST}:{store_http}/-/ready", timeout=120, proc=store.proc)
+        wait_http(f"http://{HOST}:{store_http}/-/ready", timeout=120, proc=store)
         base = f"http://{HOST}:{query_http}"
-        wait_http(f"{base}/-/ready", timeout=60, proc=query.proc)
+        wait_http(f"{base}/-/ready", timeout=60, proc=query)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not instant(base, REQUESTS, time=now - DAY, max_source_resolution="5m"):
             time.sleep(1)
