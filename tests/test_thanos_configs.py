@@ -9,6 +9,7 @@ import fnmatch
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from helpers import REPO_ROOT
 from thanos_fleet import SHARD_CONFIG, THANOS_DIR, ReceivePorts, receive_args
 
 from ernie_otel.ports import DEFAULT_PORTS, FLEET_STRIDE, fleet_port
+from ernie_otel.stack import thanos
 
 ALERTS = REPO_ROOT / "alerts"
 FLEET_RULES = (ALERTS / "fleet-store.yml", ALERTS / "fleet-global.yml")
@@ -138,3 +140,23 @@ def test_build_script_pins_the_version_and_tags() -> None:
     result = subprocess.run(["bash", "-n", str(THANOS_DIR / "build.sh")], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_receivers_start_outside_their_tenant_prune_minute() -> None:
+    """Thanos receive prunes tenants when the local minute of the day is a multiple of twice its max
+    block duration, and panics if that meets its TSDB still opening (it exited 2 in CI at 12:00)."""
+    def at(hour: int, minute: int, second: float) -> float:
+        return time.mktime((2026, 11, 30, hour, minute, 0, 0, 0, -1)) + second
+
+    delay = thanos.receive_start_delay
+    # 2 h blocks: 00:00, 04:00, ... 12:00, 16:00, 20:00 are prune minutes.
+    assert delay(now=at(12, 0, 20)) == pytest.approx(40)
+    assert delay(now=at(16, 0, 0.5)) == pytest.approx(59.5)
+    assert delay(now=at(11, 59, 50)) == pytest.approx(70)  # TSDB still opening when 12:00 comes
+    assert delay(now=at(11, 59, 40)) == 0  # 20 s is time enough to open
+    assert delay(now=at(12, 1, 0)) == 0
+    assert delay(now=at(13, 0, 0)) == 0
+    # 1 min blocks (the tests' bucket fleets): every even minute.
+    assert delay(1, now=at(9, 2, 10)) == pytest.approx(50)
+    assert delay(1, now=at(9, 3, 10)) == 0
+    assert delay(1, now=at(9, 3, 55)) == pytest.approx(65)

@@ -41,6 +41,7 @@ from thanos_fleet import (
     shard_config,
     targets_and_alerting,
     wait_for,
+    wait_receive_start,
 )
 
 from ernie_otel import names
@@ -95,10 +96,11 @@ class Fleet:
         return wait_for(caught_up, timeout, f"sum({REQUESTS}) through Thanos Query == {expected}")
 
     def start_ingester(self, index: int) -> RunningProcess:
+        wait_receive_start()
         args = receive_args(self.thanos, self.ingester_ports[index], self.tmp / f"receive-{index}",
                             replica=f"r{index}")
         running = self.stack.enter_context(run_process(args, self.tmp / f"receive-{index}.log"))
-        wait_http(f"http://{HOST}:{self.ingester_ports[index].http}/-/ready", timeout=60, proc=running.proc)
+        wait_http(f"http://{HOST}:{self.ingester_ports[index].http}/-/ready", timeout=60, proc=running)
         return running
 
 
@@ -130,18 +132,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         router = stack.enter_context(run_process(
             receive_args(thanos, router_ports, tmp / "router", hashring=hashring_config(tmp, ingester_ports)),
             tmp / "router.log"))
-        wait_http(f"http://{HOST}:{router_ports.http}/-/ready", timeout=60, proc=router.proc)
+        wait_http(f"http://{HOST}:{router_ports.http}/-/ready", timeout=60, proc=router)
 
         # The ruler reads through Query and Query reads the ruler's recorded series back.
         rule_grpc = free_port()
         query = stack.enter_context(run_process(
             query_args(thanos, fleet.query_http, free_port(), [*(p.grpc for p in ingester_ports), rule_grpc]),
             tmp / "query.log"))
-        wait_http(f"{fleet.query}/-/ready", timeout=60, proc=query.proc)
+        wait_http(f"{fleet.query}/-/ready", timeout=60, proc=query)
         rule = stack.enter_context(run_process(
             rule_args(thanos, tmp, http=fleet.rule_http, grpc=rule_grpc, query_http=fleet.query_http,
                       alertmanager_port=am_port, rule_file=_short_hold_copy(tmp)), tmp / "rule.log"))
-        wait_http(f"http://{HOST}:{fleet.rule_http}/-/ready", timeout=60, proc=rule.proc)
+        wait_http(f"http://{HOST}:{fleet.rule_http}/-/ready", timeout=60, proc=rule)
 
         meta = {
             "prometheus-shard": [f"{HOST}:{p}" for p in shard_ports],
@@ -153,7 +155,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                                   meta_targets=meta)
             shard = stack.enter_context(run_process(
                 prometheus_args(config, port, tmp / f"shard-{index}"), tmp / f"shard-{index}.log"))
-            wait_http(f"http://{HOST}:{port}/-/ready", timeout=60, proc=shard.proc)
+            wait_http(f"http://{HOST}:{port}/-/ready", timeout=60, proc=shard)
             fleet.shards.append(shard)
         yield fleet
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import free_port, http_get, run_process, wait_http
-from thanos_fleet import HOST, ReceivePorts, build_thanos, metric_value, receive_args
+from thanos_fleet import HOST, ReceivePorts, build_thanos, metric_value, receive_args, wait_receive_start
 
 from ernie_otel import names
 
@@ -63,10 +63,11 @@ def test_one_receiver_ingest_rate(tmp_path: Path, record_property: Any) -> None:
         receiver = receive_args(thanos, ports, tmp_path / "receive", replica="r0")
         writer = ["prometheus", f"--config.file={config}", f"--web.listen-address={HOST}:{prom_port}",
                   f"--storage.tsdb.path={tmp_path / 'prom'}", "--log.level=warn"]
+        wait_receive_start()
         with run_process(receiver, tmp_path / "receive.log") as rcv, \
              run_process(writer, tmp_path / "prom.log") as prom:
-            wait_http(f"http://{HOST}:{ports.http}/-/ready", timeout=60, proc=rcv.proc)
-            wait_http(f"http://{HOST}:{prom_port}/-/ready", timeout=60, proc=prom.proc)
+            wait_http(f"http://{HOST}:{ports.http}/-/ready", timeout=60, proc=rcv)
+            wait_http(f"http://{HOST}:{prom_port}/-/ready", timeout=60, proc=prom)
 
             def appended() -> float:
                 return metric_value(http_get(f"http://{HOST}:{ports.http}/metrics")[1],

@@ -46,6 +46,7 @@ T = TypeVar("T")
 hashmod = launch.hashmod
 query_args = launch.query_args
 receive_args = launch.receive_args
+wait_receive_start = launch.wait_receive_start
 
 
 def build_thanos() -> Path:
@@ -289,7 +290,7 @@ def start_alertmanager(stack: contextlib.ExitStack, tmp: Path, sink_url: str) ->
     am = stack.enter_context(run_process(
         [binary, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
          f"--web.listen-address={HOST}:{port}", "--cluster.listen-address="], tmp / "alertmanager.log"))
-    wait_http(f"http://{HOST}:{port}/-/ready", timeout=30, proc=am.proc)
+    wait_http(f"http://{HOST}:{port}/-/ready", timeout=30, proc=am)
     return port
 
 
@@ -400,20 +401,22 @@ class BadDayFleet:
         """Start a process (stopped with the fleet) and, unless `ready` is None, wait for it."""
         running = self.stack.enter_context(run_process(args, self.tmp / f"{name}.log"))
         if ready is not None:
-            wait_http(ready, timeout=timeout, proc=running.proc)
+            wait_http(ready, timeout=timeout, proc=running)
         self.procs[name] = running
         return running
 
     def start_ingesters(self) -> None:
         """All ingesting receivers at once (then each waited for): they start within a second or
-        two of each other, inside the window _outside_prune_minute leaves."""
+        two of each other, inside the window wait_receive_start leaves (with the bucket, the
+        receivers cut 1 min blocks, so their prune minute comes every other minute)."""
+        wait_receive_start(1 if self.bucket is not None else launch.RECEIVE_MAX_BLOCK_MINUTES)
         for index, ports in enumerate(self.ingester_ports):
             args = receive_args(self.thanos, ports, self.tmp / f"receive-{index}", replica=f"r{index}")
             if self.bucket is not None:
                 args += [f"--objstore.config-file={self.objstore()}", *SHORT_BLOCKS]
             self._start(f"receive-{index}", args, None)
         for index, ports in enumerate(self.ingester_ports):
-            wait_http(f"http://{HOST}:{ports.http}/-/ready", timeout=60, proc=self.procs[f"receive-{index}"].proc)
+            wait_http(f"http://{HOST}:{ports.http}/-/ready", timeout=60, proc=self.procs[f"receive-{index}"])
 
     def start_query(self) -> Any:
         endpoints = [p.grpc for p in self.ingester_ports]
@@ -455,23 +458,6 @@ class BadDayFleet:
                    for port in self.shard_ports)
 
 
-def _outside_prune_minute(margin_s: float = 12) -> None:
-    """Wait until the receivers can start without meeting a Thanos v0.42.4 race: receive prunes
-    its tenants at every wall-clock minute divisible by twice the max block duration, and runs that
-    check once at start-up; if it lands there while the default tenant's TSDB is still opening, the
-    receiver panics (nil pointer in tenant.shouldBeMarkedInactive). With 2 h blocks that is a start
-    in the first minute of 00:00, 04:00, ...; with the 1 min blocks here, every even minute. So
-    start in an odd minute with `margin_s` of it left."""
-    period_min = 2 * 1  # 2 x --tsdb.max-block-duration of SHORT_BLOCKS, in minutes
-    deadline = time.monotonic() + 2 * 60 * period_min
-    while time.monotonic() < deadline:
-        now = time.time()
-        if int(now // 60) % period_min != 0 and now % 60 < 60 - margin_s:
-            return
-        time.sleep(0.5)
-    pytest.fail("the wall clock never left the receivers' prune minute")
-
-
 def targets_and_alerting(stack: contextlib.ExitStack, tmp: Path,
                          count: int) -> tuple[list[CounterTarget], Load, Path, int]:
     """``count`` fake targets split over the shards under a paused load, and the notification path
@@ -498,8 +484,6 @@ def bad_day_fleet(tmp: Path, *, targets: int = 4, bucket: Path | None = None) ->
         loaded, load, notifications, am_port = targets_and_alerting(stack, tmp, targets)
 
         fleet = BadDayFleet(tmp, thanos, stack, loaded, load, notifications, am_port, bucket)
-        if bucket is not None:
-            _outside_prune_minute()
         fleet.start_ingesters()
         fleet._start("router", receive_args(thanos, fleet.router_ports, tmp / "router",
                                             hashring=hashring_config(tmp, fleet.ingester_ports)),

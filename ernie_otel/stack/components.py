@@ -63,6 +63,7 @@ class StackContext(Protocol):
     ports: dict[str, int]
     state_dir: Path
     model: str
+    say: Callable[[str], None]  # a progress line for the user
 
     def addr(self, key: str) -> str: ...
     def url(self, key: str) -> str: ...

@@ -51,6 +51,7 @@ from .thanos import (
     rule_args,
     shard_config,
     store_args,
+    wait_receive_start,
     write_targets,
 )
 
@@ -120,6 +121,7 @@ def _ingester(k: int) -> Component:
             for kind in ("grpc", "http", "remote_write", "capnproto")}
 
     def command(ctx: StackContext) -> list[str]:
+        wait_receive_start(say=ctx.say)  # runs just before the start: see receive_start_delay
         return receive_args(build_thanos(), _receive_ports(ctx, k), _conf_dir(ctx) / f"receive-{k}",
                             replica=f"r{k}", objstore=_objstore(ctx), retention=LOCAL_RETENTION)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,10 @@ MAX_COMPACTION_LEVEL = 3
 # The shards and receivers keep 1 day locally: Thanos' object store holds the history.
 LOCAL_RETENTION = "1d"
 THANOS_HEALTH_TIMEOUT_S = 60.0
+# Receive's default --tsdb.max-block-duration, in minutes (the stack leaves it at that).
+RECEIVE_MAX_BLOCK_MINUTES = 120
+# How long an ingesting receiver may take to open its tenant's TSDB after it starts.
+RECEIVE_OPEN_MARGIN_S = 12.0
 
 
 # ------------------------------------------------------------------------------ the binary
@@ -82,6 +87,39 @@ def hashring_config(conf_dir: Path, ingesters: Sequence[ReceivePorts]) -> Path:
     path = conf_dir / "hashring.json"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+def receive_start_delay(max_block_minutes: int = RECEIVE_MAX_BLOCK_MINUTES, *, now: float | None = None,
+                        margin_s: float = RECEIVE_OPEN_MARGIN_S) -> float:
+    """Seconds an ingesting receiver should wait before it starts, to miss a Thanos v0.42.4 race.
+
+    Receive prunes its tenants once a minute when the local clock's minute of the day is a multiple
+    of twice the max block duration (cmd/thanos/receive.go), and checks that once at start-up; if
+    the check lands there while the default tenant's TSDB is still opening, receive panics (nil
+    pointer in tenant.shouldBeMarkedInactive) and exits 2. With 2 h blocks that is the first minute
+    of 00:00, 04:00, 08:00, ... local time; with 1 min blocks every even minute. So: 0 when the
+    start is neither in such a minute nor within ``margin_s`` of one, else until that minute is over.
+    """
+    period = 2 * max_block_minutes
+    t = time.time() if now is None else now
+    local = time.localtime(t)
+    second = local.tm_sec + (t % 1.0)
+    minute = local.tm_hour * 60 + local.tm_min
+    if minute % period == 0:  # in a prune minute: wait for its end
+        return 60.0 - second
+    if (minute + 1) % period == 0 and second >= 60.0 - margin_s:  # one is about to begin
+        return 120.0 - second
+    return 0.0
+
+
+def wait_receive_start(max_block_minutes: int = RECEIVE_MAX_BLOCK_MINUTES,
+                       say: Callable[[str], None] | None = None) -> None:
+    """Sleep for receive_start_delay() (at most ~72 s, a few times a day with 2 h blocks)."""
+    delay = receive_start_delay(max_block_minutes)
+    if delay > 0:
+        if say is not None:
+            say(f"  waiting {delay:.0f}s to start Thanos receive outside its tenant-prune minute")
+        time.sleep(delay)
 
 
 def receive_args(thanos: Path, ports: ReceivePorts, data: Path, *, replica: str | None = None,
