@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import SpanKind, Tracer
 
 from .. import names
 from ..stats import EngineStats
 from .instruments import Attrs, histogram
+from .sdk_internals import Recordable
 
 # Drained samples are recorded in no span's context, so no exemplar points at an unrelated trace.
 _NO_SPAN = trace.set_span_in_context(trace.INVALID_SPAN)
@@ -49,7 +50,7 @@ class EngineInstruments:
             reason: {names.ATTR_MODEL: model, names.ATTR_REASON: reason} for reason in names.EVICTION_REASONS}
         self._load_span_written = False
 
-        def hist(spec: names.MetricSpec) -> Histogram:
+        def hist(spec: names.MetricSpec) -> Recordable:
             return histogram(meter, spec, bucket_overrides)
 
         self.batch_size = hist(names.BATCH_SIZE)

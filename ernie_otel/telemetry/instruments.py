@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, MeterProvider, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Meter, MeterProvider, Observation
 from opentelemetry.util.types import AttributeValue
 
 from .. import names
@@ -20,6 +20,7 @@ from ..kinds import ErrorType, Operation, Status, TokenType
 from ..slo import HEADER_TPOT, HEADER_TTFT, HeaderProblem, Slo, SloResult, SloTargets
 from ..stats import EngineStats
 from ..tenancy import DEFAULT_TENANT, Overflow
+from .sdk_internals import Recordable, fast_histogram
 
 Attrs = dict[str, AttributeValue]
 
@@ -74,7 +75,7 @@ class LatestGenAi:
     """The latest GenAI semconv token instruments (OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental[/dup]):
     per-operation histograms and usage counters, input and output apart. Recorded by the telemetry thread."""
 
-    def __init__(self, meter: Meter, hist: Callable[[names.MetricSpec], Histogram]) -> None:
+    def __init__(self, meter: Meter, hist: Callable[[names.MetricSpec], Recordable]) -> None:
         def counter(spec: names.MetricSpec) -> Counter:
             return meter.create_counter(spec.otel_name, unit=spec.unit, description=spec.description)
 
@@ -103,7 +104,7 @@ class Instruments:
     ) -> None:
         meter = meter_provider.get_meter(names.METER_NAME)
 
-        def hist(spec: names.MetricSpec) -> Histogram:
+        def hist(spec: names.MetricSpec) -> Recordable:
             return histogram(meter, spec, bucket_overrides)
 
         self.latency = hist(names.LATENCY)
@@ -150,12 +151,13 @@ class Instruments:
                                       unit=names.PROCESS_MEMORY.unit, description=names.PROCESS_MEMORY.description)
 
 
-def histogram(meter: Meter, spec: names.MetricSpec, bucket_overrides: dict[str, list[float]] | None) -> Histogram:
-    """The histogram of ``spec``, with its buckets (or the operator's override) as advisory boundaries."""
-    return meter.create_histogram(
+def histogram(meter: Meter, spec: names.MetricSpec, bucket_overrides: dict[str, list[float]] | None) -> Recordable:
+    """The histogram of ``spec``, with its buckets (or the operator's override) as advisory
+    boundaries; behind the SDK fast path where it applies (sdk_internals.fast_histogram)."""
+    return fast_histogram(meter.create_histogram(
         spec.otel_name, unit=spec.unit, description=spec.description,
         explicit_bucket_boundaries_advisory=list(names.histogram_buckets(spec, bucket_overrides)),
-    )
+    ))
 
 
 def _counter(meter: Meter, spec: names.MetricSpec, totals: dict[Any, int], attrs: Mapping[Any, Attrs],
