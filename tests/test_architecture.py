@@ -99,6 +99,11 @@ def test_private_sdk_span_classes_only_in_sdk_internals() -> None:
     assert "ernie_otel.telemetry.sdk_internals" in users
 
 
+def test_private_sdk_metrics_classes_only_in_sdk_internals() -> None:
+    users = {mod for mod, tree in ALL.items() if reaches(imports(mod, tree), "opentelemetry.sdk.metrics._internal")}
+    assert users == {"ernie_otel.telemetry.sdk_internals"}  # the histogram fast path
+
+
 def test_stack_imports_nothing_heavy_at_module_level() -> None:
     for mod, tree in ALL.items():
         if mod.startswith("ernie_otel.stack"):
