@@ -6,9 +6,12 @@ Importing this module is cheap: torch and transformers are imported inside ``loa
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class ModelUnavailableError(Exception):
@@ -57,7 +60,7 @@ def default_torch_threads(num_parameters: int) -> int:
 
 # CPU flags (Linux /proc/cpuinfo names) that give native bf16 arithmetic: AVX512-BF16 dot
 # products, or AMX tiles. Without one of them torch emulates bf16 matmuls through fp32 and is
-# slower than plain fp32, so "auto" must not pick bf16 there.
+# slower than plain fp32.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -75,19 +78,22 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
-    return bool((cpu_flags() if flags is None else flags) & BF16_CPU_FLAGS)
+# Why "auto" is float32 on every CPU, native bf16 or not: torch's CPU bf16 matmuls (oneDNN
+# brgemm, JIT-compiled per problem shape) keep a kernel per distinct shape for the life of the
+# process, outside ONEDNN_PRIMITIVE_CACHE_CAPACITY's reach. Serving makes a new shape for nearly
+# every prefill (rows x prompt columns), so RSS grows with traffic: the 2,000-request soak went
+# +31-38% in bf16 against +0.4% in fp32 (tiny model; docs/benchmarks.md, "Issue 20"). bf16 on a
+# CPU stays one flag away (--dtype bfloat16) for those who bound their shapes or restart.
+BF16_CPU_NOTE = ("this CPU computes bf16 natively (%s): --dtype bfloat16 runs faster, but its kernels are "
+                 "cached per batch shape and RSS grows with traffic, so --dtype auto keeps float32 here")
 
 
-def resolve_dtype(dtype: str, device: str, flags: frozenset[str] | None = None) -> str:
-    """The torch dtype name for ``--dtype``: "auto" is bfloat16 on CUDA and on CPUs with native
-    bf16 (measured on the 0.3B shape: ~2x fp32's tokens/s, decode being weight-bandwidth bound),
-    float32 elsewhere; any other value is taken as given."""
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The torch dtype name for ``--dtype``: "auto" is bfloat16 on CUDA and float32 on CPUs (see
+    BF16_CPU_NOTE); any other value is taken as given."""
     if dtype != "auto":
         return dtype
-    if device.startswith("cuda"):
-        return "bfloat16"
-    return "bfloat16" if cpu_has_bf16(flags) else "float32"
+    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 def resolve_device(device: str) -> str:
@@ -104,6 +110,10 @@ def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[A
 
     device = resolve_device(device)
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
+    if dtype == "auto" and device == "cpu":
+        flags = cpu_flags() & BF16_CPU_FLAGS
+        if flags:
+            log.info(BF16_CPU_NOTE, ", ".join(sorted(flags)))
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     # SDPA: fused attention kernels on CUDA and CPU alike (transformers' default where it can,
     # named so that a change of default upstream does not silently change our numbers).
