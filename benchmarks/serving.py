@@ -1,11 +1,18 @@
 """Serving throughput and TTFT: ernie-serve vs ``transformers serve`` on the same model directory.
 
-    .venv/bin/python benchmarks/serving.py [--models tiny,0.3b] [--concurrency 1,8] [--json PATH]
+    .venv/bin/python benchmarks/serving.py [--models tiny,0.3b] [--concurrency 1,8] [--peers ...] [--json PATH]
 
 Both servers get the same client (``ernie_otel.bench``), the same prompts and the same output
-length. ernie-serve runs as shipped (standalone telemetry: Prometheus reader on); the peer runs
-``transformers serve --device cpu MODEL_DIR`` (model pinned, so requests name the directory, which
-GET /v1/models lists) with and without ``--continuous-batching``.
+length. ernie-serve runs as shipped from this checkout (standalone telemetry: Prometheus reader
+on); the peer runs ``transformers serve --device cpu MODEL_DIR`` (model pinned, so requests name
+the directory, which GET /v1/models lists) with and without ``--continuous-batching``.
+
+Peers (``--peers``, comma-separated): ``ernie-serve`` (its defaults: ``--dtype auto``, chunked
+prefill), ``ernie-serve-fp32`` / ``ernie-serve-bf16`` (``--dtype``), ``ernie-serve-nochunk``
+(``--max-num-batched-tokens 0``), ``ernie-serve-seqs32`` (``--max-num-seqs 32``), ``ernie-serve-tok512``
+(``--max-num-batched-tokens 512``); suffixes
+combine: ``ernie-serve-fp32-nochunk``,
+``transformers``, ``transformers-cb`` and ``transformers-cb-bf16`` (``--dtype bfloat16``).
 
 Equal output lengths: ernie-serve takes ``ignore_eos``; ``transformers serve`` rejects unknown
 fields (HTTP 422), so it gets ``generation_config`` -- a JSON string that replaces the model's
@@ -29,13 +36,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overhead import BIN, CACHE, bench, machine, spawn_in, start_ernie_serve, status_kib
+from overhead import BIN, CACHE, REPO, bench, machine, spawn_in, start_ernie_serve, status_kib
 
 from ernie_otel.bench import BenchConfig, BenchResult
 from ernie_otel.stack.procs import Running, free_port, stopping
 
 # Requests per run by model and concurrency: enough for a p50, small enough for 10 minutes on 2 CPUs.
-REQUESTS = {"tiny": {1: 16, 8: 64}, "0.3b": {1: 3, 8: 16}}
+REQUESTS = {"tiny": {1: 16, 8: 64}, "0.3b": {1: 3, 8: 16, 32: 32}}
 ROUNDS = {"tiny": 3, "0.3b": 1}
 
 
@@ -53,7 +60,8 @@ def model_dir(size: str) -> Path:
     return target
 
 
-def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: str = "cpu") -> Running:
+def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: str = "cpu",
+                       extra: list[str] | None = None) -> Running:
     port = free_port()
     args: list[str] = ["serve", "--host", "127.0.0.1", "--port", str(port), "--device", device,
                        "--log-level", "warning"]
@@ -62,6 +70,7 @@ def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: s
         # 8 requests of ~100 tokens many times over.
         args += ["--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", "128",
                  "--cb-max-batch-tokens", "512"]
+    args += extra or []
     p = spawn_in(log_dir, name, [BIN / "transformers", *args, str(path)])
     p.url = f"http://127.0.0.1:{port}"
     return p
@@ -69,7 +78,7 @@ def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: s
 
 def peer_extra(kind: str, max_tokens: int) -> tuple[bool, dict[str, Any]]:
     """(ignore_eos, extra body) that make every request produce exactly max_tokens tokens."""
-    if kind == "ernie-serve":
+    if kind.startswith("ernie-serve"):
         return True, {}
     gen = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_new_tokens": max_tokens,
            "max_new_tokens": max_tokens}
@@ -84,16 +93,17 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
     with stopping(procs):
         servers: dict[str, Running] = {}
         for peer in peers:
-            if peer == "ernie-serve":
-                servers[peer] = start_ernie_serve(f"ernie-serve-{size}", str(path), log_dir,
+            if peer.startswith("ernie-serve"):
+                servers[peer] = start_ernie_serve(f"{peer}-{size}", str(path), log_dir, tree=REPO,
                                                   extra_args=["--torch-threads", str(args.torch_threads),
-                                                              "--device", args.device])
+                                                              "--device", args.device, *ernie_flags(peer)])
             elif peer == "transformers":
                 servers[peer] = start_transformers(f"transformers-{size}", path, log_dir, cb=False,
                                                      device=args.device)
-            elif peer == "transformers-cb":
-                servers[peer] = start_transformers(f"transformers-cb-{size}", path, log_dir, cb=True,
-                                                     device=args.device)
+            elif peer in ("transformers-cb", "transformers-cb-bf16"):
+                extra = ["--dtype", "bfloat16"] if peer.endswith("-bf16") else []
+                servers[peer] = start_transformers(f"{peer}-{size}", path, log_dir, cb=True, device=args.device,
+                                                   extra=extra)
             else:
                 raise SystemExit(f"unknown peer {peer!r}")
             procs.append(servers[peer])
@@ -118,7 +128,7 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
                     if r.output_tokens != n * args.max_tokens:
                         raise RuntimeError(f"{peer}: {r.output_tokens} tokens, expected {n * args.max_tokens}")
                     results.setdefault((peer, c), []).append(r)
-                    print(f"{size} round {rnd + 1}/{rounds} c={c} {peer:<16} {r.output_tokens_per_s:8.1f} tok/s  "
+                    print(f"{size} round {rnd + 1}/{rounds} c={c} {peer:<24} {r.output_tokens_per_s:8.1f} tok/s  "
                           f"TTFT p50 {r.ttft_ms.p50:8.1f} ms  TPOT p50 {r.tpot_ms.p50:7.2f} ms", file=sys.stderr)
         for (peer, c), rs in results.items():
             pid = servers[peer].proc.pid
@@ -126,7 +136,10 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
                 "model": size, "server": peer, "concurrency": c, "requests": rs[0].requests_sent, "runs": len(rs),
                 "tok_s": statistics.median(r.output_tokens_per_s for r in rs),
                 "ttft_p50_ms": statistics.median(r.ttft_ms.p50 or 0.0 for r in rs),
+                "ttft_p95_ms": statistics.median(r.ttft_ms.p95 or 0.0 for r in rs),
                 "tpot_p50_ms": statistics.median(r.tpot_ms.p50 or 0.0 for r in rs),
+                "tpot_p95_ms": statistics.median(r.tpot_ms.p95 or 0.0 for r in rs),
+                "tok_s_rounds": [r.output_tokens_per_s for r in rs],
                 "latency_p50_ms": statistics.median(r.latency_ms.p50 or 0.0 for r in rs),
                 "rss_mib": status_kib(pid, "VmRSS") / 1024, "peak_rss_mib": status_kib(pid, "VmHWM") / 1024,
             })
@@ -134,7 +147,41 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
 
 
 LABELS = {"ernie-serve": "ernie-serve", "transformers": "transformers serve",
-          "transformers-cb": "transformers serve --continuous-batching"}
+          "transformers-cb": "transformers serve --continuous-batching",
+          "transformers-cb-bf16": "transformers serve --continuous-batching --dtype bfloat16"}
+
+
+def ernie_flags(peer: str) -> list[str]:
+    """ernie-serve flags from a peer name's suffixes (see the module docstring)."""
+    flags: list[str] = []
+    for part in peer.removeprefix("ernie-serve").split("-")[1:]:
+        if part in ("fp32", "bf16"):
+            flags += ["--dtype", "float32" if part == "fp32" else "bfloat16"]
+        elif part == "nochunk":
+            flags += ["--max-num-batched-tokens", "0"]
+        elif part.startswith("seqs") and part[4:].isdigit():
+            flags += ["--max-num-seqs", part[4:]]
+        elif part.startswith("tok") and part[3:].isdigit():
+            flags += ["--max-num-batched-tokens", part[3:]]
+        else:
+            raise SystemExit(f"unknown ernie-serve variant {part!r} in {peer!r}")
+    return flags
+
+
+def ratios(rows: list[dict[str, Any]], base: str = "transformers-cb") -> list[str]:
+    """Each ernie-serve variant's tok/s over the baseline's, per concurrency: the ratio of medians
+    and the median of per-round ratios (rounds interleave the servers, so a round's ratio sees the
+    same background load on both sides)."""
+    by = {(r["model"], r["server"], r["concurrency"]): r for r in rows}
+    lines: list[str] = []
+    for r in rows:
+        b = by.get((r["model"], base, r["concurrency"]))
+        if b is None or not r["server"].startswith("ernie-serve") or not b["tok_s"]:
+            continue
+        per_round = [x / y for x, y in zip(r["tok_s_rounds"], b["tok_s_rounds"], strict=False) if y]
+        lines.append(f"{r['model']} c={r['concurrency']} {r['server']} / {base}: {r['tok_s'] / b['tok_s']:.2f}x "
+                     f"(median of per-round ratios {statistics.median(per_round):.2f}x over {len(per_round)})")
+    return lines
 
 
 def format_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -142,15 +189,16 @@ def format_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"Serving on {args.device}: max_tokens {args.max_tokens} (every request runs to it), "
         f"prompt ~{args.prompt_tokens} words, chat, stream; medians over rounds.",
         "",
-        "| model | server | concurrency | requests x runs | output tok/s | TTFT p50 ms | TPOT p50 ms "
+        "| model | server | concurrency | requests x runs | output tok/s | TTFT p50 / p95 ms | TPOT p50 / p95 ms "
         "| latency p50 ms | RSS MiB (peak) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {LABELS.get(r['server'], r['server'])} | {r['concurrency']} | "
-                     f"{r['requests']} x {r['runs']} | {r['tok_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
-                     f"{r['tpot_p50_ms']:.2f} | {r['latency_p50_ms']:.0f} | {r['rss_mib']:.0f} "
-                     f"({r['peak_rss_mib']:.0f}) |")
+                     f"{r['requests']} x {r['runs']} | {r['tok_s']:.1f} | "
+                     f"{r['ttft_p50_ms']:.0f} / {r['ttft_p95_ms']:.0f} | "
+                     f"{r['tpot_p50_ms']:.1f} / {r['tpot_p95_ms']:.1f} | "
+                     f"{r['latency_p50_ms']:.0f} | {r['rss_mib']:.0f} ({r['peak_rss_mib']:.0f}) |")
     return "\n".join(lines)
 
 
@@ -176,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in [m for m in args.models.split(",") if m]:
         rows += run_model(size, args, log_dir)
     print(format_rows(rows, args))
+    print("\n".join(["", *ratios(rows)]))
     print(f"\n{time.monotonic() - t0:.0f} s")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"machine": machine(), "args": {

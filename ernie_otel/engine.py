@@ -2,8 +2,11 @@
 over a transformers ``Ernie4_5ForCausalLM``.
 
 One background thread owns the model. Each iteration it drops cancelled sequences, admits
-waiting ones up to ``max_num_seqs`` (prefilled together, left-padded), merges their KV cache into
-the running batch and runs one decode step for every running sequence. Finished sequences leave
+waiting ones up to ``max_num_seqs`` (prefilled together, left-padded), runs at most
+``max_num_batched_tokens`` of their prefill (chunked prefill: a long or crowded admission is spread
+over several iterations, each of which still decodes the running batch, so admitting requests does
+not stall the running streams), merges their KV cache into the running batch once their prompts
+are in, and runs one decode step for every running sequence. Finished sequences leave
 the batch at once, so a freed slot is reused on the next iteration. Results go back to asyncio
 through ``loop.call_soon_threadsafe``: one call per event loop per step, carrying every sequence's
 event (each call wakes the loop through its self-pipe: a system call and a thread switch, which
@@ -116,6 +119,19 @@ def deliver_all(out: list[tuple[Callable[[Event], None], Event]]) -> None:
             pass
 
 
+@dataclass(eq=False, slots=True)
+class _Prefill:
+    """An admitted group, left-padded to one width, whose prompt columns go through the model a
+    chunk at a time; its rows join the running batch once the last column is in."""
+
+    batch: list[Sequence]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: Any
+    done: int = 0  # prompt columns already through the model (cached)
+
+
 class Engine:
     def __init__(
         self,
@@ -125,12 +141,15 @@ class Engine:
         max_num_seqs: int = 8,
         max_queue_len: int = 64,
         max_model_len: int = 2048,
+        max_num_batched_tokens: int = 0,
         step_hook: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.max_model_len = max_model_len
+        # Tokens per iteration, running decodes included (vLLM's meaning); 0: a whole prefill at once.
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats(max_num_seqs=max_num_seqs, max_queue_len=max_queue_len)
@@ -139,6 +158,7 @@ class Engine:
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
         self._cache: Any = None
+        self._admitting: _Prefill | None = None  # the admitted group whose prompts are going in
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="ernie-engine", daemon=True)
@@ -188,7 +208,8 @@ class Engine:
         with self._cond:
             if self._stop:
                 raise EngineStoppedError("engine is shutting down")
-            free_slots = self.stats.max_num_seqs - len(self._running) - len(self._waiting)
+            prefilling = len(self._admitting.batch) if self._admitting is not None else 0
+            free_slots = self.stats.max_num_seqs - len(self._running) - prefilling - len(self._waiting)
             if len(self._waiting) >= self.stats.max_queue_len and free_slots <= 0:
                 raise QueueFullError
             seq.stats.queue_length_at_arrival = len(self._waiting)
@@ -212,32 +233,41 @@ class Engine:
             if self.step_hook is not None:
                 self.step_hook()
             with self._cond:
-                while not self._stop and not self._waiting and not self._running:
+                while not self._stop and not self._waiting and not self._running and self._admitting is None:
                     self._cond.wait()
                 if self._stop:
                     break
-                admitted = self._admit_locked()
+                # One admitted group at a time: later arrivals wait for the next one.
+                admitted = self._admit_locked() if self._admitting is None else []
             try:
                 self._drop_cancelled()
-                rows = tokens = 0
+                tokens = 0
                 if admitted:
-                    rows, tokens = len(admitted), sum(len(s.prompt_ids) for s in admitted)
-                    self._prefill(admitted)
+                    self._admitting = self._start_prefill(admitted)
                     admitted = []
+                if self._admitting is not None:
+                    tokens = self._prefill_chunk(self._admitting)  # merges the group after its last chunk
+                # An iteration's rows: the running batch (the group's rows merged in by now, if its
+                # prompts are all in) plus a group still being prefilled; its tokens: the real prompt
+                # tokens of this chunk plus one per decoded row.
+                rows = len(self._admitting.batch) if self._admitting is not None else 0
                 if self._running:
-                    rows = len(self._running)  # the admitted rows are merged in by now
-                    tokens += rows
+                    rows += len(self._running)
+                    tokens += len(self._running)
                     self._decode_step()
                 if rows:
+                    self.stats.steps += 1
                     self.stats.iteration_samples.append((rows, tokens))
             except Exception as exc:  # the engine survives a failed step; its requests do not
                 log.exception("engine step failed")
                 message = f"engine error: {type(exc).__name__}: {exc}"
                 for seq in admitted:
                     self._finish(seq, FinishReason.ERROR.value, error=message)
+                self._fail_admitting(message)
                 self._fail_running(message)
             self._note_kv()
         # A shutdown cancels what runs (the server's grace period is over): not a failure of the request.
+        self._fail_admitting(SHUTDOWN_MESSAGE, FinishReason.CANCELLED.value)
         self._fail_running(SHUTDOWN_MESSAGE, FinishReason.CANCELLED.value)
         with self._cond:
             for seq in list(self._waiting):
@@ -258,6 +288,13 @@ class Engine:
         return admitted
 
     def _drop_cancelled(self) -> None:
+        group = self._admitting
+        if group is not None and any(s.cancelled for s in group.batch):
+            for s in group.batch:
+                if s.cancelled:
+                    self._finish(s, FinishReason.CANCELLED.value)  # its row leaves at the merge
+            if all(s.finished for s in group.batch):
+                self._admitting = None  # nobody left to prefill for: its cache goes
         keep = [i for i, s in enumerate(self._running) if not s.cancelled]
         if len(keep) == len(self._running):
             return
@@ -266,6 +303,12 @@ class Engine:
                 self._finish(s, FinishReason.CANCELLED.value)
         self._select_rows(keep)
 
+    def _fail_admitting(self, message: str, reason: str = FinishReason.ERROR.value) -> None:
+        if self._admitting is not None:
+            for s in self._admitting.batch:
+                self._finish(s, reason, error=message)
+            self._admitting = None
+
     def _fail_running(self, message: str, reason: str = FinishReason.ERROR.value) -> None:
         for s in self._running:
             self._finish(s, reason, error=message)
@@ -273,7 +316,7 @@ class Engine:
         self._cache = None
         self.stats.running = 0
 
-    def _prefill(self, batch: list[Sequence]) -> None:
+    def _start_prefill(self, batch: list[Sequence]) -> _Prefill:
         from transformers import DynamicCache
 
         width = max(len(s.prompt_ids) for s in batch)
@@ -286,18 +329,40 @@ class Engine:
             s.pad = width - n
             s.computed = n
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        return _Prefill(batch, ids, mask, positions, DynamicCache(config=self.model.config))
+
+    def _prefill_chunk(self, group: _Prefill) -> int:
+        """Run the next columns of the group's prompts that fit the token budget; once the last
+        column is in, sample each row's first token and merge the rows into the running batch.
+        Returns the real (unpadded) prompt tokens this chunk ran."""
+        width = group.ids.shape[1]
+        end = width
+        if self.max_num_batched_tokens > 0:
+            # Padded columns cost like real ones; the running decodes take their share first, and
+            # a group always advances by at least one column (no budget can starve it).
+            budget = max(self.max_num_batched_tokens - len(self._running), 0)
+            end = min(width, group.done + max(1, budget // len(group.batch)))
+        cols = slice(group.done, end)
         out = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
+            input_ids=group.ids[:, cols].to(self.device), attention_mask=group.mask[:, :end].to(self.device),
+            position_ids=group.positions[:, cols].to(self.device), cache=group.cache, use_cache=True,
+            logits_to_keep=1,
         )
+        real = int(group.mask[:, cols].sum())
+        group.done = end
+        if end < width:
+            return real
+        batch = group.batch
         tokens = self._sample(out.logits[:, -1, :], batch)
         now = time.perf_counter()
         for s in batch:
             s.stats.first_token = now
             s.last_token_at = now
         self._emit(batch, tokens, now)  # marks sequences that finished on their first token
-        self._merge(batch, cache)  # the model filled the cache in place
+        self._merge(batch, group.cache)  # the model filled the cache in place
+        # Only now: a failure above still finds the group's sequences (and fails them) as admitting.
+        self._admitting = None
+        return real
 
     def _decode_step(self) -> None:
         batch = self._running
@@ -313,7 +378,6 @@ class Engine:
             position_ids=positions.to(self.device), cache=self._cache, use_cache=True, logits_to_keep=1,
         )
         size = len(batch)
-        self.stats.steps += 1
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, size)
         for s in batch:
             s.computed += 1
@@ -432,10 +496,17 @@ class Engine:
 
     # ------------------------------------------------------------------ KV cache rows
     def _note_kv(self) -> None:
-        """The running batch's cache size and padding, at the step boundary (plain numbers)."""
+        """The cache size and padding at the step boundary (plain numbers): the running batch's,
+        plus the columns a group being prefilled in chunks has cached so far."""
         running = self._running
-        self.stats.kv_positions = len(running) * self._cache_width() if running else 0
-        self.stats.kv_padding = sum(s.pad for s in running)
+        positions = len(running) * self._cache_width() if running else 0
+        padding = sum(s.pad for s in running)
+        group = self._admitting
+        if group is not None:
+            positions += len(group.batch) * group.done
+            padding += sum(min(s.pad, group.done) for s in group.batch)
+        self.stats.kv_positions = positions
+        self.stats.kv_padding = padding
 
     def _layers(self, cache: Any) -> list[Any]:
         return list(cache.layers)

@@ -343,7 +343,8 @@ ENGINE_EVICTIONS = MetricSpec(
     "error (a failed engine step).")
 ENGINE_STEPS = MetricSpec(
     "ernie_engine_steps", Kind.COUNTER, "{step}", "ernie_engine_steps_total", (ATTR_MODEL,),
-    "Decode steps (engine iterations) run.")
+    "Engine iterations run: a decode step of the running batch, a chunk of newly admitted prompts "
+    "(chunked prefill), or both.")
 LOCAL_ENGINE_METRICS = (KV_CACHE_USED, KV_CACHE_BUDGET, KV_CACHE_USAGE, KV_CACHE_PADDING, BATCH_SIZE,
                         ITERATION_TOKENS, PREFILL_TIME, DECODE_TIME, INTER_TOKEN_LATENCY, MODEL_LOAD_TIME,
                         ENGINE_ADMISSIONS, ENGINE_EVICTIONS, ENGINE_STEPS)

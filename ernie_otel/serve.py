@@ -72,9 +72,14 @@ class ServeConfig(Config):
                                help="requests running at once")
     max_queue_len: int = option(64, flag="--max-queue-len", convert=to_int, check=at_least(0),
                                 help="requests waiting; beyond: 429")
+    max_num_batched_tokens: int = option(512, flag="--max-num-batched-tokens", convert=to_int, check=at_least(0),
+                                         help="tokens per engine step, running decodes first, then chunks of new "
+                                         "prompts (chunked prefill: admitting requests does not stall streams); "
+                                         "0: whole prompts at once")
     device: str = option("auto", flag="--device", choices=("auto", "cpu", "cuda"), help="where the model runs")
     dtype: str = option("auto", flag="--dtype", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="weights' dtype (auto: bfloat16 on CUDA, else float32)")
+                        help="weights' dtype (auto: bfloat16 on CUDA, else float32: on a CPU, bfloat16 is faster "
+                        "where it has AVX512-BF16/AMX, but its kernels are cached per batch shape and RSS grows)")
     torch_threads: int = option(0, flag="--torch-threads", convert=to_int, check=at_least(0),
                                 help="CPU threads for inference (0: 1 for small models, else all cores, "
                                 "leaving one to the server beyond two)")

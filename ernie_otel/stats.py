@@ -168,7 +168,7 @@ class EngineStats:
     max_queue_len: int
     waiting: int = 0
     running: int = 0
-    steps: int = 0  # decode steps run (cumulative)
+    steps: int = 0  # engine iterations run (cumulative): a decode step, a prefill chunk, or both
     max_batch_seen: int = 0  # largest number of sequences decoded in one step
     tokens: ThroughputWindow = field(default_factory=ThroughputWindow)
     # KV cache of the running batch, in token positions (one position = one token's K and V in

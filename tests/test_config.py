@@ -34,7 +34,8 @@ SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 SERVE_DEFAULTS: dict[str, Any] = {
     "--model": "baidu/ERNIE-4.5-0.3B-PT", "--served-model-name": None, "--host": HOST,
     "--port": DEFAULT_PORTS["serve"], "--metrics-port": DEFAULT_PORTS["serve_metrics"], "--max-model-len": 2048,
-    "--max-num-seqs": 8, "--max-queue-len": 64, "--device": "auto", "--dtype": "auto", "--torch-threads": 0,
+    "--max-num-seqs": 8, "--max-queue-len": 64, "--max-num-batched-tokens": 512,
+    "--device": "auto", "--dtype": "auto", "--torch-threads": 0,
     "--api-key": None, "--default-max-tokens": 256, "--max-request-bytes": 1 << 20, "--otlp-endpoint": None,
     "--upstream": None, "--upstream-timeout": 120.0, "--upstream-api-key": None, "--access-log": False,
     "--log-level": "info", "--slo-ttft": None, "--slo-tpot": None, "--slo-e2e": None, "--slo-targets": None,

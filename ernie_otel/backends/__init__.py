@@ -35,6 +35,8 @@ class BackendSettings(Protocol):
     @property
     def max_queue_len(self) -> int: ...
     @property
+    def max_num_batched_tokens(self) -> int: ...
+    @property
     def default_max_tokens(self) -> int: ...
     @property
     def upstream(self) -> str | None: ...
@@ -58,4 +60,5 @@ def make_backend(settings: BackendSettings, model_name: str) -> Backend:
     return LocalBackend(model=settings.model, model_name=model_name, device=settings.device, dtype=settings.dtype,
                         torch_threads=settings.torch_threads, max_num_seqs=settings.max_num_seqs,
                         max_queue_len=settings.max_queue_len, max_model_len=settings.max_model_len,
-                        default_max_tokens=settings.default_max_tokens)
+                        default_max_tokens=settings.default_max_tokens,
+                        max_num_batched_tokens=settings.max_num_batched_tokens)

@@ -6,9 +6,12 @@ Importing this module is cheap: torch and transformers are imported inside ``loa
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class ModelUnavailableError(Exception):
@@ -55,18 +58,67 @@ def default_torch_threads(num_parameters: int) -> int:
     return cores if cores <= 2 else cores - 1
 
 
+# CPU flags (Linux /proc/cpuinfo names) that give native bf16 arithmetic: AVX512-BF16 dot
+# products, or AMX tiles. Without one of them torch emulates bf16 matmuls through fp32 and is
+# slower than plain fp32.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":  # every core lists the same flags: the first line is enough
+            return frozenset(value.split())
+    return frozenset()
+
+
+# Why "auto" is float32 on every CPU, native bf16 or not: torch's CPU bf16 matmuls (oneDNN
+# brgemm, JIT-compiled per problem shape) keep a kernel per distinct shape for the life of the
+# process, outside ONEDNN_PRIMITIVE_CACHE_CAPACITY's reach. Serving makes a new shape for nearly
+# every prefill (rows x prompt columns), so RSS grows with traffic: the 2,000-request soak went
+# +31-38% in bf16 against +0.4% in fp32 (tiny model; docs/benchmarks.md, "Issue 20"). bf16 on a
+# CPU stays one flag away (--dtype bfloat16) for those who bound their shapes or restart.
+BF16_CPU_NOTE = ("this CPU computes bf16 natively (%s): --dtype bfloat16 runs faster, but its kernels are "
+                 "cached per batch shape and RSS grows with traffic, so --dtype auto keeps float32 here")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The torch dtype name for ``--dtype``: "auto" is bfloat16 on CUDA and float32 on CPUs (see
+    BF16_CPU_NOTE); any other value is taken as given."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
+    device = resolve_device(device)
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
+    if dtype == "auto" and device == "cpu":
+        flags = cpu_flags() & BF16_CPU_FLAGS
+        if flags:
+            log.info(BF16_CPU_NOTE, ", ".join(sorted(flags)))
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+    # SDPA: fused attention kernels on CUDA and CPU alike (transformers' default where it can,
+    # named so that a change of default upstream does not silently change our numbers).
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
+                                                      attn_implementation="sdpa")
     model.to(device).eval()
     torch.set_num_threads(threads or default_torch_threads(model.num_parameters()))
     return model, tokenizer

@@ -29,12 +29,14 @@ log = logging.getLogger(__name__)
 
 class LocalBackend:
     def __init__(self, *, model: str, model_name: str, device: str, dtype: str, torch_threads: int,
-                 max_num_seqs: int, max_queue_len: int, max_model_len: int, default_max_tokens: int) -> None:
+                 max_num_seqs: int, max_queue_len: int, max_model_len: int, default_max_tokens: int,
+                 max_num_batched_tokens: int = 0) -> None:
         self.model = model
         self.model_name = model_name
         self.device, self.dtype, self.torch_threads = device, dtype, torch_threads
         self.max_num_seqs, self.max_queue_len = max_num_seqs, max_queue_len
         self.default_max_tokens = default_max_tokens
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.engine: Engine | None = None
         self.tokenizer: Any = None
         self.model_path: Path | None = None
@@ -80,7 +82,7 @@ class LocalBackend:
                 log.warning("--max-model-len %d exceeds the model's %d; using %d", self._max_model_len, limit, limit)
                 self._max_model_len = limit
             engine = Engine(model, tokenizer, max_num_seqs=self.max_num_seqs, max_queue_len=self.max_queue_len,
-                            max_model_len=self._max_model_len)
+                            max_model_len=self._max_model_len, max_num_batched_tokens=self.max_num_batched_tokens)
             # torch, transformers and the model leave ~450k long-lived objects that every full
             # garbage collection would walk again (~200 ms each, stalling the event loop and the
             # engine); freezing them keeps collections to what requests allocate.

@@ -1,0 +1,203 @@
+"""The engine's fast paths keep their outputs: chunked prefill, and bf16 (CUDA's default, a CPU's opt-in).
+
+Real engine, real tiny ERNIE-4.5 model; the reference is transformers' own ``generate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from ernie_otel.backends.loading import (
+    BF16_CPU_FLAGS,
+    BF16_CPU_NOTE,
+    cpu_flags,
+    load_model,
+    resolve_dtype,
+    resolve_model_path,
+)
+from ernie_otel.engine import Engine, Event, SamplingParams, Sequence
+from ernie_otel.kinds import Operation
+from ernie_otel.stats import RequestStats
+
+# Prompts of different lengths, so that rows are left-padded and chunks cut through real tokens.
+PROMPTS = [
+    "count to ten",
+    "the quick brown fox jumps over the lazy dog " * 3,
+    "a",
+    "ERNIE is a family of large language models; tell me about the smallest one, please",
+    "one two three four five six",
+]
+MAX_TOKENS = 12
+
+
+# --------------------------------------------------------------------------- precision choice
+def test_auto_dtype_is_bf16_on_cuda_and_fp32_on_every_cpu() -> None:
+    assert resolve_dtype("auto", "cuda") == "bfloat16"
+    assert resolve_dtype("auto", "cuda:1") == "bfloat16"
+    # Even on this machine's AVX512-BF16 CPU: bf16 kernels are cached per batch shape, RSS grows.
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("float32", "cuda") == "float32"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_cpu_flags_parse_proc_cpuinfo() -> None:
+    text = "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n"
+    assert cpu_flags(text) == frozenset({"fpu", "avx512f", "avx512_bf16"})
+    assert cpu_flags("processor : 0\n") == frozenset()
+
+
+def test_auto_on_a_bf16_cpu_says_why_it_keeps_fp32(caplog: pytest.LogCaptureFixture) -> None:
+    """Where the CPU has native bf16, the load log names the flag and the reason auto kept float32."""
+    with caplog.at_level(logging.INFO, logger="ernie_otel.backends.loading"):
+        model, _ = load_model(resolve_model_path("tiny"), "cpu", "auto", threads=1)
+    assert next(model.parameters()).dtype == torch.float32
+    notes = [r.getMessage() for r in caplog.records if "bf16 natively" in r.getMessage()]
+    has = sorted(cpu_flags() & BF16_CPU_FLAGS)
+    assert notes == ([BF16_CPU_NOTE % ", ".join(has)] if has else [])
+
+
+# --------------------------------------------------------------------------- engine outputs
+@pytest.fixture(scope="module")
+def fp32() -> tuple[Any, Any]:
+    return load_model(resolve_model_path("tiny"), "cpu", "float32", threads=1)
+
+
+def solo_greedy(model: Any, tokenizer: Any, prompt: str, max_tokens: int = MAX_TOKENS) -> list[int]:
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                         min_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)
+    return [int(t) for t in out[0, ids.shape[1]:]]
+
+
+def engine_greedy(model: Any, tokenizer: Any, prompts: list[str], budget: int, stagger_s: float = 0.0,
+                  max_num_seqs: int = 8, after_first_token: bool = False,
+                  hook: Callable[[Engine], None] | None = None) -> tuple[list[Sequence], Engine]:
+    """Greedy runs through the engine; ``after_first_token``: each request is sent once the previous
+    one has its first token (so it is admitted while that one decodes); ``hook``: called on the
+    engine thread at every step boundary."""
+    engine = Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget)
+    if hook is not None:
+        engine.step_hook = lambda: hook(engine)
+    engine.start()
+    done = [threading.Event() for _ in prompts]
+    started = [threading.Event() for _ in prompts]
+    seqs: list[Sequence] = []
+    try:
+        for i, prompt in enumerate(prompts):
+            def deliver(event: Event, i: int = i) -> None:
+                started[i].set()
+                if event.finish_reason is not None:
+                    done[i].set()
+
+            seq = Sequence(prompt_ids=tokenizer(prompt).input_ids,
+                           params=SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True),
+                           stats=RequestStats(request_id=str(i), operation=Operation.CHAT.value), deliver=deliver)
+            seqs.append(seq)
+            engine.submit(seq)
+            time.sleep(stagger_s)  # later requests arrive while earlier ones decode
+            if after_first_token:
+                assert started[i].wait(60)
+        for d in done:
+            assert d.wait(120), "engine did not finish"
+    finally:
+        engine.shutdown()
+    for s in seqs:
+        assert s.stats.finish_reason == "length"
+    return seqs, engine
+
+
+@pytest.mark.parametrize("budget", [0, 5, 16], ids=["whole-prefill", "budget-5", "budget-16"])
+@pytest.mark.parametrize("stagger_s", [0.0, 0.01], ids=["together", "staggered"])
+def test_batched_greedy_matches_solo_generate(fp32: tuple[Any, Any], budget: int, stagger_s: float) -> None:
+    model, tokenizer = fp32
+    want = [solo_greedy(model, tokenizer, p) for p in PROMPTS]
+    seqs, engine = engine_greedy(model, tokenizer, PROMPTS, budget, stagger_s)
+    assert [s.output_ids for s in seqs] == want
+    assert engine.stats.max_batch_seen > 1
+
+
+@pytest.mark.parametrize("budget", [0, 8], ids=["whole-prefill", "budget-8"])
+def test_chunked_prefill_keeps_running_streams_going(fp32: tuple[Any, Any], budget: int) -> None:
+    """A long prompt admitted while another request decodes: with a budget its prefill is spread
+    over iterations that each still decode the running request, which therefore finishes before the
+    long one's first token; without one the whole prefill runs first (the stall chunking removes)."""
+    model, tokenizer = fp32
+    long_prompt = "word " * 200  # 200 tokens at <= 7 a step: ~29 steps, more than the short one's 12
+    seqs, _ = engine_greedy(model, tokenizer, ["short prompt", long_prompt], budget=budget, max_num_seqs=2,
+                                 after_first_token=True)
+    short, long = seqs
+    assert [s.output_ids for s in seqs] == [solo_greedy(model, tokenizer, "short prompt"),
+                                            solo_greedy(model, tokenizer, long_prompt)]
+    assert long.stats.scheduled is not None and short.stats.finished is not None
+    assert long.stats.first_token is not None and short.stats.first_token is not None
+    assert short.stats.first_token < long.stats.scheduled < short.stats.finished  # they overlapped
+    if budget:
+        assert short.stats.finished < long.stats.first_token
+    else:
+        assert long.stats.first_token < short.stats.finished
+
+
+def _cached_bytes(cache: Any) -> int:
+    if cache is None:
+        return 0
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers
+               if getattr(layer, "keys", None) is not None)
+
+
+def test_chunked_prefill_keeps_the_engine_figures_right(fp32: tuple[Any, Any]) -> None:
+    """Under a small budget, with requests admitted while others decode: every iteration is one
+    sample (its rows and real tokens: prompt tokens of its chunk plus one per decoded row, so the
+    samples add up to every prompt token plus every decoded token), no iteration runs more tokens
+    than the budget, and the KV gauges count what is really cached, a group half prefilled included."""
+    model, tokenizer = fp32
+    budget = 8
+    kv_checks: list[tuple[int, int, bool]] = []
+
+    def hook(engine: Engine) -> None:
+        group = engine._admitting
+        real = _cached_bytes(engine._cache) + (_cached_bytes(group.cache) if group is not None else 0)
+        kv_checks.append((engine.stats.kv_positions * engine.stats.kv_bytes_per_token, real, group is not None))
+
+    prompts = PROMPTS[:4]
+    seqs, engine = engine_greedy(model, tokenizer, prompts, budget=budget, max_num_seqs=len(prompts),
+                                 after_first_token=True, hook=hook)
+    assert [s.output_ids for s in seqs] == [solo_greedy(model, tokenizer, p) for p in prompts]
+    assert all(got == real for got, real, _ in kv_checks), kv_checks
+    assert any(mid_prefill and got > 0 for got, _, mid_prefill in kv_checks), "no step boundary inside a prefill"
+    iterations = list(engine.stats.iteration_samples)
+    assert engine.stats.steps == len(iterations)
+    assert sum(t for _, t in iterations) == sum(len(s.prompt_ids) for s in seqs) + len(seqs) * (MAX_TOKENS - 1)
+    assert max(t for _, t in iterations) <= budget
+    phases = list(engine.stats.phase_samples)
+    assert len(phases) == len(seqs) and all(prefill > 0 and decode > 0 for prefill, decode in phases)
+    assert engine.stats.kv_positions == 0 and engine.stats.kv_padding == 0
+
+
+BF16_PREFIX = 4  # tokens that bf16 greedy must reproduce exactly; beyond that rounding may fork
+
+
+def test_bf16_greedy_agrees_with_fp32_over_a_prefix(fp32: tuple[Any, Any]) -> None:
+    """bf16 keeps 8 mantissa bits: on random weights a near-tie between the two best logits can
+    flip later on, but the first BF16_PREFIX greedy tokens of every prompt must match fp32, and most
+    of the whole answers too."""
+    model32, tokenizer = fp32
+    model16, _ = load_model(resolve_model_path("tiny"), "cpu", "bfloat16", threads=1)
+    assert next(model16.parameters()).dtype == torch.bfloat16
+    seqs16, _ = engine_greedy(model16, tokenizer, PROMPTS, budget=16)
+    got16 = [s.output_ids for s in seqs16]
+    agree = total = 0
+    for prompt, out16 in zip(PROMPTS, got16, strict=True):
+        out32 = solo_greedy(model32, tokenizer, prompt)
+        assert out16[:BF16_PREFIX] == out32[:BF16_PREFIX], prompt
+        common = next((i for i, (a, b) in enumerate(zip(out16, out32, strict=True)) if a != b), len(out32))
+        agree += common
+        total += len(out32)
+    print(f"bf16 vs fp32 greedy: {agree}/{total} tokens agree before the first fork")
+    assert agree >= 0.75 * total
