@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from helpers import free_ports, http_get
+from helpers import free_port, free_ports, http_get
 
 from ernie_otel.stack import Component, Stack, StackError, collector_env, jaeger_env, process_matches
 from ernie_otel.stack.components import COMPONENTS, StackContext
 from ernie_otel.stack.procs import port_free
+from ernie_otel.stack.records import proc_stat, process_gone, record_of, wait_gone
 
 
 def static_server(k: int) -> Component:
@@ -30,6 +32,47 @@ def static_server(k: int) -> Component:
         health=lambda c: f"{c.url(key)}/",
         health_timeout=20.0,
     )
+
+
+LEADER_EXITS_FIRST = """
+import ctypes, socket, sys, threading, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+threading.Thread(target=time.sleep, args=(float(sys.argv[2]),)).start()
+print("ready", flush=True)
+sys.stdin.readline()
+ctypes.CDLL(None).pthread_exit(None)  # the main thread (the group leader) exits; the other lives on
+"""
+
+
+def test_a_process_is_gone_only_with_its_last_thread(tmp_path: Path) -> None:
+    """A thread-group leader is a zombie as soon as it exits, while its other threads still hold the
+    process' sockets: CI once found a stopped http.server's port still taken right after `down`.
+    So stopping waits for process_gone (every thread), not for the leader alone."""
+    script = tmp_path / "leader_exits_first.py"
+    script.write_text(LEADER_EXITS_FIRST)
+    port = free_port()
+    argv = [sys.executable, str(script), str(port), "1.5"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        record = record_of(proc, argv, tmp_path / "log", None)
+        assert process_matches(record) and not process_gone(record)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 5
+        while (proc_stat(proc.pid) or ("?",))[0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not process_matches(record), "the leader is a zombie: no longer 'our running process'"
+        assert not process_gone(record) and not port_free(port), "but its thread still holds the port"
+        assert wait_gone(record, 10)
+        assert port_free(port)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def exits_at_once(c: StackContext) -> list[str]:

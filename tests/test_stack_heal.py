@@ -20,7 +20,7 @@ from helpers import free_ports, http_get
 from test_stack import static_server
 
 from ernie_otel import names
-from ernie_otel.stack import Stack, StackError, process_matches
+from ernie_otel.stack import Stack, StackError, process_gone, process_matches
 
 COMPS = [static_server(0), static_server(1)]
 
@@ -29,7 +29,8 @@ def _kill(stack: Stack, *component: str) -> dict[str, int]:
     records = stack.read_records()
     for name in component:
         os.killpg(records[name].pid, signal.SIGKILL)
-    wait_for(lambda: not any(process_matches(records[n]) for n in component), 10, f"{component} to die")
+    # Gone, every thread: a zombie leader's threads may still hold its listening socket.
+    wait_for(lambda: all(process_gone(records[n]) for n in component), 10, f"{component} to die")
     return {name: rec.pid for name, rec in records.items()}
 
 

@@ -33,7 +33,7 @@ from .cli import main
 from .components import COMPONENTS, Component, collector_env, jaeger_env
 from .core import Stack, default_state_dir
 from .procs import NotHealthyError, Running, free_port, free_ports, http_get, log_tail, wait_http
-from .records import Record, StackError, process_matches
+from .records import Record, StackError, process_gone, process_matches
 from .render import PROMETHEUS_CONFIG
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "jaeger_env",
     "log_tail",
     "main",
+    "process_gone",
     "process_matches",
     "wait_http",
 ]

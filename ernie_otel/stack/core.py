@@ -22,7 +22,7 @@ from . import fleet as fleet_profile
 from . import thanos
 from .components import Component
 from .procs import REPO_ROOT, NotHealthyError, http_status, log_tail, port_free, spawn, wait_http
-from .records import Record, RecordFile, StackError, process_matches, record_of, stop_recorded
+from .records import Record, RecordFile, StackError, process_matches, record_of, stop_recorded, wait_gone
 from .render import OTELCOL_CONFIG, PROMETHEUS_CONFIG
 
 STACK_DIR_ENV = "ERNIE_OTEL_STACK_DIR"
@@ -256,6 +256,9 @@ class Stack:
         if not PROMETHEUS_CONFIG.exists() or not OTELCOL_CONFIG.exists():
             raise StackError(f"configs not found under {REPO_ROOT}: `ernie-otel stack` runs from a checkout")
         alive = self.running()
+        for name, rec in self.read_records().items():
+            if name not in alive:
+                wait_gone(rec, STOP_TIMEOUT_S)  # one that just died may still hold its ports
         self._set_stale_records_aside()
         names = [name for name in self.component_names if name not in alive]
         if alive:

@@ -74,6 +74,35 @@ def process_matches(record: Record) -> bool:
     return bool(tail) and current[-len(tail):] == tail
 
 
+def process_gone(record: Record) -> bool:
+    """Whether nothing of the recorded process is left. Not the same as ``not process_matches``:
+    a thread-group leader shows as a zombie as soon as it exits, while its other threads are still
+    exiting and still hold the process' files -- its listening sockets included, for a moment
+    that a loaded machine stretches. Only when every thread is gone is its port free again."""
+    stat = proc_stat(record.pid)
+    if stat is None or stat[1] != record.start_ticks:
+        return True
+    if stat[0] not in ("Z", "X"):
+        return False
+    try:
+        threads = [t.name for t in Path(f"/proc/{record.pid}/task").iterdir()]
+    except OSError:
+        return True
+    for tid in threads:
+        try:
+            raw = Path(f"/proc/{record.pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # that thread is gone
+        if raw[raw.rindex(")") + 2:].split()[0] not in ("Z", "X"):
+            return False
+    return True
+
+
+def wait_gone(record: Record, timeout: float) -> bool:
+    """Wait (at most ``timeout`` s) until process_gone(record); returns whether it is."""
+    return _wait_gone(record, None, timeout)
+
+
 def stop_recorded(record: Record, proc: subprocess.Popen[bytes] | None, timeout: float, title: str,
                   say: Callable[[str], None]) -> bool:
     """SIGTERM to the recorded process' group, SIGKILL after `timeout`. Returns whether a process
@@ -108,7 +137,7 @@ def _wait_gone(record: Record, proc: subprocess.Popen[bytes] | None, timeout: fl
         if proc is not None:
             if proc.poll() is not None:
                 return True
-        elif not process_matches(record):
+        elif process_gone(record):
             return True
         time.sleep(0.1)
     return False
