@@ -256,9 +256,6 @@ class Stack:
         if not PROMETHEUS_CONFIG.exists() or not OTELCOL_CONFIG.exists():
             raise StackError(f"configs not found under {REPO_ROOT}: `ernie-otel stack` runs from a checkout")
         alive = self.running()
-        for name, rec in self.read_records().items():
-            if name not in alive:
-                wait_gone(rec, STOP_TIMEOUT_S)  # one that just died may still hold its ports
         self._set_stale_records_aside()
         names = [name for name in self.component_names if name not in alive]
         if alive:
@@ -334,9 +331,11 @@ class Stack:
                 return
 
     def _set_stale_records_aside(self) -> None:
-        """Records whose processes are gone (a reboot, a kill -9) must not confuse the next down."""
+        """Records whose processes are gone (a reboot, a kill -9) must not confuse the next down.
+        One that is dying right now may still hold its ports: wait until it is gone."""
         for name, rec in self.read_records().items():
             if not process_matches(rec):
+                wait_gone(rec, STOP_TIMEOUT_S)
                 self._set_record(name, None)
 
     def down(self) -> list[str]:

@@ -37,10 +37,12 @@ class Record:
     started_at: float = field(default_factory=time.time)
 
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of pid, or None if there is no such process."""
+def proc_stat(pid: int, tid: int | None = None) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of pid (or of its thread tid), or None if there
+    is no such process or thread."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(path).read_text()
     except (OSError, ValueError):
         return None
     # comm (field 2) may contain spaces and parentheses: split after its closing paren.
@@ -85,15 +87,12 @@ def process_gone(record: Record) -> bool:
     if stat[0] not in ("Z", "X"):
         return False
     try:
-        threads = [t.name for t in Path(f"/proc/{record.pid}/task").iterdir()]
-    except OSError:
+        threads = [int(t.name) for t in Path(f"/proc/{record.pid}/task").iterdir()]
+    except (OSError, ValueError):
         return True
     for tid in threads:
-        try:
-            raw = Path(f"/proc/{record.pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue  # that thread is gone
-        if raw[raw.rindex(")") + 2:].split()[0] not in ("Z", "X"):
+        thread = proc_stat(record.pid, tid)  # None: that thread is gone
+        if thread is not None and thread[0] not in ("Z", "X"):
             return False
     return True
 

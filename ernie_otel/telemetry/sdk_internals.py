@@ -255,8 +255,8 @@ _MAX_KEYS = 4096
 class FastHistogram:
     """The SDK histogram's ``record``, minus the per-call attribute cleaning, copying and hashing."""
 
-    uses_sdk_internals = True
-    __slots__ = ("_consumer", "_enabled", "_filter", "_hash", "_histogram", "_matches", "_measurement", "_storages")
+    __slots__ = ("_consumer", "_enabled", "_filter", "_hash", "_histogram", "_keys", "_matches", "_measurement",
+                 "_storages")
 
     def __init__(self, histogram: Any, consumer: Any, exemplar_filter: Any, measurement: Any, hash_: Any) -> None:
         self._histogram = histogram
@@ -266,19 +266,19 @@ class FastHistogram:
         self._hash = hash_
         self._enabled = histogram._is_enabled
         self._storages: Any = None
-        # Per reader and view: the view's match, and (where the fast path may feed it) the hashed
-        # key of every attribute dict seen so far: id -> (the dict, so the id stays its; its key).
-        self._matches: list[tuple[Any, dict[int, tuple[Attributes, Any]] | None]] = []
+        # Per reader and view: its match, and whether the fast path may feed it (a view that
+        # filters attributes, or delta temporality, keeps the SDK's own step).
+        self._matches: list[tuple[Any, bool]] = []
+        # The SDK's hashed key of every attribute dict seen so far, the same for every match:
+        # id -> (the dict, so that the id stays its; its key).
+        self._keys: dict[int, tuple[Attributes, Any]] = {}
 
     def _resolve(self, storages: Any) -> None:
         """The readers' view matches (again when a reader is added or removed)."""
-        matches: list[tuple[Any, dict[int, tuple[Attributes, Any]] | None]] = []
-        for storage in storages.values():
-            for match in storage._get_or_init_view_instrument_match(self._histogram):
-                plain = (match._view._attribute_keys is None and not match._reset_on_collect
-                         and isinstance(getattr(match, "_attributes_aggregation", None), dict))
-                matches.append((match, {} if plain else None))
-        self._matches = matches
+        self._matches = [
+            (match, match._view._attribute_keys is None and not match._reset_on_collect
+             and isinstance(getattr(match, "_attributes_aggregation", None), dict))
+            for storage in storages.values() for match in storage._get_or_init_view_instrument_match(self._histogram)]
         self._storages = storages
 
     def record(self, amount: float, attributes: Attributes = None, context: Context | None = None) -> None:
@@ -289,18 +289,17 @@ class FastHistogram:
         storages = self._consumer._reader_storages
         if storages is not self._storages:
             self._resolve(storages)
+        known = self._keys.get(id(attributes))
+        if known is None or known[0] is not attributes:
+            if len(self._keys) >= _MAX_KEYS:  # a caller building dicts per call: stay bounded
+                self._keys.clear()
+            known = self._keys[id(attributes)] = (attributes, self._hash(attributes))
+        key = known[1]
         now = time_ns()
         measurement = self._measurement(amount, now, self._histogram, context, attributes)
         sample = self._filter.should_sample(amount, now, attributes, context)
-        for match, keys in self._matches:
-            aggregation = None
-            if keys is not None:
-                known = keys.get(id(attributes))
-                if known is None or known[0] is not attributes:
-                    if len(keys) >= _MAX_KEYS:  # a caller building dicts per call: stay bounded
-                        keys.clear()
-                    known = keys[id(attributes)] = (attributes, self._hash(attributes))
-                aggregation = match._attributes_aggregation.get(known[1])
+        for match, fast in self._matches:
+            aggregation = match._attributes_aggregation.get(key) if fast else None
             if aggregation is None:
                 # The SDK's own step: a series' first record (or its overflow), a filtering view,
                 # delta temporality.
