@@ -44,6 +44,9 @@ BACKFILL_LABELS = ['--label=receive_replica="backfill"', '--label=tenant_id="def
 BACKFILL_INSTANCE = "backfill:8181"
 BACKFILL_S = 3 * 86_400
 BACKFILL_STEP_S = 60
+# Compaction groups in the first test's backfill: one group is a run of ~0.3 s, over before a
+# poll under CI load may see it start; eight make it ~2 s here.
+BACKFILL_GROUPS = 8
 HOUR = 3600
 
 
@@ -54,9 +57,10 @@ def _run(args: list[str | Path], timeout: float = 300) -> str:
     return result.stdout + result.stderr
 
 
-def backfill(fleet: BadDayFleet, name: str, end: int) -> None:
+def backfill(fleet: BadDayFleet, name: str, end: int, groups: int = 1) -> None:
     """Three days of one request counter (+1 a minute) up to `end`, as 2 h blocks uploaded into the
-    bucket with external labels of their own: work for the compactor (36 blocks to compact)."""
+    bucket with external labels of their own, `groups` times (each copy its own compaction group,
+    backfill_group="0", "1", ...): work for the compactor (36 blocks to compact per group)."""
     source = fleet.tmp / f"{name}.om"
     with source.open("w") as out:
         out.write(f"# TYPE {REQUESTS.removesuffix('_total')} counter\n")
@@ -64,9 +68,12 @@ def backfill(fleet: BadDayFleet, name: str, end: int) -> None:
             out.write(f'{REQUESTS}{{instance="{BACKFILL_INSTANCE}",job="ernie-serve-direct",'
                       f'{names.ATTR_MODEL}="ernie-4.5-0.3b"}} {i} {t}\n')
         out.write("# EOF\n")
-    _run(["promtool", "tsdb", "create-blocks-from", "openmetrics", source, fleet.tmp / name])
-    _run([fleet.thanos, "tools", "bucket", "upload-blocks", f"--objstore.config-file={fleet.objstore()}",
-          f"--path={fleet.tmp / name}", *BACKFILL_LABELS])
+    for group in range(groups):
+        # One promtool run per group: each copy needs block ids of its own.
+        blocks = fleet.tmp / f"{name}-{group}"
+        _run(["promtool", "tsdb", "create-blocks-from", "openmetrics", source, blocks])
+        _run([fleet.thanos, "tools", "bucket", "upload-blocks", f"--objstore.config-file={fleet.objstore()}",
+              f"--path={blocks}", *BACKFILL_LABELS, f'--label=backfill_group="{group}"'])
 
 
 def compactor(fleet: BadDayFleet, name: str) -> float:
@@ -105,13 +112,13 @@ def test_compactor_sigkilled_mid_run_restarts_and_finishes(fleet: BadDayFleet) -
     """SIGKILL leaves whatever the compactor had half done (a downloaded group, a partial upload);
     restarted, it must finish from the bucket as it stands, with nothing overlapping."""
     now = int(time.time()) // HOUR * HOUR
-    backfill(fleet, "backfill", now - HOUR)
-    assert len(_backfill_blocks(fleet)) >= 30, _backfill_blocks(fleet)
+    backfill(fleet, "backfill", now - HOUR, groups=BACKFILL_GROUPS)
+    assert len(_backfill_blocks(fleet)) >= 30 * BACKFILL_GROUPS, len(_backfill_blocks(fleet))
 
     t0 = time.monotonic()
     compact = fleet.start_compactor()
-    # Kill it as soon as it is busy: a compaction done, its first run (compaction, downsampling,
-    # retention; about a second here) not finished. Polled tightly, not with wait_for's 0.5 s.
+    # Kill it as soon as it is busy: a compaction done, its first run (compaction of every group,
+    # downsampling, retention; about 2 s here) not finished. Polled tightly, not with wait_for's 0.5 s.
     deadline = time.monotonic() + 120
     while compactor(fleet, "thanos_compact_group_compactions_total") == 0:
         assert time.monotonic() < deadline and compact.proc.poll() is None, compact.log_tail()
@@ -119,7 +126,7 @@ def test_compactor_sigkilled_mid_run_restarts_and_finishes(fleet: BadDayFleet) -
     runs_done = compactor(fleet, "thanos_compact_iterations_total")
     compact.proc.kill()
     compact.proc.wait(timeout=10)
-    assert runs_done == 0, "the compactor finished its run before the kill: give it more to do"
+    assert runs_done == 0, "the compactor finished its run before the kill: give it more to do (BACKFILL_GROUPS)"
     killed_after = time.monotonic() - t0
 
     # The compactor is not on the write path: nothing waits for it.
@@ -137,9 +144,11 @@ def test_compactor_sigkilled_mid_run_restarts_and_finishes(fleet: BadDayFleet) -
           f"{time.monotonic() - t1:.1f} s")
     assert compactor(fleet, "thanos_compact_halted") == 0
     live = [b for b in _backfill_blocks(fleet) if b["thanos"]["downsample"]["resolution"] == 0]
-    assert max(b["compaction"]["level"] for b in live) >= 2, [b["compaction"]["level"] for b in live]
-    spans = sorted((b["minTime"], b["maxTime"]) for b in live)
-    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans  # no overlap left behind
+    for group in map(str, range(BACKFILL_GROUPS)):
+        mine = [b for b in live if b["thanos"]["labels"]["backfill_group"] == group]
+        assert max(b["compaction"]["level"] for b in mine) >= 2, (group, [b["compaction"]["level"] for b in mine])
+        spans = sorted((b["minTime"], b["maxTime"]) for b in mine)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), (group, spans)  # no overlap left behind
 
     # Query reads the compacted history through the store gateway: the counter's value a day ago.
     day_ago = now - HOUR - 86_400
@@ -155,8 +164,11 @@ def test_overlapping_blocks_halt_the_compactor_not_ingestion(fleet: BadDayFleet)
     """The classic halt: a second copy of already-compacted data uploaded under the same labels
     (two writers with one replica label, a re-run backfill). The compactor stops and waits for a
     person; thanos_compact_halted = 1 raises ThanosCompactHalted; ingestion does not notice."""
+    compact = fleet.procs.get("compact")
+    if compact is None or compact.proc.poll() is not None:
+        fleet.start_compactor()  # the test before may have failed with it stopped
     now = int(time.time()) // HOUR * HOUR
-    backfill(fleet, "backfill-again", now - HOUR)
+    backfill(fleet, "backfill-again", now - HOUR)  # the same labels as backfill_group="0"
     t0 = time.monotonic()
     wait_for(lambda: compactor(fleet, "thanos_compact_halted") == 1 or None, 120, "the compactor to halt")
     print(f"\ncompactor halted {time.monotonic() - t0:.1f} s after the overlapping upload")
