@@ -13,6 +13,8 @@ prefill), ``ernie-serve-fp32`` / ``ernie-serve-bf16`` (``--dtype``), ``ernie-ser
 (``--max-num-batched-tokens 512``); suffixes
 combine: ``ernie-serve-fp32-nochunk``,
 ``transformers``, ``transformers-cb`` and ``transformers-cb-bf16`` (``--dtype bfloat16``).
+With ``--base REV``, ``base-ernie-serve[-suffixes]`` is the same server from REV's code (checked
+out into a temporary worktree), to compare an engine change side by side in one run.
 
 Equal output lengths: ernie-serve takes ``ignore_eos``; ``transformers serve`` rejects unknown
 fields (HTTP 422), so it gets ``generation_config`` -- a JSON string that replaces the model's
@@ -30,6 +32,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +81,7 @@ def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: s
 
 def peer_extra(kind: str, max_tokens: int) -> tuple[bool, dict[str, Any]]:
     """(ignore_eos, extra body) that make every request produce exactly max_tokens tokens."""
-    if kind.startswith("ernie-serve"):
+    if kind.startswith(("ernie-serve", "base-ernie-serve")):
         return True, {}
     gen = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_new_tokens": max_tokens,
            "max_new_tokens": max_tokens}
@@ -93,10 +96,14 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
     with stopping(procs):
         servers: dict[str, Running] = {}
         for peer in peers:
-            if peer.startswith("ernie-serve"):
-                servers[peer] = start_ernie_serve(f"{peer}-{size}", str(path), log_dir, tree=REPO,
-                                                  extra_args=["--torch-threads", str(args.torch_threads),
-                                                              "--device", args.device, *ernie_flags(peer)])
+            if peer.startswith(("ernie-serve", "base-ernie-serve")):
+                base = peer.startswith("base-")
+                if base and args.base_tree is None:
+                    raise SystemExit(f"{peer}: needs --base REV")
+                servers[peer] = start_ernie_serve(f"{peer}-{size}", str(path), log_dir,
+                                                  tree=args.base_tree if base else REPO,
+                                                  extra_args=["--torch-threads", str(args.torch_threads), "--device",
+                                                              args.device, *ernie_flags(peer.removeprefix("base-"))])
             elif peer == "transformers":
                 servers[peer] = start_transformers(f"transformers-{size}", path, log_dir, cb=False,
                                                      device=args.device)
@@ -184,6 +191,23 @@ def ratios(rows: list[dict[str, Any]], base: str = "transformers-cb") -> list[st
     return lines
 
 
+def base_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """This tree's ernie-serve variants against the same variant from ``--base`` (per-round ratios
+    of tok/s; the TPOT p50 medians side by side)."""
+    by = {(r["model"], r["server"], r["concurrency"]): r for r in rows}
+    lines: list[str] = []
+    for r in rows:
+        b = by.get((r["model"], "base-" + r["server"], r["concurrency"]))
+        if b is None:
+            continue
+        per_round = [x / y for x, y in zip(r["tok_s_rounds"], b["tok_s_rounds"], strict=False) if y]
+        lines.append(f"{r['model']} c={r['concurrency']} {r['server']} / base: tok/s "
+                     f"{statistics.median(per_round):.2f}x (median of {len(per_round)} per-round ratios); "
+                     f"TPOT p50 {r['tpot_p50_ms']:.1f} vs "
+                     f"{b['tpot_p50_ms']:.1f} ms")
+    return lines
+
+
 def format_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Serving on {args.device}: max_tokens {args.max_tokens} (every request runs to it), "
@@ -215,20 +239,31 @@ def main(argv: list[str] | None = None) -> int:
                     help="ernie-serve's --torch-threads (default: every core, what torch gives the peer)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="--device for both servers (ernie-serve and transformers serve)")
+    ap.add_argument("--base", default=None, metavar="REV",
+                    help="the code of REV for the base-ernie-serve* peers (a temporary git worktree)")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="ernie-serving-"))
     print(f"machine: {machine()}\nlogs: {log_dir}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
-    for size in [m for m in args.models.split(",") if m]:
-        rows += run_model(size, args, log_dir)
+    args.base_tree = None
+    if args.base:
+        args.base_tree = log_dir / "base"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(args.base_tree), args.base],
+                       check=True)
+    try:
+        for size in [m for m in args.models.split(",") if m]:
+            rows += run_model(size, args, log_dir)
+    finally:
+        if args.base_tree is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(args.base_tree)], check=False)
     print(format_rows(rows, args))
-    print("\n".join(["", *ratios(rows)]))
+    print("\n".join(["", *ratios(rows), *base_ratios(rows)]))
     print(f"\n{time.monotonic() - t0:.0f} s")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"machine": machine(), "args": {
-            k: v for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n")
+            k: v for k, v in vars(args).items() if k != "base_tree"}, "rows": rows}, indent=2) + "\n")
     return 0
 
 
