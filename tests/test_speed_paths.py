@@ -1,4 +1,5 @@
-"""The engine's fast paths keep their outputs: chunked prefill, and bf16 (CUDA's default, a CPU's opt-in).
+"""The engine's fast paths keep their outputs: chunked prefill, the weight-major fp32 matmul of CPU
+decode steps, and bf16 (CUDA's default, a CPU's opt-in).
 
 Real engine, real tiny ERNIE-4.5 model; the reference is transformers' own ``generate``.
 """
@@ -14,13 +15,18 @@ from typing import Any
 import pytest
 import torch
 
+from ernie_otel.backends import loading
 from ernie_otel.backends.loading import (
     BF16_CPU_FLAGS,
     BF16_CPU_NOTE,
+    WEIGHT_MAJOR_MAX_ROWS,
+    WEIGHT_MAJOR_MIN_ROWS,
     cpu_flags,
     load_model,
     resolve_dtype,
     resolve_model_path,
+    use_weight_major_linears,
+    weight_major_linear,
 )
 from ernie_otel.engine import Engine, Event, SamplingParams, Sequence
 from ernie_otel.kinds import Operation
@@ -61,6 +67,38 @@ def test_auto_on_a_bf16_cpu_says_why_it_keeps_fp32(caplog: pytest.LogCaptureFixt
     notes = [r.getMessage() for r in caplog.records if "bf16 natively" in r.getMessage()]
     has = sorted(cpu_flags() & BF16_CPU_FLAGS)
     assert notes == ([BF16_CPU_NOTE % ", ".join(has)] if has else [])
+
+
+# --------------------------------------------------------------------------- fp32 decode matmuls
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_weight_major_linear_is_the_same_product(bias: bool) -> None:
+    """Inside its window and outside it, in 2-D and 3-D: the same numbers as nn.Linear (up to
+    float rounding: the sums are ordered differently), the same shape."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96, bias=bias)
+    for shape in [(1, 64), (WEIGHT_MAJOR_MIN_ROWS - 1, 64), (WEIGHT_MAJOR_MIN_ROWS, 64), (2, 4, 64),
+                  (WEIGHT_MAJOR_MAX_ROWS, 64), (WEIGHT_MAJOR_MAX_ROWS + 1, 64), (3, 30, 64)]:
+        x = torch.randn(*shape)
+        got, want = weight_major_linear(layer, x), torch.nn.functional.linear(x, layer.weight, layer.bias)
+        assert got.shape == want.shape, shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_only_large_linears_go_weight_major() -> None:
+    big, small = torch.nn.Linear(1024, 1024, bias=False), torch.nn.Linear(1024, 256, bias=False)
+    assert use_weight_major_linears(torch.nn.Sequential(big, small)) == 1
+    assert big.forward.__func__ is weight_major_linear  # type: ignore[attr-defined]
+    assert getattr(small.forward, "__func__", None) is not weight_major_linear
+
+
+def test_fp32_cpu_models_use_the_weight_major_linears_and_bf16_ones_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "WEIGHT_MAJOR_MIN_WEIGHT", 0)  # the tiny model's linears are all small
+    model32, _ = load_model(resolve_model_path("tiny"), "cpu", "float32", threads=1)
+    model16, _ = load_model(resolve_model_path("tiny"), "cpu", "bfloat16", threads=1)
+    linears32 = [m for m in model32.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears32 and all(m.forward.__func__ is weight_major_linear for m in linears32)
+    assert not any(getattr(m.forward, "__func__", None) is weight_major_linear
+                   for m in model16.modules() if isinstance(m, torch.nn.Linear))
 
 
 # --------------------------------------------------------------------------- engine outputs
