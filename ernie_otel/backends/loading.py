@@ -110,9 +110,10 @@ def resolve_device(device: str) -> str:
 # MKL's sgemm takes a path that runs far below the CPU's peak: on the project's 2-core machine
 # (torch 2.15, MKL 2024.2) ``linear`` over the 0.3B shape's 1024 x 103424 output head took 57 ms
 # for 8 rows against 17 ms for one. The same product asked the other way round, ``(W @ x.T).T``,
-# was 1.2-1.7x faster for 8 to 48 rows on every linear of the model, mixed at 4-6 and 64 rows,
-# and 1.6-2.7x slower at 2 (hence the window). ``benchmarks/cpu_matmul.py`` measures both on the machine
-# at hand. load_model routes float32 models on CPUs through it (CUDA's GEMMs have no such gap).
+# was 1.2-1.7x faster for 8 to 48 rows on every large linear of the model, mixed at 4-6 and 64
+# rows, and 1.6-2.7x slower at 2 (hence the window). ``benchmarks/cpu_matmul.py`` measures both on
+# the machine at hand. load_model routes float32 models on CPUs through it (CUDA's GEMMs have no
+# such gap).
 #
 # Token rows for which the weight-major product is used (inclusive).
 WEIGHT_MAJOR_MIN_ROWS = 8
