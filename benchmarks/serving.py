@@ -79,9 +79,13 @@ def start_transformers(name: str, path: Path, log_dir: Path, cb: bool, device: s
     return p
 
 
+# Peer names that run ernie-serve: this tree's, and (with --base) the base tree's.
+ERNIE_PEERS = ("ernie-serve", "base-ernie-serve")
+
+
 def peer_extra(kind: str, max_tokens: int) -> tuple[bool, dict[str, Any]]:
     """(ignore_eos, extra body) that make every request produce exactly max_tokens tokens."""
-    if kind.startswith(("ernie-serve", "base-ernie-serve")):
+    if kind.startswith(ERNIE_PEERS):
         return True, {}
     gen = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_new_tokens": max_tokens,
            "max_new_tokens": max_tokens}
@@ -96,7 +100,7 @@ def run_model(size: str, args: argparse.Namespace, log_dir: Path) -> list[dict[s
     with stopping(procs):
         servers: dict[str, Running] = {}
         for peer in peers:
-            if peer.startswith(("ernie-serve", "base-ernie-serve")):
+            if peer.startswith(ERNIE_PEERS):
                 base = peer.startswith("base-")
                 if base and args.base_tree is None:
                     raise SystemExit(f"{peer}: needs --base REV")
@@ -175,36 +179,31 @@ def ernie_flags(peer: str) -> list[str]:
     return flags
 
 
+def _per_round(r: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """r's tok/s over b's, round by round (rounds interleave the servers, so a round's ratio sees
+    the same background load on both sides)."""
+    return [x / y for x, y in zip(r["tok_s_rounds"], b["tok_s_rounds"], strict=False) if y]
+
+
 def ratios(rows: list[dict[str, Any]], base: str = "transformers-cb") -> list[str]:
-    """Each ernie-serve variant's tok/s over the baseline's, per concurrency: the ratio of medians
-    and the median of per-round ratios (rounds interleave the servers, so a round's ratio sees the
-    same background load on both sides)."""
+    """Each ernie-serve variant's tok/s over the baseline's, per concurrency (the ratio of medians
+    and the median of per-round ratios), and over the same variant from ``--base`` (per-round
+    ratios, the TPOT p50 medians side by side)."""
     by = {(r["model"], r["server"], r["concurrency"]): r for r in rows}
     lines: list[str] = []
     for r in rows:
         b = by.get((r["model"], base, r["concurrency"]))
-        if b is None or not r["server"].startswith("ernie-serve") or not b["tok_s"]:
-            continue
-        per_round = [x / y for x, y in zip(r["tok_s_rounds"], b["tok_s_rounds"], strict=False) if y]
-        lines.append(f"{r['model']} c={r['concurrency']} {r['server']} / {base}: {r['tok_s'] / b['tok_s']:.2f}x "
-                     f"(median of per-round ratios {statistics.median(per_round):.2f}x over {len(per_round)})")
-    return lines
-
-
-def base_ratios(rows: list[dict[str, Any]]) -> list[str]:
-    """This tree's ernie-serve variants against the same variant from ``--base`` (per-round ratios
-    of tok/s; the TPOT p50 medians side by side)."""
-    by = {(r["model"], r["server"], r["concurrency"]): r for r in rows}
-    lines: list[str] = []
+        if b is not None and r["server"].startswith("ernie-serve") and b["tok_s"]:
+            per_round = _per_round(r, b)
+            lines.append(f"{r['model']} c={r['concurrency']} {r['server']} / {base}: {r['tok_s'] / b['tok_s']:.2f}x "
+                         f"(median of per-round ratios {statistics.median(per_round):.2f}x over {len(per_round)})")
     for r in rows:
         b = by.get((r["model"], "base-" + r["server"], r["concurrency"]))
-        if b is None:
-            continue
-        per_round = [x / y for x, y in zip(r["tok_s_rounds"], b["tok_s_rounds"], strict=False) if y]
-        lines.append(f"{r['model']} c={r['concurrency']} {r['server']} / base: tok/s "
-                     f"{statistics.median(per_round):.2f}x (median of {len(per_round)} per-round ratios); "
-                     f"TPOT p50 {r['tpot_p50_ms']:.1f} vs "
-                     f"{b['tpot_p50_ms']:.1f} ms")
+        if b is not None:
+            per_round = _per_round(r, b)
+            lines.append(f"{r['model']} c={r['concurrency']} {r['server']} / base: tok/s "
+                         f"{statistics.median(per_round):.2f}x (median of {len(per_round)} per-round ratios); "
+                         f"TPOT p50 {r['tpot_p50_ms']:.1f} vs {b['tpot_p50_ms']:.1f} ms")
     return lines
 
 
@@ -259,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.base_tree is not None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(args.base_tree)], check=False)
     print(format_rows(rows, args))
-    print("\n".join(["", *ratios(rows), *base_ratios(rows)]))
+    print("\n".join(["", *ratios(rows)]))
     print(f"\n{time.monotonic() - t0:.0f} s")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"machine": machine(), "args": {
