@@ -78,8 +78,8 @@ class ServeConfig(Config):
                                          "0: whole prompts at once")
     device: str = option("auto", flag="--device", choices=("auto", "cpu", "cuda"), help="where the model runs")
     dtype: str = option("auto", flag="--dtype", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="weights' dtype (auto: bfloat16 on CUDA, else float32: on a CPU, bfloat16 is faster "
-                        "where it has AVX512-BF16/AMX, but its kernels are cached per batch shape and RSS grows)")
+                        help="weights' dtype (auto: bfloat16 on CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX) "
+                        "for models of 50M parameters or more; else float32)")
     torch_threads: int = option(0, flag="--torch-threads", convert=to_int, check=at_least(0),
                                 help="CPU threads for inference (0: 1 for small models, else all cores, "
                                 "leaving one to the server beyond two)")

@@ -1,5 +1,6 @@
 """The engine's fast paths keep their outputs: chunked prefill, the weight-major fp32 matmul of CPU
-decode steps, and bf16 (CUDA's default, a CPU's opt-in).
+decode steps, and bf16 (CUDA's default; on a CPU with native bf16 the default for real-sized
+models, with its kernel shapes bounded).
 
 Real engine, real tiny ERNIE-4.5 model; the reference is transformers' own ``generate``.
 """
@@ -7,6 +8,9 @@ Real engine, real tiny ERNIE-4.5 model; the reference is transformers' own ``gen
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -17,14 +21,22 @@ import torch
 
 from ernie_otel.backends import loading
 from ernie_otel.backends.loading import (
+    AUTO_BF16_MIN_PARAMETERS,
     BF16_CPU_FLAGS,
     BF16_CPU_NOTE,
+    BF16_CPU_SMALL_NOTE,
+    BF16_EXACT_ROWS,
+    BF16_FP32_MIN_ROWS,
     WEIGHT_MAJOR_MAX_ROWS,
     WEIGHT_MAJOR_MIN_ROWS,
+    bf16_cpu_linear,
+    bf16_rows_bucket,
+    count_parameters,
     cpu_flags,
     load_model,
     resolve_dtype,
     resolve_model_path,
+    use_bf16_cpu_linears,
     use_weight_major_linears,
     weight_major_linear,
 )
@@ -44,11 +56,15 @@ MAX_TOKENS = 12
 
 
 # --------------------------------------------------------------------------- precision choice
-def test_auto_dtype_is_bf16_on_cuda_and_fp32_on_every_cpu() -> None:
+def test_auto_dtype_is_bf16_on_cuda_and_on_bf16_cpus_for_real_models() -> None:
+    big, small = AUTO_BF16_MIN_PARAMETERS, AUTO_BF16_MIN_PARAMETERS - 1
     assert resolve_dtype("auto", "cuda") == "bfloat16"
-    assert resolve_dtype("auto", "cuda:1") == "bfloat16"
-    # Even on this machine's AVX512-BF16 CPU: bf16 kernels are cached per batch shape, RSS grows.
-    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("auto", "cuda:1", small) == "bfloat16"
+    for flag in sorted(BF16_CPU_FLAGS):
+        assert resolve_dtype("auto", "cpu", big, frozenset({"avx2", flag})) == "bfloat16"
+        assert resolve_dtype("auto", "cpu", small, frozenset({flag})) == "float32"  # fits the caches
+    assert resolve_dtype("auto", "cpu", big, frozenset({"avx2", "avx512f"})) == "float32"  # bf16 emulated
+    assert resolve_dtype("auto", "cpu", big) == "float32"
     assert resolve_dtype("float32", "cuda") == "float32"
     assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
 
@@ -59,14 +75,105 @@ def test_cpu_flags_parse_proc_cpuinfo() -> None:
     assert cpu_flags("processor : 0\n") == frozenset()
 
 
-def test_auto_on_a_bf16_cpu_says_why_it_keeps_fp32(caplog: pytest.LogCaptureFixture) -> None:
-    """Where the CPU has native bf16, the load log names the flag and the reason auto kept float32."""
+def test_count_parameters_reads_only_the_config() -> None:
+    path = resolve_model_path("tiny")
+    model, _ = load_model(path, "cpu", "float32", threads=1)
+    assert count_parameters(path) == model.num_parameters()
+
+
+def test_auto_on_a_bf16_cpu_keeps_fp32_for_the_tiny_model(caplog: pytest.LogCaptureFixture) -> None:
+    """Where the CPU has native bf16, the load log names the flag and why auto kept float32 (the
+    tiny model is under AUTO_BF16_MIN_PARAMETERS); elsewhere it says nothing."""
     with caplog.at_level(logging.INFO, logger="ernie_otel.backends.loading"):
         model, _ = load_model(resolve_model_path("tiny"), "cpu", "auto", threads=1)
     assert next(model.parameters()).dtype == torch.float32
     notes = [r.getMessage() for r in caplog.records if "bf16 natively" in r.getMessage()]
     has = sorted(cpu_flags() & BF16_CPU_FLAGS)
-    assert notes == ([BF16_CPU_NOTE % ", ".join(has)] if has else [])
+    want = BF16_CPU_SMALL_NOTE % (", ".join(has), model.num_parameters(), AUTO_BF16_MIN_PARAMETERS)
+    assert notes == ([want] if has else [])
+
+
+def test_auto_on_a_bf16_cpu_picks_bf16_for_a_real_sized_model(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The same load with the bar lowered under the tiny model and a bf16 CPU's flags: bf16, the
+    bounded bf16 linears, and the log line that says so."""
+    monkeypatch.setattr(loading, "AUTO_BF16_MIN_PARAMETERS", 1)
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    with caplog.at_level(logging.INFO, logger="ernie_otel.backends.loading"):
+        model, _ = load_model(resolve_model_path("tiny"), "cpu", "auto", threads=1)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.forward.__func__ is bf16_cpu_linear for m in linears)
+    assert BF16_CPU_NOTE % "avx512_bf16" in [r.getMessage() for r in caplog.records]
+
+
+# --------------------------------------------------------------------------- bf16 CPU matmuls
+def test_bf16_row_buckets_are_few_and_pad_at_most_a_quarter() -> None:
+    assert [bf16_rows_bucket(n) for n in range(1, BF16_EXACT_ROWS + 1)] == list(range(1, BF16_EXACT_ROWS + 1))
+    assert [bf16_rows_bucket(n) for n in (9, 10, 11, 16, 17, 33, 63, 64, 65, 600)] == [10, 10, 12, 16, 20, 40, 64,
+                                                                                         64, 80, 640]
+    buckets = {bf16_rows_bucket(n) for n in range(1, 4097)}
+    assert len(buckets) == BF16_EXACT_ROWS + 4 * 9  # four an octave from 8 to 4096
+    for n in range(1, 4097):
+        assert n <= bf16_rows_bucket(n) <= 1.25 * n
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_bf16_cpu_linear_is_the_same_product(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bucketed bf16 rows and the widened fp32 product: within bf16's rounding of nn.Linear in bf16,
+    the same shape, bf16 out; the scratch buffer is shared and not grown by a larger weight."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96, bias=bias).to(torch.bfloat16)
+    wide = torch.nn.Linear(64, 4096, bias=bias).to(torch.bfloat16)
+    monkeypatch.setattr(loading, "BF16_FP32_MAX_WEIGHT", 96 * 64)  # only `layer` is widened
+    assert use_bf16_cpu_linears(torch.nn.Sequential(layer, wide)) == 2
+    scratch = layer._ernie_scratch  # type: ignore[attr-defined]
+    assert scratch is wide._ernie_scratch and scratch.elements == 96 * 64  # type: ignore[attr-defined]
+    for lin in (layer, wide):
+        for shape in [(1, 64), (BF16_EXACT_ROWS + 1, 64), (2, 7, 64), (BF16_FP32_MIN_ROWS - 1, 64),
+                      (BF16_FP32_MIN_ROWS, 64), (3, 70, 64)]:
+            x = torch.randn(*shape).to(torch.bfloat16)
+            got = lin(x)
+            want = torch.nn.functional.linear(x.float(), lin.weight.float(),
+                                              None if lin.bias is None else lin.bias.float())
+            assert got.shape == want.shape and got.dtype == torch.bfloat16, shape
+            torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    assert scratch.buffer is not None and scratch.buffer.numel() == 96 * 64
+
+
+RSS_PROBE = textwrap.dedent("""
+    import random, sys, torch
+    from ernie_otel.backends import loading
+    if sys.argv[1] == "plain":
+        loading.use_bf16_cpu_linears = lambda model: 0
+    model, _ = loading.load_model(loading.resolve_model_path("tiny"), "cpu", "bfloat16", threads=1)
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    random.seed(1)
+    with torch.inference_mode():
+        model(input_ids=torch.ones(1, 4, dtype=torch.long))
+        before = rss()
+        for _ in range(150):
+            ids = torch.randint(0, 1000, (random.randint(1, 8), random.randint(1, 200)))
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    print(rss() - before)
+""")
+
+
+def test_bf16_cpu_memory_stays_bounded_over_new_shapes() -> None:
+    """150 forward passes of new (rows, columns) shapes, each in a fresh process: the bounded bf16
+    linears grow RSS by tens of MiB; plain bf16 (oneDNN's per-shape kernels, on CPUs with native
+    bf16) grew it by ~550 MiB here."""
+    def growth(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", RSS_PROBE, mode], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return float(out.stdout.split()[-1])
+
+    bounded, plain = growth("bounded"), growth("plain")
+    print(f"RSS growth over 150 new shapes: bounded {bounded:.0f} MiB, plain bf16 {plain:.0f} MiB")
+    assert bounded < 150
+    if plain > 300:  # a CPU where oneDNN keeps per-shape kernels: the bound must be what saves it
+        assert bounded < plain / 3
 
 
 # --------------------------------------------------------------------------- fp32 decode matmuls
@@ -91,14 +198,15 @@ def test_only_large_linears_go_weight_major() -> None:
     assert getattr(small.forward, "__func__", None) is not weight_major_linear
 
 
-def test_fp32_cpu_models_use_the_weight_major_linears_and_bf16_ones_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp32_cpu_models_use_the_weight_major_linears_and_bf16_ones_the_bounded_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loading, "WEIGHT_MAJOR_MIN_WEIGHT", 0)  # the tiny model's linears are all small
     model32, _ = load_model(resolve_model_path("tiny"), "cpu", "float32", threads=1)
     model16, _ = load_model(resolve_model_path("tiny"), "cpu", "bfloat16", threads=1)
     linears32 = [m for m in model32.modules() if isinstance(m, torch.nn.Linear)]
     assert linears32 and all(m.forward.__func__ is weight_major_linear for m in linears32)
-    assert not any(getattr(m.forward, "__func__", None) is weight_major_linear
-                   for m in model16.modules() if isinstance(m, torch.nn.Linear))
+    linears16 = [m for m in model16.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears16 and all(m.forward.__func__ is bf16_cpu_linear for m in linears16)
 
 
 # --------------------------------------------------------------------------- engine outputs

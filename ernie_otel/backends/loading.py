@@ -79,22 +79,39 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
     return frozenset()
 
 
-# Why "auto" is float32 on every CPU, native bf16 or not: torch's CPU bf16 matmuls (oneDNN
-# brgemm, JIT-compiled per problem shape) keep a kernel per distinct shape for the life of the
-# process, outside ONEDNN_PRIMITIVE_CACHE_CAPACITY's reach. Serving makes a new shape for nearly
-# every prefill (rows x prompt columns), so RSS grows with traffic: the 2,000-request soak went
-# +31-38% in bf16 against +0.4% in fp32 (tiny model; docs/benchmarks.md, "Issue 20"). bf16 on a
-# CPU stays one flag away (--dtype bfloat16) for those who bound their shapes or restart.
-BF16_CPU_NOTE = ("this CPU computes bf16 natively (%s): --dtype bfloat16 runs faster, but its kernels are "
-                 "cached per batch shape and RSS grows with traffic, so --dtype auto keeps float32 here")
+# Models this large (parameters) run in bf16 under ``--dtype auto`` on a CPU with native bf16:
+# decoding streams every weight once per step, and bf16 halves the bytes (0.3B shape, 2 threads:
+# one-row decode step ~60 ms in bf16, ~87 ms in fp32). Smaller models' weights stay in the CPU's
+# caches, so fp32 is as fast there, and exact. The same bar as default_torch_threads'.
+AUTO_BF16_MIN_PARAMETERS = 50_000_000
+
+BF16_CPU_NOTE = "this CPU computes bf16 natively (%s): --dtype auto runs this model in bfloat16"
+BF16_CPU_SMALL_NOTE = ("this CPU computes bf16 natively (%s), but the model is small (%d parameters, under %d): "
+                       "--dtype auto keeps float32")
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """The torch dtype name for ``--dtype``: "auto" is bfloat16 on CUDA and float32 on CPUs (see
-    BF16_CPU_NOTE); any other value is taken as given."""
+def resolve_dtype(dtype: str, device: str, num_parameters: int = 0, flags: frozenset[str] = frozenset()) -> str:
+    """The torch dtype name for ``--dtype``: "auto" is bfloat16 on CUDA, and on a CPU whose ``flags``
+    include native bf16 (BF16_CPU_FLAGS) for models of AUTO_BF16_MIN_PARAMETERS or more; float32
+    elsewhere. Any other value is taken as given."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
+    if device.startswith("cuda"):
+        return "bfloat16"
+    if flags & BF16_CPU_FLAGS and num_parameters >= AUTO_BF16_MIN_PARAMETERS:
+        return "bfloat16"
+    return "float32"
+
+
+def count_parameters(path: Path) -> int:
+    """The parameters of the model in ``path``, from its config alone (built on the meta device:
+    no weights are read or allocated)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        return int(AutoModelForCausalLM.from_config(config).num_parameters())  # type: ignore[no-untyped-call]
 
 
 def resolve_device(device: str) -> str:
@@ -150,16 +167,95 @@ def use_weight_major_linears(model: Any) -> int:
     return count
 
 
+# bf16 on a CPU (AVX512-BF16 or AMX): torch's bf16 matmuls are oneDNN kernels JIT-compiled per
+# problem shape and kept for the process's life, outside ONEDNN_PRIMITIVE_CACHE_CAPACITY's reach
+# (capacity 0 still left +285 MiB). A server meets a new row count with nearly every prefill, so
+# plain bf16 grew the soak's RSS by 31-38%; 200 random shapes grew the tiny model by 557 MiB.
+# Two things bound it:
+# - a linear's input rows are padded up to a bucket (exact to 8, then four buckets an octave, so
+#   at most 25% padding): a bounded set of shapes per weight;
+# - from BF16_FP32_MIN_ROWS rows on (prefill chunks) the weight is widened into a per-model fp32
+#   scratch buffer and the product runs in fp32 (MKL, no per-shape kernels). Without AMX, bf16 is
+#   the slower one there: 512 rows x 1024 -> 3072 took 22.5 ms in bf16, 16.3 ms widened (2 threads).
+# With both, 200 random shapes grew the tiny model's RSS by ~75 MiB instead of 557 (docs/benchmarks.md).
+# Weights larger than the scratch buffer (the output head: 1024 x 103424, 150 ms to widen) stay bf16,
+# bucketed; the engine asks it for one row per sequence (logits_to_keep=1).
+BF16_EXACT_ROWS = 8
+BF16_FP32_MIN_ROWS = 64
+# The scratch buffer holds the largest weight of this many elements or fewer (0.3B: 3072 x 1024).
+BF16_FP32_MAX_WEIGHT = 1 << 23
+
+
+def bf16_rows_bucket(rows: int) -> int:
+    """The row count a bf16 CPU linear computes for ``rows`` rows: ``rows`` up to BF16_EXACT_ROWS,
+    then the next of four evenly spaced steps in each octave (10, 12, 14, 16, 20, 24, ...)."""
+    if rows <= BF16_EXACT_ROWS:
+        return rows
+    step = 1 << ((rows - 1).bit_length() - 3)
+    return -(-rows // step) * step
+
+
+class _Scratch:
+    """One fp32 buffer per model for widening bf16 weights (the engine runs one forward at a time)."""
+
+    def __init__(self, elements: int) -> None:
+        self.elements = elements
+        self.buffer: Any = None
+
+
+def bf16_cpu_linear(module: Any, x: Any) -> Any:
+    """``module(x)`` for a bf16 ``nn.Linear`` on a CPU, over a bounded set of kernel shapes: rows
+    padded to :func:`bf16_rows_bucket`, or, from BF16_FP32_MIN_ROWS rows on and for weights that
+    fit the model's scratch buffer, the fp32 product of the widened weight (rounded back to bf16)."""
+    import torch
+
+    weight, bias = module.weight, module.bias
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    flat = x.reshape(rows, k)
+    scratch: _Scratch | None = getattr(module, "_ernie_scratch", None)
+    if rows >= BF16_FP32_MIN_ROWS and scratch is not None and weight.numel() <= scratch.elements:
+        if scratch.buffer is None:
+            scratch.buffer = torch.empty(scratch.elements, dtype=torch.float32, device=weight.device)
+        wide = scratch.buffer[: weight.numel()].view(weight.shape)
+        wide.copy_(weight)
+        out = torch.nn.functional.linear(flat.float(), wide, None if bias is None else bias.float()).to(x.dtype)
+    else:
+        bucket = bf16_rows_bucket(rows)
+        if bucket != rows:
+            flat = torch.nn.functional.pad(flat, (0, 0, 0, bucket - rows))
+        out = torch.nn.functional.linear(flat, weight, bias)[:rows]
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def use_bf16_cpu_linears(model: Any) -> int:
+    """Route every ``nn.Linear`` of a bf16 CPU ``model`` through :func:`bf16_cpu_linear`, sharing one
+    scratch buffer sized for the largest weight of BF16_FP32_MAX_WEIGHT elements or fewer; returns
+    how many."""
+    import torch
+
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    fits = [m.weight.numel() for m in linears if m.weight.numel() <= BF16_FP32_MAX_WEIGHT]
+    scratch = _Scratch(max(fits, default=0))
+    for module in linears:
+        object.__setattr__(module, "_ernie_scratch", scratch)  # a plain attribute, not a submodule
+        module.forward = types.MethodType(bf16_cpu_linear, module)  # type: ignore[method-assign]
+    return len(linears)
+
+
 def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)
-    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
-    if dtype == "auto" and device == "cpu":
-        flags = cpu_flags() & BF16_CPU_FLAGS
-        if flags:
+    flags = cpu_flags() & BF16_CPU_FLAGS if device == "cpu" else frozenset()
+    num_parameters = count_parameters(path) if dtype == "auto" and flags else 0
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device, num_parameters, flags))
+    if dtype == "auto" and flags:
+        if torch_dtype == torch.bfloat16:
             log.info(BF16_CPU_NOTE, ", ".join(sorted(flags)))
+        else:
+            log.info(BF16_CPU_SMALL_NOTE, ", ".join(sorted(flags)), num_parameters, AUTO_BF16_MIN_PARAMETERS)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     # SDPA: fused attention kernels on CUDA and CPU alike (transformers' default where it can,
     # named so that a change of default upstream does not silently change our numbers).
@@ -168,5 +264,7 @@ def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[A
     model.to(device).eval()
     if device == "cpu" and torch_dtype == torch.float32:
         use_weight_major_linears(model)
+    elif device == "cpu" and torch_dtype == torch.bfloat16:
+        use_bf16_cpu_linears(model)
     torch.set_num_threads(threads or default_torch_threads(model.num_parameters()))
     return model, tokenizer
