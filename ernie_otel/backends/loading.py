@@ -177,7 +177,7 @@ def use_weight_major_linears(model: Any) -> int:
 # - from BF16_FP32_MIN_ROWS rows on (prefill chunks) the weight is widened into a per-model fp32
 #   scratch buffer and the product runs in fp32 (MKL, no per-shape kernels). Without AMX, bf16 is
 #   the slower one there: 512 rows x 1024 -> 3072 took 22.5 ms in bf16, 16.3 ms widened (2 threads).
-# With both, 200 random shapes grew the tiny model's RSS by ~75 MiB instead of 557 (docs/benchmarks.md).
+# With both, the same 200 shapes grew it by 53 MiB, and 400 more by 22 (docs/benchmarks.md).
 # Weights larger than the scratch buffer (the output head: 1024 x 103424, 150 ms to widen) stay bf16,
 # bucketed; the engine asks it for one row per sequence (logits_to_keep=1).
 BF16_EXACT_ROWS = 8
