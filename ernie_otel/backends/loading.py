@@ -154,17 +154,25 @@ def weight_major_linear(module: Any, x: Any) -> Any:
     return out.reshape(*x.shape[:-1], module.weight.shape[0])
 
 
+def _plain_linears(model: Any) -> list[Any]:
+    """The modules of ``model`` that are exactly ``nn.Linear`` (not subclasses, which may compute otherwise)."""
+    import torch
+
+    return [m for m in model.modules() if type(m) is torch.nn.Linear]
+
+
+def _route(linears: list[Any], forward: Any) -> int:
+    """Make ``forward(module, x)`` the forward of each of ``linears``; returns how many."""
+    for module in linears:
+        module.forward = types.MethodType(forward, module)
+    return len(linears)
+
+
 def use_weight_major_linears(model: Any) -> int:
     """Route every ``nn.Linear`` of ``model`` with a weight of WEIGHT_MAJOR_MIN_WEIGHT elements or
     more through :func:`weight_major_linear`; returns how many."""
-    import torch
-
-    count = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear and module.weight.numel() >= WEIGHT_MAJOR_MIN_WEIGHT:
-            module.forward = types.MethodType(weight_major_linear, module)  # type: ignore[method-assign]
-            count += 1
-    return count
+    large = [m for m in _plain_linears(model) if m.weight.numel() >= WEIGHT_MAJOR_MIN_WEIGHT]
+    return _route(large, weight_major_linear)
 
 
 # bf16 on a CPU (AVX512-BF16 or AMX): torch's bf16 matmuls are oneDNN kernels JIT-compiled per
@@ -232,15 +240,12 @@ def use_bf16_cpu_linears(model: Any) -> int:
     """Route every ``nn.Linear`` of a bf16 CPU ``model`` through :func:`bf16_cpu_linear`, sharing one
     scratch buffer sized for the largest weight of BF16_FP32_MAX_WEIGHT elements or fewer; returns
     how many."""
-    import torch
-
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    linears = _plain_linears(model)
     fits = [m.weight.numel() for m in linears if m.weight.numel() <= BF16_FP32_MAX_WEIGHT]
     scratch = _Scratch(max(fits, default=0))
     for module in linears:
         object.__setattr__(module, "_ernie_scratch", scratch)  # a plain attribute, not a submodule
-        module.forward = types.MethodType(bf16_cpu_linear, module)  # type: ignore[method-assign]
-    return len(linears)
+    return _route(linears, bf16_cpu_linear)
 
 
 def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[Any, Any]:
