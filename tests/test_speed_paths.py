@@ -142,13 +142,13 @@ def test_bf16_cpu_linear_is_the_same_product(bias: bool, monkeypatch: pytest.Mon
 
 
 RSS_PROBE = textwrap.dedent("""
-    import random, sys, torch
+    import os, random, sys, torch
     from ernie_otel.backends import loading
     if sys.argv[1] == "plain":
         loading.use_bf16_cpu_linears = lambda model: 0
     model, _ = loading.load_model(loading.resolve_model_path("tiny"), "cpu", "bfloat16", threads=1)
     def rss():
-        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     random.seed(1)
     with torch.inference_mode():
         model(input_ids=torch.ones(1, 4, dtype=torch.long))
