@@ -10,7 +10,7 @@ the directory, which GET /v1/models lists) with and without ``--continuous-batch
 Peers (``--peers``, comma-separated): ``ernie-serve`` (its defaults: ``--dtype auto``, chunked
 prefill), ``ernie-serve-fp32`` / ``ernie-serve-bf16`` (``--dtype``), ``ernie-serve-nochunk``
 (``--max-num-batched-tokens 0``), ``ernie-serve-seqs32`` (``--max-num-seqs 32``), ``ernie-serve-tok512``
-(``--max-num-batched-tokens 512``); suffixes
+(``--max-num-batched-tokens 512``), ``ernie-serve-torchkernel`` (``--cpu-kernel torch``); suffixes
 combine: ``ernie-serve-fp32-nochunk``,
 ``transformers``, ``transformers-cb`` and ``transformers-cb-bf16`` (``--dtype bfloat16``).
 With ``--base REV``, ``base-ernie-serve[-suffixes]`` is the same server from REV's code (checked
@@ -170,6 +170,8 @@ def ernie_flags(peer: str) -> list[str]:
             flags += ["--dtype", "float32" if part == "fp32" else "bfloat16"]
         elif part == "nochunk":
             flags += ["--max-num-batched-tokens", "0"]
+        elif part == "torchkernel":
+            flags += ["--cpu-kernel", "torch"]
         elif part.startswith("seqs") and part[4:].isdigit():
             flags += ["--max-num-seqs", part[4:]]
         elif part.startswith("tok") and part[3:].isdigit():

@@ -41,7 +41,7 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "--log-level": "info", "--slo-ttft": None, "--slo-tpot": None, "--slo-e2e": None, "--slo-targets": None,
     "--slo-objective": 0.99, "--tenant-header": "x-tenant-id", "--tenants": None, "--max-tenants": 50,
     "--pricing-file": None, "--response-metrics": False, "--request-log": "stderr",
-    "--api-key-file": None, "--shutdown-grace": 30.0,
+    "--api-key-file": None, "--shutdown-grace": 30.0, "--cpu-kernel": "auto",
 }
 BENCH_DEFAULTS: dict[str, Any] = {
     "--url": f"http://{HOST}:{DEFAULT_PORTS['serve']}", "--model": None, "--endpoint": "chat", "--requests": 64,

@@ -145,7 +145,7 @@ RSS_PROBE = textwrap.dedent("""
     import os, random, sys, torch
     from ernie_otel.backends import loading
     if sys.argv[1] == "plain":
-        loading.use_bf16_cpu_linears = lambda model: 0
+        loading.use_bf16_cpu_linears = lambda model, kernel=None: 0
     model, _ = loading.load_model(loading.resolve_model_path("tiny"), "cpu", "bfloat16", threads=1)
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -29,6 +29,8 @@ class BackendSettings(Protocol):
     @property
     def torch_threads(self) -> int: ...
     @property
+    def cpu_kernel(self) -> str: ...
+    @property
     def max_model_len(self) -> int: ...
     @property
     def max_num_seqs(self) -> int: ...
@@ -61,4 +63,4 @@ def make_backend(settings: BackendSettings, model_name: str) -> Backend:
                         torch_threads=settings.torch_threads, max_num_seqs=settings.max_num_seqs,
                         max_queue_len=settings.max_queue_len, max_model_len=settings.max_model_len,
                         default_max_tokens=settings.default_max_tokens,
-                        max_num_batched_tokens=settings.max_num_batched_tokens)
+                        max_num_batched_tokens=settings.max_num_batched_tokens, cpu_kernel=settings.cpu_kernel)

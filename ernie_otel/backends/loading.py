@@ -12,6 +12,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+from . import cpu_kernel as kernels
+
 log = logging.getLogger(__name__)
 
 
@@ -212,7 +214,8 @@ class _Scratch:
 
 
 def bf16_cpu_linear(module: Any, x: Any) -> Any:
-    """``module(x)`` for a bf16 ``nn.Linear`` on a CPU, over a bounded set of kernel shapes: rows
+    """``module(x)`` for a bf16 ``nn.Linear`` on a CPU, over a bounded set of kernel shapes: up to
+    kernels.MAX_ROWS rows through ernie-serve's own kernel where the module has it; else rows
     padded to :func:`bf16_rows_bucket`, or, from BF16_FP32_MIN_ROWS rows on and for weights that
     fit the model's scratch buffer, the fp32 product of the widened weight (rounded back to bf16)."""
     import torch
@@ -221,6 +224,10 @@ def bf16_cpu_linear(module: Any, x: Any) -> Any:
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
     flat = x.reshape(rows, k)
+    kernel = getattr(module, "_ernie_kernel", None)
+    if kernel is not None and rows <= kernels.MAX_ROWS and x.dtype == torch.bfloat16:
+        out = kernels.linear(kernel, flat, weight, bias)
+        return out.reshape(*x.shape[:-1], weight.shape[0])
     scratch: _Scratch | None = getattr(module, "_ernie_scratch", None)
     if rows >= BF16_FP32_MIN_ROWS and scratch is not None and weight.numel() <= scratch.elements:
         if scratch.buffer is None:
@@ -236,19 +243,20 @@ def bf16_cpu_linear(module: Any, x: Any) -> Any:
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def use_bf16_cpu_linears(model: Any) -> int:
+def use_bf16_cpu_linears(model: Any, kernel: kernels.Kernel | None = None) -> int:
     """Route every ``nn.Linear`` of a bf16 CPU ``model`` through :func:`bf16_cpu_linear`, sharing one
-    scratch buffer sized for the largest weight of BF16_FP32_MAX_WEIGHT elements or fewer; returns
-    how many."""
+    scratch buffer sized for the largest weight of BF16_FP32_MAX_WEIGHT elements or fewer, and
+    giving ``kernel`` (from :func:`kernels.load`) to those whose weights it takes; returns how many."""
     linears = _plain_linears(model)
     fits = [m.weight.numel() for m in linears if m.weight.numel() <= BF16_FP32_MAX_WEIGHT]
     scratch = _Scratch(max(fits, default=0))
     for module in linears:
         object.__setattr__(module, "_ernie_scratch", scratch)  # a plain attribute, not a submodule
+        object.__setattr__(module, "_ernie_kernel", kernel if kernel and kernels.fits(module.weight) else None)
     return _route(linears, bf16_cpu_linear)
 
 
-def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[Any, Any]:
+def load_model(path: Path, device: str, dtype: str, threads: int = 0, cpu_kernel: str = "auto") -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -270,6 +278,6 @@ def load_model(path: Path, device: str, dtype: str, threads: int = 0) -> tuple[A
     if device == "cpu" and torch_dtype == torch.float32:
         use_weight_major_linears(model)
     elif device == "cpu" and torch_dtype == torch.bfloat16:
-        use_bf16_cpu_linears(model)
+        use_bf16_cpu_linears(model, kernels.load(cpu_flags()) if cpu_kernel == "auto" else None)
     torch.set_num_threads(threads or default_torch_threads(model.num_parameters()))
     return model, tokenizer

@@ -30,13 +30,14 @@ log = logging.getLogger(__name__)
 class LocalBackend:
     def __init__(self, *, model: str, model_name: str, device: str, dtype: str, torch_threads: int,
                  max_num_seqs: int, max_queue_len: int, max_model_len: int, default_max_tokens: int,
-                 max_num_batched_tokens: int = 0) -> None:
+                 max_num_batched_tokens: int = 0, cpu_kernel: str = "auto") -> None:
         self.model = model
         self.model_name = model_name
         self.device, self.dtype, self.torch_threads = device, dtype, torch_threads
         self.max_num_seqs, self.max_queue_len = max_num_seqs, max_queue_len
         self.default_max_tokens = default_max_tokens
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.cpu_kernel = cpu_kernel
         self.engine: Engine | None = None
         self.tokenizer: Any = None
         self.model_path: Path | None = None
@@ -76,7 +77,7 @@ class LocalBackend:
         started, started_unix_ns = time.perf_counter(), time.time_ns()
         try:
             path = resolve_model_path(self.model)
-            model, tokenizer = load_model(path, self.device, self.dtype, self.torch_threads)
+            model, tokenizer = load_model(path, self.device, self.dtype, self.torch_threads, cpu_kernel=self.cpu_kernel)
             limit = getattr(model.config, "max_position_embeddings", None)
             if limit and self._max_model_len > limit:
                 log.warning("--max-model-len %d exceeds the model's %d; using %d", self._max_model_len, limit, limit)
