@@ -13,10 +13,11 @@ weight-major form is faster). ernie-serve uses the weight-major form for rows in
 only.
 
 ``--bf16``: the same shapes in bf16, three ways: plain ``nn.Linear`` (oneDNN), ernie-serve's
-``bf16_cpu_linear`` (rows padded to a bucket, or from ``BF16_FP32_MIN_ROWS`` rows on the weight
-widened into an fp32 scratch buffer; the last column says which), and fp32 ``nn.Linear`` for
-reference. Each weight is one of several copies used in turn, so that it comes from memory as in a
-forward pass rather than from the cache.
+``bf16_cpu_linear`` (for few rows its own kernel, ``ernie_otel/backends/csrc/bf16_linear.c``, where
+the CPU has AVX-512 and a C compiler is there; else rows padded to a bucket, or from
+``BF16_FP32_MIN_ROWS`` rows on the weight widened into an fp32 scratch buffer; the last column says
+which), and fp32 ``nn.Linear`` for reference. Each weight is one of several copies used in turn, so
+that it comes from memory as in a forward pass rather than from the cache.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from typing import Any
 
 import torch
 
+from ernie_otel.backends import cpu_kernel
 from ernie_otel.backends.loading import (
     BF16_FP32_MAX_WEIGHT,
     BF16_FP32_MIN_ROWS,
     WEIGHT_MAJOR_MAX_ROWS,
     WEIGHT_MAJOR_MIN_ROWS,
     bf16_rows_bucket,
+    cpu_flags,
     use_bf16_cpu_linears,
 )
 
@@ -90,6 +93,9 @@ def _median_ms(fn: Callable[[Any], object], items: list[Any], reps: int) -> floa
 
 
 def bf16(rows: list[int], reps: int) -> int:
+    kernel = cpu_kernel.load(cpu_flags())
+    print(f"ernie-serve's kernel: {'here' if kernel else 'not here'} (up to {cpu_kernel.MAX_ROWS} rows, "
+          f"and beyond while rows x K <= {cpu_kernel.MAX_INPUT_ELEMENTS})")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bf16 rows exact to 8 then bucketed; "
           f"widened to fp32 from {BF16_FP32_MIN_ROWS} rows for weights of <= {BF16_FP32_MAX_WEIGHT} elements\n")
     print("| linear | rows | fp32 nn.Linear ms | bf16 nn.Linear ms | ernie-serve bf16 ms | its path |\n"
@@ -99,7 +105,7 @@ def bf16(rows: list[int], reps: int) -> int:
         layers = [torch.nn.Linear(k, n, bias=False).to(torch.bfloat16) for _ in range(copies)]
         wide32 = [layer.weight.float() for layer in layers]
         plain = [layer.weight for layer in layers]
-        use_bf16_cpu_linears(torch.nn.Sequential(*layers))
+        use_bf16_cpu_linears(torch.nn.Sequential(*layers), kernel)
         n_reps = max(3, reps // 3) if n > 10_000 else reps
         with torch.inference_mode():
             for m in rows:
@@ -110,6 +116,8 @@ def bf16(rows: list[int], reps: int) -> int:
                 ours = _median_ms(lambda layer, x=x: layer(x), layers, n_reps)
                 widened = m >= BF16_FP32_MIN_ROWS and n * k <= BF16_FP32_MAX_WEIGHT
                 path = "widened to fp32" if widened else f"bf16, {bf16_rows_bucket(m)} rows"
+                if kernel is not None and cpu_kernel.takes(m, k):
+                    path = "ernie-serve's kernel"
                 print(f"| {name} | {m} | {f32:.2f} | {b16:.2f} | {ours:.2f} | {path} |", flush=True)
     return 0
 

@@ -1,6 +1,7 @@
-"""ernie-serve's own bf16 decode kernel (ernie_otel/backends/csrc/bf16_linear.c): built here with the
-machine's C compiler, the same products as torch's within bf16 rounding, each row independent of
-the rows batched with it, used for up to 8 rows only, and torch's kernel wherever it cannot be.
+"""ernie-serve's own bf16 kernel for few rows (ernie_otel/backends/csrc/bf16_linear.c): built here
+with the machine's C compiler, the same products as torch's within bf16 rounding, each row
+independent of the rows batched with it, used for the row counts where it is the faster one, and
+torch's kernel wherever it cannot be.
 
 On a CPU without AVX-512 the kernel is never loaded: these tests then check that, and that the
 bf16 linears give the same products through torch.
@@ -80,12 +81,13 @@ def test_without_a_working_compiler_serving_keeps_torchs_kernel(tmp_path: Path, 
 @pytest.mark.parametrize("k", [32, 64, 1024])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 def test_the_same_product_as_fp32_within_bf16_rounding(kernel: Any, n: int, k: int, bias: bool) -> None:
-    """Every row count up to 8 (each tile shape and its remainders), output counts that are not a
-    multiple of the 4-row weight block; one bf16 rounding step of the fp32 product at most."""
+    """Every row count up to 8 and two beyond (each tile shape and its remainders), output counts
+    that are not a multiple of the 4-row weight block; one bf16 rounding step of the fp32 product
+    at most."""
     torch.manual_seed(n * k)
     w = torch.randn(n, k).to(torch.bfloat16)
     b = torch.randn(n).to(torch.bfloat16) if bias else None
-    for rows in range(1, BF16_EXACT_ROWS + 1):
+    for rows in [*range(1, BF16_EXACT_ROWS + 1), 13, 64]:
         x = torch.randn(rows, k).to(torch.bfloat16)
         got, want = product(kernel, x, w, b), reference(x, w, b)
         assert got.shape == (rows, n) and got.dtype == torch.bfloat16
@@ -105,21 +107,28 @@ def test_a_rows_result_does_not_depend_on_the_rows_batched_with_it(kernel: Any) 
     assert torch.equal(product(kernel, x[2:7], w, b), batched[2:7])
 
 
-def test_bf16_linears_use_it_for_up_to_8_rows_and_torch_beyond(kernel: Any) -> None:
+def test_it_takes_decode_steps_and_chunks_whose_inputs_stay_in_l2() -> None:
+    assert all(cpu_kernel.takes(rows, 1 << 20) for rows in range(1, cpu_kernel.MAX_ROWS + 1))
+    assert cpu_kernel.takes(128, 1024) and not cpu_kernel.takes(129, 1024)
+    assert cpu_kernel.takes(64, 2048) and not cpu_kernel.takes(65, 2048)
+    assert cpu_kernel.takes(42, 3072) and not cpu_kernel.takes(43, 3072)
+
+
+def test_bf16_linears_use_it_for_the_rows_it_takes_and_torch_beyond(kernel: Any) -> None:
     calls: list[int] = []
 
     def spy(*args: Any) -> int:
         calls.append(args[4])  # rows
         return int(kernel(*args))
 
-    fits, odd = torch.nn.Linear(64, 96).to(torch.bfloat16), torch.nn.Linear(48, 96).to(torch.bfloat16)
+    fits, odd = torch.nn.Linear(1024, 96).to(torch.bfloat16), torch.nn.Linear(48, 96).to(torch.bfloat16)
     use_bf16_cpu_linears(torch.nn.Sequential(fits, odd), spy if kernel is not None else None)
     assert odd._ernie_kernel is None  # type: ignore[attr-defined]  (48 columns: not a multiple of 32)
-    for rows in (1, BF16_EXACT_ROWS, BF16_EXACT_ROWS + 1):
-        x = torch.randn(rows, 64).to(torch.bfloat16)
-        torch.testing.assert_close(fits(x).float(), reference(x, fits.weight, fits.bias), rtol=2e-2, atol=2e-2)
+    for rows in (1, BF16_EXACT_ROWS, BF16_EXACT_ROWS + 1, 128, 129):
+        x = torch.randn(rows, 1024).to(torch.bfloat16)
+        torch.testing.assert_close(fits(x).float(), reference(x, fits.weight, fits.bias), rtol=2e-2, atol=0.5)
         odd(torch.randn(rows, 48).to(torch.bfloat16))
-    assert calls == ([1, BF16_EXACT_ROWS] if kernel is not None else [])
+    assert calls == ([1, BF16_EXACT_ROWS, BF16_EXACT_ROWS + 1, 128] if kernel is not None else [])
 
 
 @pytest.mark.parametrize("choice", ["auto", "torch"])

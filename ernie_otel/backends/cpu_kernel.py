@@ -1,4 +1,5 @@
-"""ernie-serve's own CPU kernel for the decode step's bf16 products (``csrc/bf16_linear.c``).
+"""ernie-serve's own CPU kernel for bf16 products of few rows (``csrc/bf16_linear.c``): decode
+steps, and prefill chunks of up to ~128 tokens.
 
 A decode step multiplies one row per running sequence (up to 8 by default) by every weight of the
 model. torch's bf16 kernel for that shape (oneDNN, on CPUs without AMX) copies the plain weight
@@ -32,9 +33,12 @@ REQUIRED_CPU_FLAGS = frozenset({"avx512f"})
 CFLAGS = ("-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 # Its inner loop takes 32 input columns at a time.
 K_MULTIPLE = 32
-# Rows it is used for: up to this many (a decode step of up to 8 sequences). From 16 rows on the
-# product is arithmetic-bound and torch's kernel is as fast (docs/benchmarks.md).
+# Rows it is used for: always up to MAX_ROWS (a decode step of up to 8 sequences), and beyond
+# while the widened input rows (rows x K fp32) stay within MAX_INPUT_ELEMENTS, which keeps them in
+# a core's L2: 128 rows of 1024 columns, 64 of 2048, 42 of 3072. Past that, torch's fp32 GEMM on
+# weights widened to fp32 (loading.py) is faster (docs/benchmarks.md).
 MAX_ROWS = 8
+MAX_INPUT_ELEMENTS = 128 * 1024
 BUILD_TIMEOUT_S = 120
 
 Kernel = Callable[..., int]
@@ -115,6 +119,11 @@ def load(flags: frozenset[str], directory: Path | None = None) -> Kernel | None:
                     kernel = fn
             _loaded[key] = kernel
         return _loaded[key]
+
+
+def takes(rows: int, k: int) -> bool:
+    """Whether the kernel is the faster one for ``rows`` input rows of ``k`` columns."""
+    return rows <= MAX_ROWS or rows * k <= MAX_INPUT_ELEMENTS
 
 
 def fits(weight: Any) -> bool:

@@ -214,8 +214,8 @@ class _Scratch:
 
 
 def bf16_cpu_linear(module: Any, x: Any) -> Any:
-    """``module(x)`` for a bf16 ``nn.Linear`` on a CPU, over a bounded set of kernel shapes: up to
-    kernels.MAX_ROWS rows through ernie-serve's own kernel where the module has it; else rows
+    """``module(x)`` for a bf16 ``nn.Linear`` on a CPU, over a bounded set of kernel shapes: the rows
+    that :func:`kernels.takes` through ernie-serve's own kernel where the module has it; else rows
     padded to :func:`bf16_rows_bucket`, or, from BF16_FP32_MIN_ROWS rows on and for weights that
     fit the model's scratch buffer, the fp32 product of the widened weight (rounded back to bf16)."""
     import torch
@@ -225,7 +225,7 @@ def bf16_cpu_linear(module: Any, x: Any) -> Any:
     rows = x.numel() // k if k else 0
     flat = x.reshape(rows, k)
     kernel = getattr(module, "_ernie_kernel", None)
-    if kernel is not None and rows <= kernels.MAX_ROWS and x.dtype == torch.bfloat16:
+    if kernel is not None and kernels.takes(rows, k) and x.dtype == torch.bfloat16:
         out = kernels.linear(kernel, flat, weight, bias)
         return out.reshape(*x.shape[:-1], weight.shape[0])
     scratch: _Scratch | None = getattr(module, "_ernie_scratch", None)

@@ -1,13 +1,15 @@
-/* A bf16 linear for few rows on x86-64 CPUs with AVX-512: y = x W^T (+ b), the decode step's
- * matrix products.  ernie-serve compiles this file at start-up (ernie_otel/backends/cpu_kernel.py)
- * and calls it through ctypes; torch keeps every other shape.
+/* A bf16 linear for few rows on x86-64 CPUs with AVX-512: y = x W^T (+ b), for decode steps and
+ * short prefill chunks.  ernie-serve compiles this file on first use
+ * (ernie_otel/backends/cpu_kernel.py) and calls it through ctypes; torch keeps every other shape.
  *
  * Why: with few rows these products stream the weights once and do little arithmetic per byte,
  * and torch's bf16 kernel (oneDNN, on a CPU without AMX) copies each plain weight into its
  * blocked layout on every call.  Here each weight row is read once, in place, with the next
- * rows prefetched; its bf16 pairs are widened to fp32 in registers (a shift and a mask, exact)
- * and multiplied with fp32 FMAs, which issue at twice the rate of VDPBF16PS on the CPUs measured
- * (docs/benchmarks.md).  The inputs are widened once per call into even/odd fp32 halves.
+ * block's rows prefetched; its bf16 pairs are widened to fp32 in registers (a shift and a mask,
+ * exact) and multiplied with fp32 FMAs, which issued at four times the rate of VDPBF16PS on the
+ * CPU measured (5.3 against 1.3 G instructions/s a core; docs/benchmarks.md).  The inputs are
+ * widened once per call into even/odd fp32 halves.  A tile is 4 input rows x 4 weight rows:
+ * 12 loads and 8 widenings per 32 FMAs; an 8 x 2 tile needs 36 loads and ran at half the rate.
  *
  * Every output element is one fp32 dot product computed in the same order whatever the number
  * of rows or the tile that holds it, so a row's result does not depend on the rows batched with
@@ -69,7 +71,6 @@ static inline float widen_bf16(uint16_t h) {
                 out[i * NR + j] = _mm512_reduce_add_ps(acc[i][j]);                              \
     }
 
-TILE(8, 2)
 TILE(4, 4)
 TILE(2, 4)
 TILE(1, 4)
@@ -107,13 +108,6 @@ int ernie_bf16_linear(const uint16_t *x, const uint16_t *w, const uint16_t *b, u
         for (int j = 0; j < 4; j++) rows[j] = w + (n0 + (j < nr ? j : 0)) * K; /* past N: repeat row n0 */
         float out[16];
         int64_t m0 = 0;
-        for (; m0 + 8 <= M; m0 += 8)
-            for (int half = 0; half < 2; half++) {
-                int64_t left = nr - 2 * half;
-                if (left <= 0) break;
-                tile_8x2(xe + m0 * H, xo + m0 * H, rows + 2 * half, K, out);
-                store(y, b, out, 8, 2, m0, n0 + 2 * half, left < 2 ? left : 2, N);
-            }
         while (m0 < M) {
             const int64_t r = M - m0 >= 4 ? 4 : M - m0 >= 2 ? 2 : 1;
             if (r == 4)
