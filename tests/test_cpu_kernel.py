@@ -107,11 +107,11 @@ def test_a_rows_result_does_not_depend_on_the_rows_batched_with_it(kernel: Any) 
     assert torch.equal(product(kernel, x[2:7], w, b), batched[2:7])
 
 
-def test_it_takes_decode_steps_and_chunks_whose_inputs_stay_in_l2() -> None:
+def test_it_takes_decode_steps_and_short_chunks() -> None:
     assert all(cpu_kernel.takes(rows, 1 << 20) for rows in range(1, cpu_kernel.MAX_ROWS + 1))
-    assert cpu_kernel.takes(128, 1024) and not cpu_kernel.takes(129, 1024)
-    assert cpu_kernel.takes(64, 2048) and not cpu_kernel.takes(65, 2048)
-    assert cpu_kernel.takes(42, 3072) and not cpu_kernel.takes(43, 3072)
+    assert cpu_kernel.takes(64, 1024) and not cpu_kernel.takes(65, 1024)
+    assert cpu_kernel.takes(32, 2048) and not cpu_kernel.takes(33, 2048)
+    assert cpu_kernel.takes(21, 3072) and not cpu_kernel.takes(22, 3072)
 
 
 def test_bf16_linears_use_it_for_the_rows_it_takes_and_torch_beyond(kernel: Any) -> None:
@@ -124,11 +124,11 @@ def test_bf16_linears_use_it_for_the_rows_it_takes_and_torch_beyond(kernel: Any)
     fits, odd = torch.nn.Linear(1024, 96).to(torch.bfloat16), torch.nn.Linear(48, 96).to(torch.bfloat16)
     use_bf16_cpu_linears(torch.nn.Sequential(fits, odd), spy if kernel is not None else None)
     assert odd._ernie_kernel is None  # type: ignore[attr-defined]  (48 columns: not a multiple of 32)
-    for rows in (1, BF16_EXACT_ROWS, BF16_EXACT_ROWS + 1, 128, 129):
+    for rows in (1, BF16_EXACT_ROWS, BF16_EXACT_ROWS + 1, 64, 65):
         x = torch.randn(rows, 1024).to(torch.bfloat16)
         torch.testing.assert_close(fits(x).float(), reference(x, fits.weight, fits.bias), rtol=2e-2, atol=0.5)
         odd(torch.randn(rows, 48).to(torch.bfloat16))
-    assert calls == ([1, BF16_EXACT_ROWS, BF16_EXACT_ROWS + 1, 128] if kernel is not None else [])
+    assert calls == ([1, BF16_EXACT_ROWS, BF16_EXACT_ROWS + 1, 64] if kernel is not None else [])
 
 
 @pytest.mark.parametrize("choice", ["auto", "torch"])

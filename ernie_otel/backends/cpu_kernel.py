@@ -1,5 +1,5 @@
 """ernie-serve's own CPU kernel for bf16 products of few rows (``csrc/bf16_linear.c``): decode
-steps, and prefill chunks of up to ~128 tokens.
+steps, and prefill chunks of short prompts.
 
 A decode step multiplies one row per running sequence (up to 8 by default) by every weight of the
 model. torch's bf16 kernel for that shape (oneDNN, on CPUs without AMX) copies the plain weight
@@ -34,11 +34,12 @@ CFLAGS = ("-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11
 # Its inner loop takes 32 input columns at a time.
 K_MULTIPLE = 32
 # Rows it is used for: always up to MAX_ROWS (a decode step of up to 8 sequences), and beyond
-# while the widened input rows (rows x K fp32) stay within MAX_INPUT_ELEMENTS, which keeps them in
-# a core's L2: 128 rows of 1024 columns, 64 of 2048, 42 of 3072. Past that, torch's fp32 GEMM on
-# weights widened to fp32 (loading.py) is faster (docs/benchmarks.md).
+# while rows x K stays within MAX_INPUT_ELEMENTS: 64 rows of 1024 columns, 32 of 2048, 21 of 3072
+# (short prompts' prefill chunks). Past that, torch's fp32 GEMM on weights widened to fp32
+# (loading.py) is as fast or faster: a 0.3B-shape prefill of 16/30/60/120 tokens took 99/161/288/
+# 494 ms with the kernel up to twice this bound, 144/198/322/475 ms widened (docs/benchmarks.md).
 MAX_ROWS = 8
-MAX_INPUT_ELEMENTS = 128 * 1024
+MAX_INPUT_ELEMENTS = 64 * 1024
 BUILD_TIMEOUT_S = 120
 
 Kernel = Callable[..., int]
