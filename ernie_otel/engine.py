@@ -38,6 +38,20 @@ class QueueFullError(Exception):
     """The waiting queue is at its limit; the request was not accepted."""
 
 
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One token id drawn from ``probs`` (1-D, non-negative, any positive sum) by inverting its
+    cumulative sum at one uniform number: exact, and ~25x cheaper than ``torch.multinomial`` over
+    a 103424-entry vocabulary on a CPU (0.13 vs 3.4 ms a row, which was a fifth of an 8-row decode
+    step on the 0.3B shape). Tokens of probability 0 are never drawn: the first index whose
+    cumulative sum exceeds the draw always adds mass."""
+    cdf = probs.double().cumsum(0)
+    point = torch.rand((), dtype=torch.float64, generator=generator) * cdf[-1]
+    index = int(torch.searchsorted(cdf, point, right=True))
+    if index >= probs.numel():  # the product rounded up to the total: the last token with mass
+        index = int(torch.nonzero(probs).max())
+    return index
+
 class EngineStoppedError(Exception):
     """The engine is shutting down or failed to start."""
 
@@ -418,8 +432,7 @@ class Engine:
                 cut = cumulative - sorted_probs > p.top_p
                 sorted_probs[cut] = 0.0
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            gen = s.generator or self._default_generator
-            result.append(int(torch.multinomial(probs, 1, generator=gen).item()))
+            result.append(draw(probs, s.generator or self._default_generator))
         return result
 
     def _emit(self, batch: list[Sequence], tokens: list[int], now: float) -> None:

@@ -81,8 +81,9 @@ class ServeConfig(Config):
                         help="weights' dtype (auto: bfloat16 on CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX) "
                         "for models of 50M parameters or more; else float32)")
     cpu_kernel: str = option("auto", flag="--cpu-kernel", choices=("auto", "torch"),
-                             help="bf16 decode products on a CPU (up to 8 rows): auto: ernie-serve's own AVX-512 "
-                             "kernel, compiled on first use with the C compiler here (else torch's); torch: torch's")
+                             help="bf16 products of few rows on a CPU (decode steps, short prefill chunks): auto: "
+                             "ernie-serve's own AVX-512 kernel, compiled on first use with the C compiler here "
+                             "(else torch's); torch: torch's")
     torch_threads: int = option(0, flag="--torch-threads", convert=to_int, check=at_least(0),
                                 help="CPU threads for inference (0: 1 for small models, else all cores, "
                                 "leaving one to the server beyond two)")
