@@ -18,6 +18,9 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 # The browser tests (tests/test_ui_browser.py) drive Debian's Chromium through its chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# ernie-serve compiles its bf16 CPU kernel (ernie_otel/backends/csrc/bf16_linear.c) with the C
+# compiler; tests/test_cpu_kernel.py requires it on a CPU with AVX-512.
+command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || need+=(gcc libgomp1)
 # The fleet TLS test makes a throwaway CA and certificate with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The fleet's OpenSearch trace store: Maven resolves it, javac compiles its launcher, java runs it.
