@@ -38,7 +38,6 @@ class QueueFullError(Exception):
     """The waiting queue is at its limit; the request was not accepted."""
 
 
-
 def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
     """One token id drawn from ``probs`` (1-D, non-negative, any positive sum) by inverting its
     cumulative sum at one uniform number: exact, and ~25x cheaper than ``torch.multinomial`` over

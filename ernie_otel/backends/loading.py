@@ -261,7 +261,8 @@ def load_model(path: Path, device: str, dtype: str, threads: int = 0, cpu_kernel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)
-    flags = cpu_flags() & BF16_CPU_FLAGS if device == "cpu" else frozenset()
+    all_flags = cpu_flags() if device == "cpu" else frozenset()  # /proc/cpuinfo, read once
+    flags = all_flags & BF16_CPU_FLAGS
     num_parameters = count_parameters(path) if dtype == "auto" and flags else 0
     torch_dtype = getattr(torch, resolve_dtype(dtype, device, num_parameters, flags))
     if dtype == "auto" and flags:
@@ -278,6 +279,6 @@ def load_model(path: Path, device: str, dtype: str, threads: int = 0, cpu_kernel
     if device == "cpu" and torch_dtype == torch.float32:
         use_weight_major_linears(model)
     elif device == "cpu" and torch_dtype == torch.bfloat16:
-        use_bf16_cpu_linears(model, kernels.load(cpu_flags()) if cpu_kernel == "auto" else None)
+        use_bf16_cpu_linears(model, kernels.load(all_flags) if cpu_kernel == "auto" else None)
     torch.set_num_threads(threads or default_torch_threads(model.num_parameters()))
     return model, tokenizer
