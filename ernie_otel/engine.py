@@ -51,6 +51,7 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
         index = int(torch.nonzero(probs).max())
     return index
 
+
 class EngineStoppedError(Exception):
     """The engine is shutting down or failed to start."""
 

@@ -6,7 +6,7 @@
 # Needs the wheel bundle in .whl/ and, for the overhead stage's full variant, the Collector and
 # Jaeger built here by collector/build.sh, xz-compressed into .devbin/: `bash scripts/device_bundle.sh`
 # makes both (carried with the working tree; neither is committed). Stages, each bounded by `timeout` and by an overall budget
-# (DEVICE_BUDGET_S, default 480 s); a failed stage is logged and the next one still runs:
+# (DEVICE_BUDGET_S, default 540 s); a failed stage is logged and the next one still runs:
 #   a. info: nvidia-smi, python/torch/CUDA, versions of the device packages the bundle relies on;
 #      the image's whole pip list -> $OUT/device_pip_list.txt
 #   b. install the wheels into the device's python (fallback: an overlay venv in /tmp that sees
@@ -14,8 +14,9 @@
 #   c. build the random-weight models (0.3b, tiny) into $ERNIE_OTEL_CACHE; unpack the Collector
 #      and Jaeger into $ERNIE_OTEL_CACHE/bin/device/ (where overhead.py looks for them)
 #   d. benchmarks/gpu_check.py          -> $OUT/gpu_check.json, $OUT/gpu_check.md
-#   e. benchmarks/overhead.py (cuda)    -> $OUT/overhead_gpu.json (off, off-again, prom, full)
-#   f. benchmarks/serving.py (cuda)     -> $OUT/serving_gpu.json
+#   e. benchmarks/serving.py (cuda)     -> $OUT/serving_gpu.json (0.3B shape, c=1/8/32, against
+#      transformers serve --continuous-batching at its defaults and in bf16)
+#   f. benchmarks/overhead.py (cuda)    -> $OUT/overhead_gpu.json (off, off-again, prom, full)
 #   g. server logs                      -> $OUT/server_logs.tgz
 # The working tree's ernie_otel is used (PYTHONPATH), so a stale carried ernie-otel wheel only
 # supplies the console scripts and entry points.
@@ -36,7 +37,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
 PY_FILE=/tmp/device_gpu.python  # stage b writes the interpreter to use from then on
 rm -f "$PY_FILE"
-BUDGET=${DEVICE_BUDGET_S:-480}
+BUDGET=${DEVICE_BUDGET_S:-540}
 DEV=${BENCH_DEVICE:-cuda}
 START=$(date +%s)
 M03=$ERNIE_OTEL_CACHE/models/bench-0.3b  # the directory benchmarks/serving.py's model_dir('0.3b') uses
@@ -191,10 +192,11 @@ log "python for the benchmarks: $PY"
 stage models 120 build_models
 stage gpu_check 150 "$PY" benchmarks/gpu_check.py --model "$M03" --device "$DEV" --json "$OUT/gpu_check.json" \
     --markdown "$OUT/gpu_check.md"
-stage overhead 170 "$PY" benchmarks/overhead.py --model "$M03" --variants prom,full,off-again --device "$DEV" \
-    --rounds 6 --restart-every 2 --requests 32 --json "$OUT/overhead_gpu.json"
-stage serving 150 "$PY" benchmarks/serving.py --models 0.3b,tiny --concurrency 1,8 \
-    --peers ernie-serve,transformers-cb --device "$DEV" --requests 8 --rounds 3 --json "$OUT/serving_gpu.json"
+stage serving 170 "$PY" benchmarks/serving.py --models 0.3b --concurrency 1,8,32 \
+    --peers ernie-serve,transformers-cb,transformers-cb-bf16 --device "$DEV" --requests 32 --rounds 3 \
+    --json "$OUT/serving_gpu.json"
+stage overhead 150 "$PY" benchmarks/overhead.py --model "$M03" --variants prom,full,off-again --device "$DEV" \
+    --rounds 4 --restart-every 2 --requests 32 --json "$OUT/overhead_gpu.json"
 BUDGET=$((BUDGET + 30)) stage logs 20 collect_logs
 
 log ""
