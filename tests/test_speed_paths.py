@@ -40,7 +40,7 @@ from ernie_otel.backends.loading import (
     use_weight_major_linears,
     weight_major_linear,
 )
-from ernie_otel.engine import Engine, Event, SamplingParams, Sequence, draw
+from ernie_otel.engine import Engine, Event, SamplingParams, Sequence, draw_batched, draw_rows
 from ernie_otel.kinds import Operation
 from ernie_otel.stats import RequestStats
 
@@ -350,19 +350,44 @@ def test_bf16_greedy_agrees_with_fp32_over_a_prefix(fp32: tuple[Any, Any]) -> No
 
 
 # --------------------------------------------------------------------------- sampling
-def test_draw_follows_the_distribution_and_never_picks_a_zero() -> None:
-    """The inverse-CDF draw that replaced torch.multinomial: 40,000 draws of a 6-token distribution
-    with two zeros (one last) land within 4 standard deviations of each probability; zero-mass
-    tokens never come; unnormalised input works; a seeded generator repeats itself."""
+@pytest.mark.parametrize("draw", [draw_rows, draw_batched], ids=["rows (CPU)", "batched (GPU)"])
+def test_draw_follows_the_distribution_and_never_picks_a_zero(draw: Callable[..., torch.Tensor]) -> None:
+    """The inverse-CDF draw that replaced torch.multinomial, in both forms (row by row on a CPU,
+    batched on a GPU; both run here): 40,000 rows of a 6-token distribution with two zeros (one last)
+    land within 4 standard deviations of each probability; zero-mass tokens never come, not even at
+    a point of 1 - 2**-53; unnormalised rows work; rows of different distributions each follow their
+    own; the two forms pick the same tokens."""
     probs = torch.tensor([0.5, 0.0, 0.2, 0.25, 0.05, 0.0]) * 3.0  # sums to 3, not 1
     gen = torch.Generator().manual_seed(7)
     n = 40_000
-    counts = torch.bincount(torch.tensor([draw(probs, gen) for _ in range(n)]), minlength=6).double()
+    picks = draw(probs.expand(n, 6), torch.rand(n, dtype=torch.float64, generator=gen))
+    counts = torch.bincount(picks, minlength=6).double()
     want = probs.double() / probs.sum()
     assert counts[1] == 0 and counts[5] == 0
     sd = (want * (1 - want) / n).sqrt()
     assert ((counts / n - want).abs() <= 4 * sd + 1e-12).all(), (counts / n, want)
-    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    wide = torch.softmax(torch.randn(103424), -1)
-    assert [draw(wide, a) for _ in range(20)] == [draw(wide, b) for _ in range(20)]
-    assert draw(torch.tensor([0.0, 0.0, 1.0]), gen) == 2
+    edge = torch.tensor([1 - 2**-53, 0.0], dtype=torch.float64)
+    assert draw(torch.stack([probs, probs]), edge).tolist() == [4, 0]
+    mixed = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert draw(mixed, torch.rand(3, dtype=torch.float64, generator=gen)).tolist() == [2, 0, 1]
+    wide = torch.softmax(torch.randn(20, 103424), -1)
+    points = torch.rand(20, dtype=torch.float64, generator=gen)
+    assert draw(wide, points).tolist() == draw(wide, points.clone()).tolist() == draw_rows(wide, points).tolist()
+
+
+def test_max_num_seqs_zero_means_eight_on_a_cpu_and_64_on_cuda() -> None:
+    """``--max-num-seqs`` defaults to 0: slots by device, resolved once for the backend (and, in
+    ``ernie-serve``'s main, for the recorder's cost per slot). A gateway counts as a CPU."""
+    from ernie_otel.backends import default_max_num_seqs, make_backend
+    from ernie_otel.serve import ServeConfig
+
+    assert ServeConfig().max_num_seqs == 0
+    assert (default_max_num_seqs("cpu"), default_max_num_seqs("cuda")) == (8, 64)
+    assert default_max_num_seqs("cuda", upstream="http://127.0.0.1:9/v1") == 8
+    assert default_max_num_seqs("auto") == (64 if torch.cuda.is_available() else 8)
+    local: Any = make_backend(ServeConfig(model="tiny", device="cpu"), "m")
+    assert local.max_num_seqs == 8
+    given: Any = make_backend(ServeConfig(model="tiny", device="cpu", max_num_seqs=3), "m")
+    assert given.max_num_seqs == 3
+    gateway: Any = make_backend(ServeConfig(upstream="http://127.0.0.1:9/v1", served_model_name="m"), "m")
+    assert gateway.stats.max_num_seqs == 8 + ServeConfig().max_queue_len
