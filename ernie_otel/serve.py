@@ -68,8 +68,8 @@ class ServeConfig(Config):
                                check=port_number, help="Prometheus /metrics port (0: off)")
     max_model_len: int = option(2048, flag="--max-model-len", convert=to_int, check=at_least(1),
                                 help="prompt + output token limit")
-    max_num_seqs: int = option(8, flag="--max-num-seqs", convert=to_int, check=at_least(1),
-                               help="requests running at once")
+    max_num_seqs: int = option(0, flag="--max-num-seqs", convert=to_int, check=at_least(0),
+                               help="requests running at once (0: 8 on a CPU, 64 on CUDA)")
     max_queue_len: int = option(64, flag="--max-queue-len", convert=to_int, check=at_least(0),
                                 help="requests waiting; beyond: 429")
     max_num_batched_tokens: int = option(512, flag="--max-num-batched-tokens", convert=to_int, check=at_least(0),
@@ -194,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             resolve_model_path(config.model)  # fail before binding ports, with one clear message
         except ModelUnavailableError as exc:
             return _fail(str(exc))
+
+    if not config.max_num_seqs:  # 0: by device (the recorder's cost per slot and the backend agree)
+        from .backends import default_max_num_seqs
+
+        config = dataclasses.replace(config, max_num_seqs=default_max_num_seqs(config.device, config.upstream))
 
     from .auth import KeyFileError, KeyRing
 

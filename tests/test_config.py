@@ -34,7 +34,7 @@ SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 SERVE_DEFAULTS: dict[str, Any] = {
     "--model": "baidu/ERNIE-4.5-0.3B-PT", "--served-model-name": None, "--host": HOST,
     "--port": DEFAULT_PORTS["serve"], "--metrics-port": DEFAULT_PORTS["serve_metrics"], "--max-model-len": 2048,
-    "--max-num-seqs": 8, "--max-queue-len": 64, "--max-num-batched-tokens": 512,
+    "--max-num-seqs": 0, "--max-queue-len": 64, "--max-num-batched-tokens": 512,
     "--device": "auto", "--dtype": "auto", "--torch-threads": 0,
     "--api-key": None, "--default-max-tokens": 256, "--max-request-bytes": 1 << 20, "--otlp-endpoint": None,
     "--upstream": None, "--upstream-timeout": 120.0, "--upstream-api-key": None, "--access-log": False,
@@ -92,7 +92,7 @@ def test_help_shows_the_dataclass_defaults(program: str) -> None:
 
 
 @pytest.mark.parametrize(("program", "argv", "named"), [
-    ("ernie-serve", ["--max-num-seqs", "0"], "--max-num-seqs"),
+    ("ernie-serve", ["--max-num-seqs", "-1"], "--max-num-seqs"),
     ("ernie-serve", ["--max-model-len", "-1"], "--max-model-len"),
     ("ernie-serve", ["--max-queue-len", "-1"], "--max-queue-len"),
     ("ernie-serve", ["--port", "70000"], "--port"),
@@ -157,7 +157,7 @@ def test_a_bad_telemetry_variable_exits_2_with_one_line_naming_it(
 
 def test_bad_values_from_python_fail_the_same_way() -> None:
     with pytest.raises(ConfigError, match="--max-num-seqs"):
-        ServeConfig(max_num_seqs=0)
+        ServeConfig(max_num_seqs=-1)
     with pytest.raises(ConfigError, match=r"--concurrency.*--rate"):
         BenchConfig(concurrency=None)
     with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER_ARG"):
@@ -166,11 +166,11 @@ def test_bad_values_from_python_fail_the_same_way() -> None:
 
 
 def test_a_bad_value_in_a_real_process_is_one_line_and_exit_2() -> None:
-    p = subprocess.run([sys.executable, "-m", "ernie_otel.serve", "--max-num-seqs", "0"], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "ernie_otel.serve", "--max-num-seqs", "-2"], capture_output=True,
                        text=True, env=SUBPROCESS_ENV, timeout=60)
     assert p.returncode == 2
     assert p.stderr.splitlines() == [
-        "ernie-serve: error: argument --max-num-seqs: must be at least 1, not 0 (see ernie-serve --help)"]
+        "ernie-serve: error: argument --max-num-seqs: must be at least 0, not -2 (see ernie-serve --help)"]
 
 
 @pytest.mark.parametrize("config", [ServeConfig(), BenchConfig(), TelemetrySettings()], ids=type)

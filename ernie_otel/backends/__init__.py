@@ -13,8 +13,27 @@ from typing import Protocol
 
 from .base import Backend, Call, Outcome, error_response, record_outcome, timing_headers
 
-__all__ = ["Backend", "BackendSettings", "Call", "Outcome", "error_response", "make_backend", "record_outcome",
-           "timing_headers"]
+__all__ = ["Backend", "BackendSettings", "Call", "Outcome", "default_max_num_seqs", "error_response", "make_backend",
+           "record_outcome", "timing_headers"]
+
+# ``--max-num-seqs 0`` (the default): requests one engine step batches, by where the model runs.
+# On a CPU a step's time grows with its rows (on the project's 2 cores an 8-row decode step is ~1.9x
+# a one-row one), so more rows only stretch every stream's token gap. On a GPU a decode step of the
+# 0.3B shape is launch-bound: an H200 ran 8 rows at ~36 ms a token and transformers serve 32 rows at
+# 26, while with 8 slots 32 concurrent requests waited ~1.6 s for their first token
+# (docs/benchmarks.md, "On a GPU"). vLLM sizes its GPU default in the hundreds; 64 keeps our padded
+# batches (one admitted group's prompts padded to its longest) modest.
+MAX_NUM_SEQS_BY_DEVICE = {"cpu": 8, "cuda": 64}
+
+
+def default_max_num_seqs(device: str, upstream: str | None = None) -> int:
+    """The slots ``--max-num-seqs 0`` means for ``device`` ("auto" resolved by the model loader's
+    rule, which imports torch only then). A gateway counts as a CPU: 8."""
+    if upstream:
+        return MAX_NUM_SEQS_BY_DEVICE["cpu"]
+    from .loading import resolve_device
+
+    return MAX_NUM_SEQS_BY_DEVICE.get(resolve_device(device), MAX_NUM_SEQS_BY_DEVICE["cpu"])
 
 
 class BackendSettings(Protocol):
@@ -49,18 +68,19 @@ class BackendSettings(Protocol):
 
 
 def make_backend(settings: BackendSettings, model_name: str) -> Backend:
+    max_num_seqs = settings.max_num_seqs or default_max_num_seqs(settings.device, settings.upstream)
     if settings.upstream:
         from .upstream import UpstreamBackend
 
         # In flight at once: what a local engine would hold running plus waiting.
         return UpstreamBackend(settings.upstream, model_name=model_name, timeout=settings.upstream_timeout,
-                               max_in_flight=settings.max_num_seqs + settings.max_queue_len,
+                               max_in_flight=max_num_seqs + settings.max_queue_len,
                                api_key=settings.upstream_api_key, root=settings.model,
                                max_model_len=settings.max_model_len)
     from .local import LocalBackend  # torch: only now
 
     return LocalBackend(model=settings.model, model_name=model_name, device=settings.device, dtype=settings.dtype,
-                        torch_threads=settings.torch_threads, max_num_seqs=settings.max_num_seqs,
+                        torch_threads=settings.torch_threads, max_num_seqs=max_num_seqs,
                         max_queue_len=settings.max_queue_len, max_model_len=settings.max_model_len,
                         default_max_tokens=settings.default_max_tokens,
                         max_num_batched_tokens=settings.max_num_batched_tokens, cpu_kernel=settings.cpu_kernel)
