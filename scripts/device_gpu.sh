@@ -6,7 +6,8 @@
 # Needs the wheel bundle in .whl/ and, for the overhead stage's full variant, the Collector and
 # Jaeger built here by collector/build.sh, xz-compressed into .devbin/: `bash scripts/device_bundle.sh`
 # makes both (carried with the working tree; neither is committed). Stages, each bounded by `timeout` and by an overall budget
-# (DEVICE_BUDGET_S, default 540 s); a failed stage is logged and the next one still runs:
+# (DEVICE_BUDGET_S, default 540 s); a failed stage is logged and the next one still runs; DEVICE_STAGES
+# (comma-separated names, default all but overhead) picks stages:
 #   a. info: nvidia-smi, python/torch/CUDA, versions of the device packages the bundle relies on;
 #      the image's whole pip list -> $OUT/device_pip_list.txt
 #   b. install the wheels into the device's python (fallback: an overlay venv in /tmp that sees
@@ -15,8 +16,10 @@
 #      and Jaeger into $ERNIE_OTEL_CACHE/bin/device/ (where overhead.py looks for them)
 #   d. benchmarks/gpu_check.py          -> $OUT/gpu_check.json, $OUT/gpu_check.md
 #   e. benchmarks/serving.py (cuda)     -> $OUT/serving_gpu.json (0.3B shape, c=1/8/32, against
-#      transformers serve --continuous-batching at its defaults and in bf16)
-#   f. benchmarks/overhead.py (cuda)    -> $OUT/overhead_gpu.json (off, off-again, prom, full)
+#      transformers serve --continuous-batching at its defaults and in bf16; DEVICE_SERVING_PEERS,
+#      DEVICE_SERVING_BASE and DEVICE_SERVING_ROUNDS change what it compares)
+#   f. overhead (opt-in) benchmarks/overhead.py (cuda) -> $OUT/overhead_gpu.json (off, off-again,
+#      prom, full; the full variant needs a VictoriaLogs, which the carry has no room for)
 #   g. server logs                      -> $OUT/server_logs.tgz
 # The working tree's ernie_otel is used (PYTHONPATH), so a stale carried ernie-otel wheel only
 # supplies the console scripts and entry points.
@@ -38,6 +41,9 @@ PY=${PY:-python3}
 PY_FILE=/tmp/device_gpu.python  # stage b writes the interpreter to use from then on
 rm -f "$PY_FILE"
 BUDGET=${DEVICE_BUDGET_S:-540}
+# The overhead stage is opt-in: its full variant's log store (VictoriaLogs, built with Go) does not
+# fit the 64 MiB carry beside the Collector, Jaeger and the wheels, and the device has no Go.
+STAGES=${DEVICE_STAGES:-info,install,models,gpu_check,serving}
 DEV=${BENCH_DEVICE:-cuda}
 START=$(date +%s)
 M03=$ERNIE_OTEL_CACHE/models/bench-0.3b  # the directory benchmarks/serving.py's model_dir('0.3b') uses
@@ -51,6 +57,10 @@ stage() {
     local name=$1 cap=$2
     shift 2
     local now left limit t0 rc
+    if [ "$name" != logs ] && [[ ",$STAGES," != *",$name,"* ]]; then
+        log "== [$name] not asked for (DEVICE_STAGES=$STAGES)"
+        return 0
+    fi
     now=$(date +%s)
     left=$((START + BUDGET - now - 5))
     limit=$((cap < left ? cap : left))
@@ -192,9 +202,13 @@ log "python for the benchmarks: $PY"
 stage models 120 build_models
 stage gpu_check 150 "$PY" benchmarks/gpu_check.py --model "$M03" --device "$DEV" --json "$OUT/gpu_check.json" \
     --markdown "$OUT/gpu_check.md"
-stage serving 170 "$PY" benchmarks/serving.py --models 0.3b --concurrency 1,8,32 \
-    --peers ernie-serve,transformers-cb,transformers-cb-bf16 --device "$DEV" --requests 32 --rounds 3 \
-    --json "$OUT/serving_gpu.json"
+# DEVICE_SERVING_PEERS picks serving.py's peers; DEVICE_SERVING_BASE=REV adds REV's code for the
+# base-ernie-serve* peers (the device's copy of the checkout has its git history).
+SERVING_PEERS=${DEVICE_SERVING_PEERS:-ernie-serve,transformers-cb,transformers-cb-bf16}
+SERVING_BASE=()
+[ -n "${DEVICE_SERVING_BASE:-}" ] && SERVING_BASE=(--base "$DEVICE_SERVING_BASE")
+stage serving 300 "$PY" benchmarks/serving.py --models 0.3b --concurrency 1,8,32 --peers "$SERVING_PEERS" \
+    "${SERVING_BASE[@]}" --device "$DEV" --rounds "${DEVICE_SERVING_ROUNDS:-3}" --json "$OUT/serving_gpu.json"
 stage overhead 150 "$PY" benchmarks/overhead.py --model "$M03" --variants prom,full,off-again --device "$DEV" \
     --rounds 4 --restart-every 2 --requests 32 --json "$OUT/overhead_gpu.json"
 BUDGET=$((BUDGET + 30)) stage logs 20 collect_logs
