@@ -10,6 +10,10 @@
  * CPU measured (5.3 against 1.3 G instructions/s a core; docs/benchmarks.md).  The inputs are
  * widened once per call into even/odd fp32 halves.  A tile is 4 input rows x 4 weight rows:
  * 12 loads and 8 widenings per 32 FMAs; an 8 x 2 tile needs 36 loads and ran at half the rate.
+ * A product of exactly 8 rows (a full decode step) takes an 8 x 3 tile instead: each widened
+ * weight vector feeds all 8 rows, so no block of weight rows is widened twice (8 x 1024 -> 3072
+ * with the weights streamed from DRAM: 0.33 against 0.40 ms).  Besides the next block's rows
+ * (into L1), the rows four blocks ahead are prefetched into L2: 6-10% faster at one row.
  *
  * Every output element is one fp32 dot product computed in the same order whatever the number
  * of rows or the tile that holds it, so a row's result does not depend on the rows batched with
@@ -54,6 +58,7 @@ static inline float widen_bf16(uint16_t h) {
             _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {                             \
                 __m512i v = _mm512_loadu_si512(w[j] + 2 * h);                                   \
                 _mm_prefetch((const char *)(w[j] + NR * K + 2 * h), _MM_HINT_T0);               \
+                _mm_prefetch((const char *)(w[j] + 4 * NR * K + 2 * h), _MM_HINT_T1);           \
                 we[j] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));                          \
                 wo[j] = _mm512_castsi512_ps(_mm512_and_si512(v, high));                         \
             }                                                                                   \
@@ -74,6 +79,7 @@ static inline float widen_bf16(uint16_t h) {
 TILE(4, 4)
 TILE(2, 4)
 TILE(1, 4)
+TILE(8, 3)
 
 static void store(uint16_t *y, const uint16_t *b, const float *out, int64_t rows, int64_t stride,
                   int64_t m0, int64_t n0, int64_t nr, int64_t N) {
@@ -100,6 +106,20 @@ int ernie_bf16_linear(const uint16_t *x, const uint16_t *w, const uint16_t *b, u
             _mm512_store_ps(xe + m * H + h, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
             _mm512_store_ps(xo + m * H + h, _mm512_castsi512_ps(_mm512_and_si512(v, high)));
         }
+    if (M == 8) { /* a full decode step: all rows at once against 3 weight rows (24 accumulators) */
+        const int64_t blocks3 = (N + 2) / 3;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t nb = 0; nb < blocks3; nb++) {
+            const int64_t n0 = nb * 3, nr = N - n0 < 3 ? N - n0 : 3;
+            const uint16_t *rows[3];
+            for (int j = 0; j < 3; j++) rows[j] = w + (n0 + (j < nr ? j : 0)) * K;
+            float out[24];
+            tile_8x3(xe, xo, rows, K, out);
+            store(y, b, out, 8, 3, 0, n0, nr, N);
+        }
+        free(xs);
+        return 0;
+    }
     const int64_t blocks = (N + 3) / 4;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t nb = 0; nb < blocks; nb++) {
